@@ -1,0 +1,23 @@
+"""reprokit: measure, explain and reduce the irreproducibility of deep recommendation models."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("reprokit")
+except PackageNotFoundError:  # running from a source tree without installation
+    __version__ = "0.0.0+local"
+
+from reprokit.errors import ReprokitError
+
+__all__ = ["ReprokitError", "__version__", "train_ensemble"]
+
+
+def __getattr__(name: str):
+    # Lazy so that `import reprokit` stays cheap (no torch import) for the metrics-only paths.
+    if name == "train_ensemble":
+        from reprokit.runners.ensemble import train_ensemble
+
+        return train_ensemble
+    raise AttributeError(name)

@@ -1,0 +1,46 @@
+"""The `reprokit` command line: a Typer app whose commands live in `reprokit.commands`.
+
+Each command module parses options, calls the library and prints; none holds logic of its own.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from reprokit import __version__
+from reprokit.commands import register_all
+
+app = typer.Typer(
+    name="reprokit",
+    help="Measure, explain and reduce the irreproducibility of recommendation / CTR models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"reprokit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version_callback, is_eager=True, help="Print the version."
+    ),
+) -> None:
+    """reprokit trains N identically configured models and measures how differently they predict."""
+
+
+register_all(app)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
