@@ -1,0 +1,133 @@
+"""`reprokit train-ensemble`: N replicas of one config, `--vary` picks the nondeterminism sources."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from reprokit.commands.common import cli_errors, err_console, print_json
+from reprokit.sources import SOURCE_HELP
+
+VARY_HELP = "Comma-separated sources to vary: " + "; ".join(
+    f"{name} ({text})" for name, text in SOURCE_HELP.items()
+) + "; all; none (control arm: replicas must be bitwise identical)."
+
+
+
+
+def run_overrides(**options: Any) -> dict[str, Any]:
+    """Map CLI option values (None = not given) to dotted config keys."""
+    mapping = {
+        "data": "data.path",
+        "split": "data.split",
+        "label": "data.label",
+        "synth_rows": "data.synth_rows",
+        "replicas": "replicas",
+        "vary": "vary",
+        "seed": "seed",
+        "device": "device",
+        "engine": "engine",
+        "threads": "threads",
+        "activation": "model.activation",
+        "embedding_dim": "model.embedding_dim",
+        "hidden": "model.hidden",
+        "dropout": "model.dropout",
+        "optimizer": "optim.name",
+        "lr": "optim.lr",
+        "batch_size": "optim.batch_size",
+        "epochs": "optim.epochs",
+    }
+    return {mapping[k]: v for k, v in options.items() if k in mapping and v is not None}
+
+
+def make_progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=False,
+    )
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("train-ensemble")
+    @cli_errors
+    def train_ensemble_command(
+        data: Path | None = typer.Option(
+            None, "--data", help="Dataset in reprokit's parquet layout (default: built-in synthetic)."
+        ),
+        config: Path | None = typer.Option(None, "--config", help="TOML config; options override it."),
+        replicas: int | None = typer.Option(None, "--replicas", "-n", help="Number of replicas."),
+        vary: str | None = typer.Option(None, "--vary", help=VARY_HELP),
+        activation: str | None = typer.Option(
+            None, "--activation", help="Activation spec, e.g. relu, smelu:beta=0.5, gelu."
+        ),
+        embedding_dim: int | None = typer.Option(None, "--embedding-dim", help="Embedding width."),
+        hidden: str | None = typer.Option(None, "--hidden", help="MLP widths, e.g. 256-128-64."),
+        dropout: float | None = typer.Option(None, "--dropout", help="Dropout probability."),
+        optimizer: str | None = typer.Option(None, "--optimizer", help="adagrad, adam or sgd."),
+        lr: float | None = typer.Option(None, "--lr", help="Learning rate."),
+        batch_size: int | None = typer.Option(None, "--batch-size", help="Training batch size."),
+        epochs: int | None = typer.Option(None, "--epochs", help="Training epochs."),
+        split: str | None = typer.Option(None, "--split", help="random or temporal."),
+        label: str | None = typer.Option(None, "--label", help="Label column to train on."),
+        synth_rows: int | None = typer.Option(
+            None, "--synth-rows", help="Rows of the built-in synthetic dataset."
+        ),
+        seed: int | None = typer.Option(None, "--seed", help="Base seed of every source."),
+        device: str | None = typer.Option(None, "--device", help="cpu or cuda[:N]."),
+        engine: str | None = typer.Option(None, "--engine", help="auto, process or vectorized."),
+        threads: int | None = typer.Option(None, "--threads", help="Intra-op threads per replica."),
+        workers: int = typer.Option(1, "--workers", "-j", help="Parallel worker processes."),
+        out: Path | None = typer.Option(
+            None, "--out", "-o", help="Run directory (re-running resumes it)."
+        ),
+        force: bool = typer.Option(False, "--force", help="Overwrite a run of another config."),
+        json_out: bool = typer.Option(False, "--json", help="Print the summary JSON on stdout."),
+    ) -> None:
+        """Train N replicas of one configuration and measure how differently they predict.
+
+        Example: reprokit train-ensemble --replicas 4 --vary init,data-order --out runs/base
+        """
+        from reprokit.commands.pd import render_summary_table
+        from reprokit.config import resolve_config
+        from reprokit.runners.ensemble import train_ensemble
+
+        cfg = resolve_config(
+            config,
+            run_overrides(
+                data=str(data) if data else None,
+                replicas=replicas,
+                vary=vary,
+                activation=activation,
+                embedding_dim=embedding_dim,
+                hidden=hidden,
+                dropout=dropout,
+                optimizer=optimizer,
+                lr=lr,
+                batch_size=batch_size,
+                epochs=epochs,
+                split=split,
+                label=label,
+                synth_rows=synth_rows,
+                seed=seed,
+                device=device,
+                engine=engine,
+                threads=threads,
+            ),
+        )
+        with make_progress() as bar:
+            task = bar.add_task(f"training (vary: {','.join(cfg.vary) or 'none'})", total=cfg.replicas)
+
+            def on_progress(done: int, total: int, _metrics: dict[str, Any]) -> None:
+                bar.update(task, completed=done, total=total)
+
+            summary = train_ensemble(cfg, out=out, workers=workers, force=force, progress=on_progress)
+        err_console.print(render_summary_table(summary, title=f"train-ensemble: {summary['run_dir']}"))
+        if json_out:
+            print_json(summary)

@@ -1,0 +1,183 @@
+"""`train_ensemble`: N replicas of one configuration, varying exactly the named sources.
+
+Flow: resolve data → encode once → prepare (or resume) the run directory → train the missing replicas
+with an executor → load every replica's predictions → summarise → write summary.json.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from reprokit.config import RunConfig
+from reprokit.environment import environment_fingerprint
+from reprokit.errors import ReprokitError
+from reprokit.runners.executors import run_local
+from reprokit.sources import SOURCES, replica_seeds
+from reprokit.store import RunStore
+
+KIND = "train-ensemble"
+
+ProgressCallback = Callable[[int, int, dict[str, Any]], None]
+
+
+@dataclass
+class ReplicaPayload:
+    """What a worker needs to train any replica: the encoded data, the config and the store path."""
+
+    encoded: Any
+    config: RunConfig
+    run_dir: str
+
+
+def default_run_dir(kind: str = KIND) -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{kind}-{stamp}"
+
+
+def data_fingerprint(encoded: Any) -> str:
+    """A hash of what the replicas see, so a resumed run cannot silently mix two datasets."""
+    h = hashlib.sha256()
+    for arr in (encoded.eval_example_id, encoded.train_cat, encoded.train_num, encoded.train_y):
+        h.update(np.ascontiguousarray(arr).tobytes())
+    h.update(repr(encoded.vocab_sizes).encode())
+    return h.hexdigest()[:16]
+
+
+def build_manifest(config: RunConfig, encoded: Any, data_name: str) -> dict[str, Any]:
+    from reprokit import __version__
+
+    return {
+        "schema_version": 1,
+        "kind": KIND,
+        "reprokit_version": __version__,
+        "config": config.to_dict(),
+        "sources": {"varied": list(config.vary), "available": list(SOURCES)},
+        "replica_seeds": {
+            f"{r:03d}": replica_seeds(config.seed, config.vary, r) for r in range(config.replicas)
+        },
+        "environment": environment_fingerprint(config.device),
+        "engine": "process",
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "data": {
+            "name": data_name,
+            "path": config.data.path,
+            "train_rows": int(encoded.train_cat.shape[0]),
+            "eval_rows": int(encoded.eval_cat.shape[0]),
+            "labels": list(encoded.label_names),
+            "fingerprint": data_fingerprint(encoded),
+        },
+    }
+
+
+def _train_and_store(payload: ReplicaPayload, replica: int) -> dict[str, Any]:
+    """Train one replica and write its files; runs in the parent or in a worker process."""
+    from reprokit.metrics.accuracy import replica_accuracy
+    from reprokit.training.loop import train_replica
+
+    config = payload.config
+    seeds = replica_seeds(config.seed, config.vary, replica)
+    out = train_replica(payload.encoded, config, replica, seeds)
+    enc = payload.encoded
+    frame = pd.DataFrame({"example_id": enc.eval_example_id.astype(np.int64)})
+    for t, name in enumerate(enc.label_names):
+        frame[name] = enc.eval_y[:, t].astype(np.float64)
+    for t, name in enumerate(prediction_columns(enc.label_names)):
+        frame[name] = out.predictions[:, t]
+    accuracy = (
+        replica_accuracy(enc.eval_y[:, 0], out.predictions[:, 0])
+        if not out.diverged
+        else {"auc": None, "logloss": None, "calibration": None}
+    )
+    metrics = {
+        "replica": replica,
+        **accuracy,
+        "train_seconds": out.train_seconds,
+        "diverged": out.diverged,
+        "seeds": seeds,
+        "threads": out.threads,
+        "steps": out.steps,
+    }
+    RunStore(payload.run_dir).write_replica(replica, frame, metrics, out.log)
+    return metrics
+
+
+def prediction_columns(label_names: list[str]) -> list[str]:
+    """`prediction` for one task, `prediction_<label>` for each task of a multitask model."""
+    if len(label_names) == 1:
+        return ["prediction"]
+    return [f"prediction_{name}" for name in label_names]
+
+
+def summarize_run(store: RunStore, config: RunConfig) -> dict[str, Any]:
+    """Summary document of a finished run directory; diverged replicas are excluded from PD."""
+    from reprokit.metrics.summary import summarize
+
+    metrics = [store.replica_metrics(r) for r in range(config.replicas)]
+    healthy = [m["replica"] for m in metrics if not m.get("diverged")]
+    diverged = [m["replica"] for m in metrics if m.get("diverged")]
+    if len(healthy) < 2:
+        raise ReprokitError(
+            f"only {len(healthy)} of {config.replicas} replicas finished without diverging; "
+            "PD needs at least 2"
+        )
+    _, labels, preds = store.load_predictions(healthy)
+    summary = summarize(preds[:, :, 0], labels.iloc[:, 0].to_numpy(dtype=np.float64))
+    return {
+        "schema_version": 1,
+        "kind": KIND,
+        **{k: v for k, v in summary.items() if k != "schema_version"},
+        "vary": list(config.vary),
+        "activation": config.model.activation,
+        "diverged": {"count": len(diverged), "replicas": diverged},
+        "train_seconds": {
+            "mean": float(np.mean([m["train_seconds"] for m in metrics])),
+            "total": float(np.sum([m["train_seconds"] for m in metrics])),
+        },
+    }
+
+
+def load_encoded(config: RunConfig) -> tuple[Any, str]:
+    from reprokit.data.encoding import encode
+    from reprokit.data.splits import load_training_data
+
+    train, evaluation = load_training_data(config.data)
+    labels = [config.data.label] if config.data.label else None
+    return encode(train, evaluation, labels=labels), train.schema.name
+
+
+def train_ensemble(
+    config: RunConfig,
+    out: str | Path | None = None,
+    workers: int = 1,
+    force: bool = False,
+    progress: ProgressCallback | None = None,
+    encoded: Any = None,
+) -> dict[str, Any]:
+    """Train `config.replicas` replicas into run directory `out` (resuming it) and return the summary."""
+    if encoded is None:
+        encoded, data_name = load_encoded(config)
+    else:
+        data_name = getattr(encoded, "name", "dataset")
+    store = RunStore(out if out is not None else default_run_dir())
+    finished = store.prepare(build_manifest(config, encoded, data_name), force=force)
+    todo = [r for r in range(config.replicas) if r not in finished]
+    done = len(finished)
+    if progress:
+        progress(done, config.replicas, {})
+    payload = ReplicaPayload(encoded=encoded, config=config, run_dir=str(store.path))
+    for metrics in run_local(_train_and_store, payload, todo, workers=workers):
+        done += 1
+        if progress:
+            progress(done, config.replicas, metrics)
+    summary = summarize_run(store, config)
+    summary["run_dir"] = str(store.path)
+    store.write_summary(summary)
+    return summary
