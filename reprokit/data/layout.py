@@ -1,7 +1,7 @@
 """reprokit's dataset layout: one parquet file, its schema in the file's key-value metadata.
 
-Everything that reads or writes a dataset goes through `read_dataset` / `write_dataset`, so the schema
-travels with the data and a training run never has to guess which column is what.
+Everything that reads or writes a dataset goes through `read_dataset` / `write_dataset`, so the
+schema travels with the data and a training run never has to guess which column is what.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ class Dataset:
 
 
 def atomic_write_table(table: pa.Table, path: str | os.PathLike) -> None:
-    """Write parquet to a temporary name and rename, so a killed process never leaves half a file."""
+    """Write parquet to a temporary name and rename: a killed process never leaves half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -105,3 +105,15 @@ def read_dataset(path: str | os.PathLike) -> Dataset:
     frame = table.to_pandas()
     schema.validate(frame)
     return Dataset(frame=frame, schema=schema)
+
+
+def dataset_fingerprint(dataset: Dataset) -> str:
+    """A short sha256 of the schema and every value (row order matters), for manifests."""
+    import hashlib
+
+    digest = hashlib.sha256(json.dumps(dataset.schema.to_dict(), sort_keys=True).encode())
+    digest.update(json.dumps([[str(c), str(t)] for c, t in dataset.frame.dtypes.items()]).encode())
+    if len(dataset.frame):
+        hashed = pd.util.hash_pandas_object(dataset.frame, index=False)
+        digest.update(hashed.to_numpy().tobytes())
+    return digest.hexdigest()[:16]
