@@ -1,0 +1,183 @@
+"""Turn a (train, eval) pair of datasets into the arrays a model trains on.
+
+Everything is fitted on the TRAINING split only, so the evaluation split never leaks into the model:
+
+- categorical field: the distinct training values, sorted, get indices 1..V; a missing value
+  (null) seen in training gets V+1; anything else (an id never seen in training, or a null when
+  training had none) maps to index 0, the out-of-vocabulary row. ``vocab_sizes`` counts that row,
+  so an embedding table of ``vocab_sizes[f]`` rows covers every index.
+- numeric feature: standardised with the training mean and standard deviation (population std; a
+  constant or all-missing column uses std 1); missing values become 0 after standardising, which is
+  the training mean.
+- labels: float32 ``[n, T]`` in the order of ``label_names``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from reprokit.data.layout import Dataset
+from reprokit.errors import ReprokitError
+
+if TYPE_CHECKING:
+    from reprokit.config import DataConfig
+
+
+@dataclass
+class EncodedData:
+    """Model-ready arrays of one train/eval split (see the module docstring for the encoding)."""
+
+    train_cat: np.ndarray  # int64 [n_train, F]
+    train_num: np.ndarray  # float32 [n_train, K]
+    train_y: np.ndarray  # float32 [n_train, T]
+    eval_cat: np.ndarray  # int64 [n_eval, F]
+    eval_num: np.ndarray  # float32 [n_eval, K]
+    eval_y: np.ndarray  # float32 [n_eval, T]
+    train_example_id: np.ndarray  # int64 [n_train]
+    eval_example_id: np.ndarray  # int64 [n_eval]
+    vocab_sizes: list[int]  # per field, including the out-of-vocabulary row 0
+    field_names: list[str]
+    numeric_names: list[str]
+    label_names: list[str]
+    numeric_mean: list[float] = field(default_factory=list)
+    numeric_std: list[float] = field(default_factory=list)
+
+    @property
+    def n_train(self) -> int:
+        return len(self.train_y)
+
+    @property
+    def n_eval(self) -> int:
+        return len(self.eval_y)
+
+    def eval_oov_rate(self) -> list[float]:
+        """Per field, the share of evaluation rows that fell into the out-of-vocabulary row."""
+        if self.n_eval == 0:
+            return [0.0] * len(self.field_names)
+        return [float(x) for x in (self.eval_cat == 0).mean(axis=0)]
+
+
+def _sorted_unique(values: pd.Series) -> np.ndarray:
+    uniq = pd.unique(values.dropna())
+    try:
+        return np.sort(np.asarray(uniq))
+    except TypeError:  # mixed types (e.g. ints and strings in one object column)
+        return np.asarray(sorted(uniq, key=lambda v: (type(v).__name__, v)), dtype=object)
+
+
+def _encode_categorical(train: pd.Series, test: pd.Series) -> tuple[np.ndarray, np.ndarray, int]:
+    vocab = pd.Index(_sorted_unique(train))
+    v = len(vocab)
+    train_null = train.isna().to_numpy()
+    has_null = bool(train_null.any())
+
+    def lookup(values: pd.Series) -> np.ndarray:
+        codes = vocab.get_indexer(values).astype(np.int64) + 1  # unseen -> -1 -> 0
+        if has_null:
+            codes[values.isna().to_numpy()] = v + 1
+        return codes
+
+    return lookup(train), lookup(test), v + 1 + int(has_null)
+
+
+def _numeric_matrix(frame: pd.DataFrame, names: list[str]) -> np.ndarray:
+    if not names:
+        return np.zeros((len(frame), 0), dtype=np.float64)
+    try:
+        x = frame[names].to_numpy(dtype=np.float64, na_value=np.nan, copy=True)
+    except (TypeError, ValueError):
+        bad = [c for c in names if not pd.api.types.is_numeric_dtype(frame[c])]
+        raise ReprokitError(
+            f"numeric column(s) {', '.join(map(repr, bad))} hold non-numbers; "
+            "re-import the data with them as --categorical"
+        ) from None
+    x[~np.isfinite(x)] = np.nan  # infinities count as missing
+    return x
+
+
+def _labels(frame: pd.DataFrame, names: list[str], part: str) -> np.ndarray:
+    y = frame[names].to_numpy(dtype=np.float32, na_value=np.nan)
+    if np.isnan(y).any():
+        raise ReprokitError(f"the {part} split has missing label values")
+    return y
+
+
+def _example_ids(dataset: Dataset) -> np.ndarray:
+    col = dataset.schema.example_id
+    if col is None:
+        return np.arange(len(dataset), dtype=np.int64)
+    return dataset.frame[col].to_numpy(dtype=np.int64)
+
+
+def encode(train: Dataset, eval_: Dataset, labels: list[str] | None = None) -> EncodedData:
+    """Encode a split with vocabularies and scalings fitted on `train` only.
+
+    `labels` picks label columns (default: all of the training schema's labels).
+    """
+    schema = train.schema
+    if (schema.categorical, schema.numeric) != (eval_.schema.categorical, eval_.schema.numeric):
+        raise ReprokitError("the train and eval datasets have different feature columns")
+    label_names = list(labels) if labels is not None else list(schema.labels)
+    if not label_names:
+        raise ReprokitError("no label column to train on")
+    for part, ds in (("train", train), ("eval", eval_)):
+        missing = [c for c in label_names if c not in ds.frame.columns]
+        if missing:
+            raise ReprokitError(f"the {part} split lacks label column(s) {', '.join(missing)}")
+    if len(train) == 0:
+        raise ReprokitError("the training split is empty")
+
+    fields, numeric = list(schema.categorical), list(schema.numeric)
+    n_tr, n_ev = len(train), len(eval_)
+    train_cat = np.zeros((n_tr, len(fields)), dtype=np.int64)
+    eval_cat = np.zeros((n_ev, len(fields)), dtype=np.int64)
+    vocab_sizes = []
+    for j, name in enumerate(fields):
+        a, b, size = _encode_categorical(train.frame[name], eval_.frame[name])
+        train_cat[:, j], eval_cat[:, j] = a, b
+        vocab_sizes.append(size)
+
+    x_tr = _numeric_matrix(train.frame, numeric)
+    x_ev = _numeric_matrix(eval_.frame, numeric)
+    with np.errstate(invalid="ignore"):
+        counts = (~np.isnan(x_tr)).sum(axis=0)
+        mean = np.where(counts > 0, np.nansum(x_tr, axis=0) / np.maximum(counts, 1), 0.0)
+        var = np.where(
+            counts > 0, np.nansum((x_tr - mean) ** 2, axis=0) / np.maximum(counts, 1), 0.0
+        )
+    std = np.sqrt(var)
+    std = np.where(np.isfinite(std) & (std > 0), std, 1.0)
+
+    def scale(x: np.ndarray) -> np.ndarray:
+        z = (x - mean) / std
+        z[~np.isfinite(z)] = 0.0  # missing (and infinite) values sit at the training mean
+        return z.astype(np.float32)
+
+    return EncodedData(
+        train_cat=train_cat,
+        train_num=scale(x_tr),
+        train_y=_labels(train.frame, label_names, "train"),
+        eval_cat=eval_cat,
+        eval_num=scale(x_ev),
+        eval_y=_labels(eval_.frame, label_names, "eval"),
+        train_example_id=_example_ids(train),
+        eval_example_id=_example_ids(eval_),
+        vocab_sizes=vocab_sizes,
+        field_names=fields,
+        numeric_names=numeric,
+        label_names=label_names,
+        numeric_mean=[float(m) for m in mean],
+        numeric_std=[float(s) for s in std],
+    )
+
+
+def load_encoded(data_config: DataConfig) -> EncodedData:
+    """`load_training_data(data_config)` followed by `encode`: what a training run needs."""
+    from reprokit.data.splits import load_training_data
+
+    train, eval_ = load_training_data(data_config)
+    return encode(train, eval_)
