@@ -144,15 +144,6 @@ def summarize_run(store: RunStore, config: RunConfig) -> dict[str, Any]:
     }
 
 
-def load_encoded(config: RunConfig) -> tuple[Any, str]:
-    from reprokit.data.encoding import encode
-    from reprokit.data.splits import load_training_data
-
-    train, evaluation = load_training_data(config.data)
-    labels = [config.data.label] if config.data.label else None
-    return encode(train, evaluation, labels=labels), train.schema.name
-
-
 def train_ensemble(
     config: RunConfig,
     out: str | Path | None = None,
@@ -163,9 +154,10 @@ def train_ensemble(
 ) -> dict[str, Any]:
     """Train `config.replicas` replicas into run directory `out` (resuming it) and return the summary."""
     if encoded is None:
-        encoded, data_name = load_encoded(config)
-    else:
-        data_name = getattr(encoded, "name", "dataset")
+        from reprokit.data.encoding import load_encoded
+
+        encoded = load_encoded(config.data)
+    data_name = Path(config.data.path).stem if config.data.path else "synthetic"
     store = RunStore(out if out is not None else default_run_dir())
     finished = store.prepare(build_manifest(config, encoded, data_name), force=force)
     todo = [r for r in range(config.replicas) if r not in finished]

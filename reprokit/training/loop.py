@@ -55,6 +55,8 @@ def configure_determinism(config: RunConfig) -> None:
             torch.backends.cudnn.benchmark = False
     else:
         torch.use_deterministic_algorithms(True)
+    # Sparse embedding gradients are built by torch itself; opting out explicitly silences a warning.
+    torch.sparse.check_sparse_tensor_invariants.disable()
 
 
 def build_model(config: RunConfig, vocab_sizes: list[int], num_numeric: int, n_tasks: int) -> CTRModel:
@@ -193,7 +195,7 @@ def train_replica(encoded: Any, config: RunConfig, replica: int, seeds: dict[str
             loss = F.binary_cross_entropy_with_logits(logits, y[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            loss_value = float(loss)
+            loss_value = float(loss.detach())
             grad_norm = _grad_norm(model)
             log["step"].append(step)
             log["epoch"].append(epoch)
