@@ -154,9 +154,8 @@ def _is_categorical(series: pd.Series, name: str, max_categories: int) -> bool:
         return True
     if pd.api.types.is_integer_dtype(series):
         return bool(_ID_NAME.search(name)) or series.nunique(dropna=True) <= max_categories
-    if pd.api.types.is_numeric_dtype(series) or pd.api.types.is_datetime64_any_dtype(series):
-        return False
-    return True  # strings, objects
+    numeric_like = pd.api.types.is_numeric_dtype(series)
+    return not (numeric_like or pd.api.types.is_datetime64_any_dtype(series))  # strings, objects
 
 
 def _as_categorical(series: pd.Series) -> pd.Series:
