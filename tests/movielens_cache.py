@@ -1,0 +1,132 @@
+"""A real MovieLens-100k copy for tests, taken from RecBole's wheel (which ships it in full).
+
+`recbole==1.2.1`'s wheel contains ``recbole/dataset_example/ml-100k/`` with the complete dataset in
+RecBole's atomic layout: ``ml-100k.inter`` (100,000 ratings), ``ml-100k.user`` (943 users),
+``ml-100k.item`` (1,682 items), plus ``.kg`` / ``.link`` files that reprokit does not use. The
+wheel is downloaded once with ``pip download --no-deps`` into the cache directory
+(``$REPROKIT_TEST_CACHE``, default ``~/.cache/reprokit-tests``) and the three files are extracted
+to ``<cache>/ml-100k``.
+
+`write_grouplens_copy` converts that copy into the original GroupLens layout (u.data / u.user /
+u.item, latin-1, genre flags), so both readers are tested on the same data.
+
+Other tests may use these helpers: ``from movielens_cache import movielens_dir``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+RECBOLE_VERSION = "1.2.1"
+FILES = ("ml-100k.inter", "ml-100k.user", "ml-100k.item")
+_PREFIX = "recbole/dataset_example/ml-100k/"
+GENRES = (
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+)
+
+#: Why the last attempt failed (shown as the skip reason).
+last_error: str | None = None
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("REPROKIT_TEST_CACHE", Path.home() / ".cache" / "reprokit-tests"))
+
+
+def _complete(directory: Path) -> bool:
+    return all((directory / name).is_file() and (directory / name).stat().st_size for name in FILES)
+
+
+def movielens_dir(timeout: float = 300.0) -> Path | None:
+    """The cached RecBole-layout ml-100k directory, downloading it once; None when impossible."""
+    global last_error
+    target = cache_root() / "ml-100k"
+    if _complete(target):
+        return target
+    wheels_dir = cache_root() / "wheels"
+    wheels_dir.mkdir(parents=True, exist_ok=True)
+    wheels = sorted(wheels_dir.glob(f"recbole-{RECBOLE_VERSION}-*.whl"))
+    if not wheels:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
+        cmd += [f"recbole=={RECBOLE_VERSION}", "-d", str(wheels_dir), "-q"]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            last_error = f"pip download of recbole=={RECBOLE_VERSION} failed: {exc}"
+            return None
+        wheels = sorted(wheels_dir.glob(f"recbole-{RECBOLE_VERSION}-*.whl"))
+        if proc.returncode != 0 or not wheels:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+            last_error = f"pip download of recbole=={RECBOLE_VERSION} failed: {tail[0]}"
+            return None
+    tmp = Path(tempfile.mkdtemp(prefix=".ml-100k-", dir=cache_root()))
+    try:
+        with zipfile.ZipFile(wheels[0]) as wheel:
+            for name in FILES:
+                with wheel.open(_PREFIX + name) as src, open(tmp / name, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)  # atomic: a concurrent test run sees all files or none
+    except (KeyError, zipfile.BadZipFile, OSError) as exc:
+        last_error = f"cannot extract ml-100k from {wheels[0].name}: {exc}"
+        return None
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target if _complete(target) else None
+
+
+def write_grouplens_copy(recbole_dir: Path, out_dir: Path) -> Path:
+    """Write the RecBole copy as GroupLens u.data / u.user / u.item (u.item in latin-1)."""
+    import pandas as pd
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    def typed(name: str) -> pd.DataFrame:
+        frame = pd.read_csv(recbole_dir / name, sep="\t", dtype=str, keep_default_na=False)
+        return frame.rename(columns=lambda c: c.split(":")[0])
+
+    inter = typed("ml-100k.inter")
+    inter[["user_id", "item_id", "rating", "timestamp"]].to_csv(
+        out_dir / "u.data", sep="\t", header=False, index=False
+    )
+    users = typed("ml-100k.user")
+    users[["user_id", "age", "gender", "occupation", "zip_code"]].to_csv(
+        out_dir / "u.user", sep="|", header=False, index=False
+    )
+    items = typed("ml-100k.item")
+    lines = []
+    columns = (items[c] for c in ("item_id", "movie_title", "release_year", "class"))
+    for item_id, title, year, classes in zip(*columns, strict=True):
+        date = f"01-Jan-{year}" if year.isdigit() else ""
+        tokens = set(classes.split())
+        flags = "|".join("1" if g in tokens else "0" for g in GENRES)
+        url = "http://us.imdb.com/M/title-exact?x"
+        lines.append(f"{item_id}|{title}|{date}||{url}|{flags}\n")
+    with open(out_dir / "u.item", "w", encoding="latin-1", errors="replace") as handle:
+        handle.writelines(lines)
+    return out_dir
