@@ -38,6 +38,7 @@ class ModelConfig:
     hidden: list[int] = field(default_factory=lambda: [64, 32])
     activation: str = "relu"
     dropout: float = 0.0
+    batch_norm: bool = False  # BatchNorm1d after each hidden layer (FuxiCTR's `batch_norm` option)
     embedding: str = "table"  # pluggable: later hashed / collisionless / mixed-dimension
 
 

@@ -78,3 +78,12 @@ def test_train_log_columns(encoded):
     assert a.log.columns.tolist() == ["step", "epoch", "loss", "grad_norm"]
     assert len(a.log) == a.steps > 0
     assert (a.log.grad_norm > 0).all()
+
+
+def test_threads_change_batchnorm_reduction_order(encoded):
+    """On CPU the plain MLP is thread-count invariant; BatchNorm's batch statistics are not."""
+    cfg = resolve_config(None, {**SMALL, "vary": "threads", "max_threads": 2, "model.batch_norm": True})
+    runs = [train_replica(encoded, cfg, r, replica_seeds(cfg.seed, cfg.vary, r)) for r in range(3)]
+    assert [r.threads for r in runs] == [1, 2, 1]
+    assert not np.array_equal(runs[0].predictions, runs[1].predictions)
+    assert np.array_equal(runs[0].predictions, runs[2].predictions)  # same threads: identical

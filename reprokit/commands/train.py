@@ -35,6 +35,7 @@ def run_overrides(**options: Any) -> dict[str, Any]:
         "embedding_dim": "model.embedding_dim",
         "hidden": "model.hidden",
         "dropout": "model.dropout",
+        "batch_norm": "model.batch_norm",
         "optimizer": "optim.name",
         "lr": "optim.lr",
         "batch_size": "optim.batch_size",
@@ -70,6 +71,9 @@ def register(app: typer.Typer) -> None:
         embedding_dim: int | None = typer.Option(None, "--embedding-dim", help="Embedding width."),
         hidden: str | None = typer.Option(None, "--hidden", help="MLP widths, e.g. 256-128-64."),
         dropout: float | None = typer.Option(None, "--dropout", help="Dropout probability."),
+        batch_norm: bool | None = typer.Option(
+            None, "--batch-norm/--no-batch-norm", help="BatchNorm after each hidden layer."
+        ),
         optimizer: str | None = typer.Option(None, "--optimizer", help="adagrad, adam or sgd."),
         lr: float | None = typer.Option(None, "--lr", help="Learning rate."),
         batch_size: int | None = typer.Option(None, "--batch-size", help="Training batch size."),
@@ -108,6 +112,7 @@ def register(app: typer.Typer) -> None:
                 embedding_dim=embedding_dim,
                 hidden=hidden,
                 dropout=dropout,
+                batch_norm=batch_norm,
                 optimizer=optimizer,
                 lr=lr,
                 batch_size=batch_size,

@@ -41,6 +41,7 @@ class CTRModel(nn.Module):
         hidden: list[int] | tuple[int, ...] = (64, 32),
         activation: str = "relu",
         dropout: float = 0.0,
+        batch_norm: bool = False,
         n_tasks: int = 1,
         embedding: str = "table",
         sparse_embeddings: bool = False,
@@ -50,7 +51,10 @@ class CTRModel(nn.Module):
         width = self.embeddings.output_dim + num_numeric
         layers: list[nn.Module] = []
         for h in hidden:
-            layers += [nn.Linear(width, h), create_activation(activation)]
+            layers.append(nn.Linear(width, h))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(h))
+            layers.append(create_activation(activation))
             if dropout > 0:
                 layers.append(SeededDropout(dropout))
             width = h

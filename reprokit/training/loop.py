@@ -67,6 +67,7 @@ def build_model(config: RunConfig, vocab_sizes: list[int], num_numeric: int, n_t
         hidden=config.model.hidden,
         activation=config.model.activation,
         dropout=config.model.dropout,
+        batch_norm=config.model.batch_norm,
         n_tasks=n_tasks,
         embedding=config.model.embedding,
         sparse_embeddings=config.optim.name in ("adagrad", "sgd", "clippy"),
