@@ -144,7 +144,10 @@ def _fmt(value: float | None, digits: int = 4) -> str:
 def describe_table(doc: dict) -> Table:
     """A Rich table of one describe document: one row per column with its role and statistics."""
     ts = doc.get("timestamp")
-    span = f", time {ts['min_iso'] or ts['min']} … {ts['max_iso'] or ts['max']}" if ts else ""
+    span = ""
+    if ts:
+        lo, hi = (ts[k][:10] if ts[k] else ts[k[:3]] for k in ("min_iso", "max_iso"))
+        span = f", {lo} … {hi}"
     inferred = " (roles inferred)" if doc.get("schema_source") == "inferred" else ""
     table = Table(
         title=f"{doc['name']}: {doc['rows']:,} rows{span}{inferred}",
