@@ -127,3 +127,8 @@ def accuracy_summary(
         mean, std = mean_std(per)
         out[name] = {"mean": mean, "std": std, "per_replica": per, "ensemble": ens}
     return out
+
+
+def replica_accuracy(labels: Any, predictions: Any) -> dict[str, float]:
+    """``{"auc", "logloss", "calibration"}`` of one replica's [N] predictions (NaN if undefined)."""
+    return {name: float(fn(labels, predictions)) for name, fn in METRICS.items()}

@@ -1,0 +1,200 @@
+"""`reprokit pd FILE`: PD / AUC / log-loss of replica predictions produced anywhere.
+
+Also home of `render_summary_table`, the Rich table of a summary document that train-ensemble and
+other commands print on stderr.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from reprokit.commands.common import cli_errors, err_console, print_json
+from reprokit.errors import ReprokitError
+
+__all__ = ["render_summary_table", "register", "run_pd"]
+
+KIND = "pd"
+
+
+def _num(value: Any) -> float:
+    """A document value as float; None (JSON null) and non-numbers become NaN."""
+    if value is None:
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _fmt(value: Any, digits: int = 6) -> str:
+    v = _num(value)
+    return "n/a" if not math.isfinite(v) else f"{v:.{digits}g}"
+
+
+def _fmt_count(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def render_summary_table(summary: dict[str, Any], title: str | None = None) -> Table:
+    """A Rich table of a summary document (docs/contracts.md): PD keys with CIs, then accuracy.
+
+    Works on the dict `summarize` returns and on one read back from JSON (nulls shown as n/a).
+    """
+    counts = f"{summary.get('replicas')} replicas x {_fmt_count(summary.get('examples'))} examples"
+    ci = summary.get("pd_ci") or {}
+    level = _num(ci.get("level", 0.95))
+    ci_head = f"{level * 100:g}% CI" if math.isfinite(level) else "CI"
+    table = Table(
+        title=title or "prediction difference",
+        title_justify="left",
+        caption=f"{counts}; CI: {ci.get('method', 'bootstrap over replicas')}",
+    )
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_column(ci_head, justify="right")
+    table.add_column("± std", justify="right")
+    table.add_column("ensemble", justify="right")
+
+    threshold = _num(summary.get("flip_threshold", 0.5))
+    for key, value in (summary.get("pd") or {}).items():
+        interval = ""
+        bounds = ci.get(key)
+        if isinstance(bounds, list | tuple) and len(bounds) == 2:
+            lo, hi = _num(bounds[0]), _num(bounds[1])
+            finite = math.isfinite(lo) and math.isfinite(hi)
+            interval = f"{_fmt(lo, 4)} – {_fmt(hi, 4)}" if finite else "n/a (< 3 replicas)"
+        name = f"flip (t={threshold:g})" if key == "flip" else key
+        table.add_row(name, _fmt(value, 5), interval, "", "")
+
+    names = {"auc": "AUC", "logloss": "log-loss", "calibration": "calibration"}
+    first = True
+    for key, label in names.items():
+        entry = summary.get(key)
+        if not isinstance(entry, dict):
+            continue
+        if first:
+            table.add_section()
+            first = False
+        std = _num(entry.get("std"))
+        spread = _fmt(std, 3) if math.isfinite(std) else ""
+        table.add_row(label, _fmt(entry.get("mean"), 5), "", spread, _fmt(entry.get("ensemble"), 5))
+    return table
+
+
+def run_pd(
+    file: Path,
+    *,
+    threshold: float = 0.5,
+    fmt: str = "auto",
+    seed: int = 0,
+    resamples: int = 9999,
+    show_progress: bool = False,
+) -> tuple[dict[str, Any], list[str]]:
+    """Load FILE, summarise it; returns (summary document with kind "pd", warning messages)."""
+    from reprokit.metrics.accuracy import UndefinedMetricWarning
+    from reprokit.metrics.summary import summarize
+    from reprokit.predictions import load_predictions
+
+    if not (math.isfinite(threshold) and 0.0 < threshold < 1.0):
+        raise ReprokitError(f"--threshold must be strictly between 0 and 1, got {threshold:g}")
+    if resamples < 1:
+        raise ReprokitError(f"--resamples must be positive, got {resamples}")
+    data = load_predictions(file, format=fmt)
+    messages: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UndefinedMetricWarning)
+        if show_progress:
+            with Progress(
+                TextColumn("computing PD"),
+                BarColumn(),
+                TextColumn("{task.completed:,}/{task.total:,} examples"),
+                TimeElapsedColumn(),
+                console=err_console,
+                transient=True,
+            ) as bar:
+                task = bar.add_task("pd", total=data.predictions.shape[1])
+                summary = summarize(
+                    data.predictions,
+                    data.labels,
+                    flip_threshold=threshold,
+                    n_resamples=resamples,
+                    seed=seed,
+                    kind=KIND,
+                    replica_names=data.replicas,
+                    progress=lambda done, total: bar.update(task, completed=done, total=total),
+                )
+        else:
+            summary = summarize(
+                data.predictions,
+                data.labels,
+                flip_threshold=threshold,
+                n_resamples=resamples,
+                seed=seed,
+                kind=KIND,
+                replica_names=data.replicas,
+            )
+    for w in caught:
+        msg = str(w.message)
+        if issubclass(w.category, UndefinedMetricWarning) and msg not in messages:
+            messages.append(msg)
+    return summary, messages
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("pd")
+    @cli_errors
+    def pd_command(
+        file: Path = typer.Argument(
+            ...,
+            help="Predictions file (parquet or CSV), long (example_id, replica, prediction"
+            "[, label]) or wide (example_id[, label], one column per replica).",
+            show_default=False,
+        ),
+        threshold: float = typer.Option(
+            0.5, "--threshold", "-t", help="Decision threshold t of the flip key."
+        ),
+        json_out: bool = typer.Option(
+            False, "--json", help="Print the summary document (JSON, kind 'pd') on stdout."
+        ),
+        fmt: str = typer.Option(
+            "auto",
+            "--format",
+            help="File layout: auto, long or wide (auto: long if the file "
+            "has 'replica' and 'prediction' columns).",
+        ),
+        seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap over replicas."),
+        resamples: int = typer.Option(9999, "--resamples", help="Bootstrap resamples."),
+    ) -> None:
+        """PD / AUC / log-loss of replica predictions produced anywhere.
+
+        Every PD key, with a bootstrap CI over replicas for abs and rel.
+        With a label column also AUC, log-loss and calibration (replica mean ± std, ensemble).
+
+        Examples:
+
+          reprokit pd preds.parquet
+
+          reprokit pd preds.csv --format wide --threshold 0.3 --json > pd.json
+        """
+        if fmt not in ("auto", "long", "wide"):
+            raise ReprokitError(f"--format must be auto, long or wide, got {fmt!r}")
+        summary, messages = run_pd(
+            file,
+            threshold=threshold,
+            fmt=fmt,
+            seed=seed,
+            resamples=resamples,
+            show_progress=err_console.is_terminal,
+        )
+        for msg in messages:
+            err_console.print(f"warning: {msg}", markup=False, highlight=False)
+        err_console.print(render_summary_table(summary, title=f"reprokit pd: {file}"))
+        if json_out:
+            print_json(summary)

@@ -1,0 +1,217 @@
+"""Load replica predictions produced anywhere (parquet or CSV) for `reprokit pd`.
+
+Two layouts are accepted:
+
+* **long**: one row per (example, replica): columns ``example_id``, ``replica``, ``prediction`` and
+  optionally ``label``;
+* **wide**: one row per example: ``example_id``, optionally ``label``, and one numeric column per
+  replica (any name, e.g. ``replica_0``, ``r1``). Non-numeric columns and other ``label*`` columns
+  are ignored.
+
+``format="auto"`` picks long when the file has ``replica`` and ``prediction`` columns, else wide.
+Examples are aligned on ``example_id`` and returned sorted by it. Every problem is a ReprokitError
+with one sentence naming the file, the column or the replica.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from reprokit.errors import ReprokitError
+
+FORMATS = ("auto", "long", "wide")
+LONG_COLUMNS = ("example_id", "replica", "prediction")
+_PARQUET_SUFFIXES = {".parquet", ".pq", ".parq"}
+
+
+class PredictionSet(NamedTuple):
+    """Predictions of M replicas on the same N examples (unpacks as a 4-tuple)."""
+
+    #: replica names, M strings (long: values of ``replica``; wide: column names)
+    replicas: list[str]
+    #: [N] example ids, sorted
+    example_ids: np.ndarray
+    #: [M, N] float64 predictions, row m belongs to replicas[m], column n to example_ids[n]
+    predictions: np.ndarray
+    #: [N] float64 labels, or None when the file has no ``label`` column
+    labels: np.ndarray | None
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        raise ReprokitError(f"file not found: {path}")
+    if path.is_dir():
+        raise ReprokitError(f"{path} is a directory, not a predictions file")
+    suffix = path.suffix.lower()
+    with path.open("rb") as fh:
+        magic = fh.read(4)
+    is_parquet = magic == b"PAR1" or (suffix in _PARQUET_SUFFIXES)
+    try:
+        if is_parquet:
+            df = pd.read_parquet(path)
+        else:
+            sep = "\t" if path.name.lower().endswith((".tsv", ".tsv.gz")) else ","
+            df = pd.read_csv(path, sep=sep)
+    except Exception as exc:  # pyarrow / pandas raise many types for unreadable input
+        kind = "parquet" if is_parquet else "CSV"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ReprokitError(f"cannot read {path} as {kind}: {first}") from None
+    if len(df) == 0:
+        raise ReprokitError(f"{path} has no rows")
+    return df
+
+
+def _label_column(df: pd.DataFrame) -> str | None:
+    return "label" if "label" in df.columns else None
+
+
+def _numeric(series: pd.Series, what: str, path: Path) -> np.ndarray:
+    if not (pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series)):
+        converted = pd.to_numeric(series, errors="coerce")
+        bad = int(converted.isna().sum() - series.isna().sum())
+        if bad:
+            raise ReprokitError(f"{what} in {path} has {bad} non-numeric values")
+        series = converted
+    return series.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _check_predictions(preds: np.ndarray, names: list[str], path: Path) -> None:
+    for m, name in enumerate(names):
+        row = preds[m]
+        missing = int(np.count_nonzero(np.isnan(row)))
+        if missing:
+            raise ReprokitError(
+                f"replica {name!r} in {path} has {missing} missing (NaN) predictions"
+            )
+        inf = int(np.count_nonzero(~np.isfinite(row)))
+        if inf:
+            raise ReprokitError(f"replica {name!r} in {path} has {inf} infinite predictions")
+        out = int(np.count_nonzero((row < 0.0) | (row > 1.0)))
+        if out:
+            raise ReprokitError(f"replica {name!r} in {path} has {out} predictions outside [0, 1]")
+
+
+def _check_labels(labels: np.ndarray, path: Path) -> None:
+    missing = int(np.count_nonzero(~np.isfinite(labels)))
+    if missing:
+        raise ReprokitError(f"column 'label' in {path} has {missing} missing or infinite values")
+    out = int(np.count_nonzero((labels < 0.0) | (labels > 1.0)))
+    if out:
+        raise ReprokitError(f"column 'label' in {path} has {out} values outside [0, 1]")
+
+
+def _example_ids(series: pd.Series, path: Path) -> np.ndarray:
+    if series.isna().any():
+        raise ReprokitError(
+            f"column 'example_id' in {path} has {int(series.isna().sum())} missing values"
+        )
+    return series.to_numpy()
+
+
+def _load_long(df: pd.DataFrame, path: Path) -> PredictionSet:
+    missing = [c for c in LONG_COLUMNS if c not in df.columns]
+    if missing:
+        raise ReprokitError(
+            f"{path} (long format) lacks column(s) {', '.join(repr(c) for c in missing)}; "
+            "expected example_id, replica, prediction and optionally label"
+        )
+    ids = _example_ids(df["example_id"], path)
+    if df["replica"].isna().any():
+        raise ReprokitError(f"column 'replica' in {path} has missing values")
+    rep_codes, rep_values = pd.factorize(df["replica"], sort=True)
+    names = [str(v) for v in rep_values]
+    m = len(names)
+    if m < 2:
+        raise ReprokitError(f"{path} holds {m} replica(s); PD needs at least 2")
+    id_codes, id_values = pd.factorize(pd.Series(ids), sort=True)
+    pred = _numeric(df["prediction"], "column 'prediction'", path)
+    label_col = _label_column(df)
+    labels = _numeric(df[label_col], "column 'label'", path) if label_col else None
+
+    order = np.lexsort((id_codes, rep_codes))
+    rep_sorted = rep_codes[order]
+    id_sorted = id_codes[order]
+    dup = (rep_sorted[1:] == rep_sorted[:-1]) & (id_sorted[1:] == id_sorted[:-1])
+    if dup.any():
+        first = int(np.flatnonzero(dup)[0])
+        count = int(np.count_nonzero(dup))
+        raise ReprokitError(
+            f"replica {names[rep_sorted[first]]!r} in {path} has {count} duplicate example_id "
+            f"row(s), e.g. example_id {id_values[id_sorted[first]]!r}"
+        )
+    counts = np.bincount(rep_codes, minlength=m)
+    n_ids = len(id_values)
+    short = np.flatnonzero(counts != n_ids)
+    if short.size:
+        r = int(short[0])
+        raise ReprokitError(
+            f"replicas cover different examples: replica {names[r]!r} has {int(counts[r])} of the "
+            f"{n_ids} example_ids in {path}"
+        )
+    n = n_ids
+    preds = pred[order].reshape(m, n)
+    _check_predictions(preds, names, path)
+    if labels is not None:
+        lab = labels[order].reshape(m, n)
+        _check_labels(lab.ravel(), path)
+        disagree = int(np.count_nonzero(np.any(lab != lab[0], axis=0)))
+        if disagree:
+            raise ReprokitError(
+                f"labels disagree across replicas for {disagree} example(s) in {path}"
+            )
+        labels = lab[0].copy()
+    return PredictionSet(names, np.asarray(id_values), preds, labels)
+
+
+def _load_wide(df: pd.DataFrame, path: Path) -> PredictionSet:
+    if "example_id" not in df.columns:
+        raise ReprokitError(
+            f"{path} (wide format) lacks column 'example_id'; expected example_id, optionally "
+            "label, and one numeric column per replica"
+        )
+    label_col = _label_column(df)
+    names = [
+        str(c)
+        for c in df.columns
+        if c != "example_id"
+        and not str(c).lower().startswith("label")
+        and (pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]))
+    ]
+    if len(names) < 2:
+        raise ReprokitError(
+            f"{path} (wide format) has {len(names)} numeric replica column(s); PD needs at least 2"
+        )
+    ids = _example_ids(df["example_id"], path)
+    id_codes, id_values = pd.factorize(pd.Series(ids), sort=True)
+    if len(id_values) != len(ids):
+        dup = len(ids) - len(id_values)
+        raise ReprokitError(f"column 'example_id' in {path} has {dup} duplicate value(s)")
+    order = np.argsort(id_codes, kind="stable")
+    preds = np.stack([_numeric(df[c], f"column {c!r}", path)[order] for c in names])
+    _check_predictions(preds, names, path)
+    labels = None
+    if label_col:
+        labels = _numeric(df[label_col], "column 'label'", path)[order]
+        _check_labels(labels, path)
+    return PredictionSet(names, np.asarray(id_values), preds, labels)
+
+
+def load_predictions(path: str | Path, format: str = "auto") -> PredictionSet:
+    """Read a long- or wide-format predictions file (parquet or CSV); see the module docstring.
+
+    Raises ReprokitError for a missing or unreadable file, missing columns, duplicate example ids,
+    replicas that cover different examples, NaN or out-of-range predictions (naming the replica and
+    the count), fewer than 2 replicas, and labels that disagree across replicas.
+    """
+    if format not in FORMATS:
+        raise ReprokitError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}")
+    p = Path(path)
+    df = _read_table(p)
+    fmt = format
+    if fmt == "auto":
+        fmt = "long" if {"replica", "prediction"} <= set(map(str, df.columns)) else "wide"
+    return _load_long(df, p) if fmt == "long" else _load_wide(df, p)
