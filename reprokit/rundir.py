@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from reprokit.errors import ReprokitError
+from reprokit.store import MANIFEST, REPLICAS, SUMMARY
 
 #: Newest document schema this reader understands.
 SUPPORTED_SCHEMA = 1
@@ -166,7 +167,7 @@ class Run:
             raise ReprokitError(
                 f"{self.path} is a bare document; replica files need the whole run directory"
             )
-        root = self.path / "replicas"
+        root = self.path / REPLICAS
         if not root.is_dir():
             raise ReprokitError(f"{self.path} has no replicas/ directory")
         found = sorted(
@@ -248,7 +249,7 @@ def _load_document(path: Path) -> Run:
 
 def _load_directory(path: Path) -> Run:
     compare_path = path / "compare.json"
-    manifest_path = path / "manifest.json"
+    manifest_path = path / MANIFEST
     if compare_path.exists():
         doc = _check_compare(read_json(compare_path, "compare.json"), compare_path)
         manifest = read_json(manifest_path, "manifest.json") if manifest_path.exists() else None
@@ -259,7 +260,7 @@ def _load_directory(path: Path) -> Run:
         )
     manifest = read_json(manifest_path, "manifest.json")
     kind = manifest.get("kind") or TRAIN_ENSEMBLE
-    summary_path = path / "summary.json"
+    summary_path = path / SUMMARY
     if not summary_path.exists():
         raise ReprokitError(
             f"{path} has no summary.json; the run has not finished (re-run it to resume)"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,11 +11,12 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from reprokit import __version__
-from reprokit.commands.common import to_json
 from reprokit.errors import ReprokitError
+from reprokit.jsonio import to_json
 from reprokit.report.context import build_context
 from reprokit.report.sections import PD_KEYS, fmt, sections_for
 from reprokit.rundir import load_run
+from reprokit.store import atomic_write_bytes
 
 SCHEMA_VERSION = 1
 
@@ -110,14 +110,7 @@ def build_report(run_dir: str | Path) -> Report:
 
 
 def _atomic_write_text(text: str, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def twin_path(out: Path) -> Path:

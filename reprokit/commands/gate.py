@@ -1,0 +1,118 @@
+"""`reprokit gate RUN_DIR`: CI thresholds and baseline comparison; exit 0 pass, 1 fail, 2 bad."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from reprokit.commands.common import cli_errors, err_console, print_json
+
+HELP = """Judge a run against thresholds (and a baseline run) for CI.
+
+Exit status: 0 when every rule holds (always with --warn-only), 1 when a rule fails, 2 on bad input
+(missing or corrupt run directory, unknown metric or arm, no rule given).
+
+For a compare-activations run every arm is judged unless --arm names some. Against a baseline, arms
+are matched by name; a train-ensemble baseline serves every arm.
+
+Examples:
+
+  reprokit gate runs/pr --max-pd 0.05 --use-ci-upper
+
+  reprokit gate runs/pr --baseline baseline/ --max-pd-increase 10 --max-auc-drop 0.005 \\
+      --junit gate.xml
+
+  reprokit gate runs/cmp --arm smelu:beta=1 --min-auc 0.70 --json
+"""
+
+
+def _table(result) -> Table:
+    table = Table(title=f"reprokit gate: {result.verdict.upper()}", title_justify="left")
+    for column in ("rule", "unit", "quantity", "threshold", "observed", "result"):
+        table.add_column(column, justify="right" if column in ("threshold", "observed") else "left")
+    for r in result.rules:
+        observed = "null" if r.observed is None else f"{r.observed:.6g}"
+        if r.passed:
+            verdict = "[green]pass[/]"
+        else:
+            verdict = "[yellow]warn[/]" if result.warn_only else "[red]FAIL[/]"
+        table.add_row(
+            escape(r.rule),
+            escape(r.unit),
+            escape(r.quantity),
+            f"{r.comparison} {r.threshold:.6g}",
+            observed,
+            verdict,
+        )
+    return table
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("gate", help=HELP)
+    @cli_errors
+    def gate_command(
+        run_dir: Path = typer.Argument(
+            ..., help="Run directory (or its summary.json / compare.json).", show_default=False
+        ),
+        max_pd: float | None = typer.Option(
+            None, "--max-pd", help="Fail when PD[--metric] > VALUE."
+        ),
+        metric: str = typer.Option(
+            "rel",
+            "--metric",
+            help="PD key for the PD rules: abs, rel, abs_mean, rel_mean, l2, rel_std or flip.",
+        ),
+        use_ci_upper: bool = typer.Option(
+            False, "--use-ci-upper", help="Judge the upper bound of the PD confidence interval."
+        ),
+        baseline: Path | None = typer.Option(
+            None, "--baseline", help="Baseline run directory (or its summary.json / compare.json)."
+        ),
+        max_pd_increase: float | None = typer.Option(
+            None, "--max-pd-increase", help="Fail when PD rose more than PCT % over the baseline."
+        ),
+        max_auc_drop: float | None = typer.Option(
+            None,
+            "--max-auc-drop",
+            help="Fail when mean AUC fell more than VALUE below the baseline.",
+        ),
+        min_auc: float | None = typer.Option(None, "--min-auc", help="Fail when mean AUC < VALUE."),
+        arm: list[str] | None = typer.Option(
+            None, "--arm", help="Arm(s) of a compare run to judge (default: every arm)."
+        ),
+        warn_only: bool = typer.Option(
+            False, "--warn-only", help="Report failed rules but exit 0 (informational gate)."
+        ),
+        junit: Path | None = typer.Option(None, "--junit", help="Write JUnit XML to FILE."),
+        json_out: bool = typer.Option(False, "--json", help="Print the verdict JSON on stdout."),
+    ) -> None:
+        from reprokit.gate import GateRules, evaluate, junit_xml
+        from reprokit.rundir import load_run
+        from reprokit.store import atomic_write_bytes
+
+        rules = GateRules(
+            max_pd=max_pd,
+            metric=metric,
+            use_ci_upper=use_ci_upper,
+            max_pd_increase=max_pd_increase,
+            max_auc_drop=max_auc_drop,
+            min_auc=min_auc,
+            arms=list(arm or []),
+            warn_only=warn_only,
+        )
+        run = load_run(run_dir)
+        base = load_run(baseline) if baseline is not None else None
+        result = evaluate(run, rules, base)
+        err_console.print(_table(result))
+        failed = [r for r in result.rules if not r.passed]
+        for r in failed:
+            err_console.print(f"[red]✗[/] {escape(r.unit)}: {escape(r.message)}", highlight=False)
+        if junit is not None:
+            atomic_write_bytes(junit, junit_xml(result).encode("utf-8"))
+        if json_out:
+            print_json(result.to_dict())
+        if result.exit_code:
+            raise typer.Exit(result.exit_code)

@@ -1,0 +1,411 @@
+"""CI rules over loaded run documents, and their verdict.
+
+Pure functions: `evaluate(run, rules, baseline)` takes runs loaded by `reprokit.rundir.load_run` and
+returns a `GateResult`; the `gate` command only parses options, prints and sets the exit code.
+
+Rules (each optional, at least one required):
+
+- ``max_pd``: PD[metric] <= VALUE (with ``use_ci_upper``: the upper bound of its CI).
+- ``min_auc``: mean AUC over replicas >= VALUE.
+- ``max_pd_increase`` (needs a baseline): 100 * (PD - PD_base) / PD_base <= PCT. With
+  ``use_ci_upper`` both runs are judged by their CI upper bounds (like with like).
+- ``max_auc_drop`` (needs a baseline): AUC_base - AUC <= VALUE.
+
+Units: a train-ensemble run is one unit; a compare-activations run has one unit per arm. By default
+every arm is judged (strictest); ``arms`` restricts the rules to the named arms (slug or activation
+spec). Against a baseline, units are matched by arm; a baseline with a single unit (a train-ensemble
+run) serves every arm.
+
+Exit codes: 0 every rule holds (or ``warn_only``), 1 a rule failed, 2 bad input (raised as
+ReprokitError before any verdict).
+"""
+
+from __future__ import annotations
+
+import math
+import xml.etree.ElementTree as ET
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from reprokit.errors import ReprokitError
+from reprokit.rundir import COMPARE, Run, as_float
+
+SCHEMA_VERSION = 1
+PD_KEYS = ("abs", "rel", "abs_mean", "rel_mean", "l2", "rel_std", "flip")
+
+EXIT_PASS = 0
+EXIT_FAIL = 1
+
+
+@dataclass
+class GateRules:
+    max_pd: float | None = None
+    metric: str = "rel"
+    use_ci_upper: bool = False
+    max_pd_increase: float | None = None  # percent
+    max_auc_drop: float | None = None
+    min_auc: float | None = None
+    arms: list[str] = field(default_factory=list)
+    warn_only: bool = False
+
+    @property
+    def needs_baseline(self) -> bool:
+        return self.max_pd_increase is not None or self.max_auc_drop is not None
+
+    @property
+    def any_rule(self) -> bool:
+        return any(
+            v is not None
+            for v in (self.max_pd, self.max_pd_increase, self.max_auc_drop, self.min_auc)
+        )
+
+
+@dataclass
+class Unit:
+    """One judged ensemble: a train-ensemble run, or one arm of a compare run."""
+
+    name: str  # arm slug, or "" for a train-ensemble run
+    label: str  # what users see: the activation spec, or the run name
+    summary: dict[str, Any]
+
+
+@dataclass
+class RuleResult:
+    rule: str  # max-pd | min-auc | max-pd-increase | max-auc-drop
+    unit: str  # arm label or run name
+    quantity: str  # e.g. "pd.rel", "pd_ci.rel[upper]", "auc.mean"
+    comparison: str  # "<=" or ">="
+    threshold: float
+    observed: float | None
+    passed: bool
+    message: str
+    baseline: float | None = None
+    current: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class GateResult:
+    run: str
+    run_kind: str
+    baseline: str | None
+    rules: list[RuleResult]
+    warn_only: bool = False
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.rules)
+
+    @property
+    def verdict(self) -> str:
+        if self.passed:
+            return "pass"
+        return "warn" if self.warn_only else "fail"
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_PASS if self.passed or self.warn_only else EXIT_FAIL
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "kind": "gate",
+            "run": self.run,
+            "run_kind": self.run_kind,
+            "baseline": self.baseline,
+            "warn_only": self.warn_only,
+            "verdict": self.verdict,
+            "passed": self.passed,
+            "exit_code": self.exit_code,
+            "failed": sum(not r.passed for r in self.rules),
+            "rules": [r.to_dict() for r in self.rules],
+        }
+
+
+# ------------------------------------------------------------------------------------------ units
+def units(run: Run) -> list[Unit]:
+    if run.kind == COMPARE:
+        assert run.compare is not None
+        return [
+            Unit(name=a["name"], label=str(a.get("activation") or a["name"]), summary=a)
+            for a in run.compare["arms"]
+        ]
+    if run.summary is None:
+        raise ReprokitError(f"{run.path} has no summary to gate")
+    return [Unit(name="", label=run.name, summary=run.summary)]
+
+
+def _matches(unit: Unit, name: str) -> bool:
+    return name in (unit.name, unit.label)
+
+
+def select_units(run: Run, arms: list[str]) -> list[Unit]:
+    """The units the rules apply to: every arm, or the named ones (unknown names are errors)."""
+    all_units = units(run)
+    if not arms or run.kind != COMPARE:
+        return all_units
+    chosen = []
+    for name in arms:
+        found = [u for u in all_units if _matches(u, name)]
+        if not found:
+            known = ", ".join(u.label for u in all_units)
+            raise ReprokitError(f"unknown arm {name!r} in {run.path}; its arms are {known}")
+        chosen += [u for u in found if u not in chosen]
+    return chosen
+
+
+def baseline_unit(unit: Unit, baseline: Run, arms: list[str], current_is_compare: bool) -> Unit:
+    base_units = units(baseline)
+    if len(base_units) == 1:
+        return base_units[0]
+    if current_is_compare:
+        found = [b for b in base_units if _matches(b, unit.name) or _matches(b, unit.label)]
+        if not found:
+            raise ReprokitError(
+                f"the baseline {baseline.path} has no arm {unit.label!r}; "
+                "choose the arms to gate with --arm"
+            )
+        return found[0]
+    # A train-ensemble run against a compare baseline: --arm picks the baseline arm.
+    if len(arms) != 1:
+        known = ", ".join(b.label for b in base_units)
+        raise ReprokitError(
+            f"the baseline {baseline.path} is a compare-activations run; "
+            f"name the arm to compare against with --arm (one of {known})"
+        )
+    found = [b for b in base_units if _matches(b, arms[0])]
+    if not found:
+        known = ", ".join(b.label for b in base_units)
+        raise ReprokitError(f"unknown arm {arms[0]!r} in the baseline; its arms are {known}")
+    return found[0]
+
+
+# -------------------------------------------------------------------------------------- quantities
+def pd_keys(summary: dict[str, Any]) -> list[str]:
+    return [*PD_KEYS, *(k for k in summary.get("pd") or {} if k not in PD_KEYS)]
+
+
+def ci_keys(summary: dict[str, Any]) -> list[str]:
+    ci = summary.get("pd_ci") or {}
+    return [k for k, v in ci.items() if isinstance(v, list | tuple) and len(v) == 2]
+
+
+def pd_value(summary: dict[str, Any], metric: str, use_ci_upper: bool) -> float:
+    if use_ci_upper:
+        return as_float(((summary.get("pd_ci") or {}).get(metric) or [None, None])[1])
+    return as_float((summary.get("pd") or {}).get(metric))
+
+
+def auc_value(unit: Unit, where: str, option: str) -> float:
+    auc = unit.summary.get("auc")
+    if not isinstance(auc, dict):
+        raise ReprokitError(
+            f"{where} has no AUC (its evaluation data has no labels), so {option} cannot be judged"
+        )
+    return as_float(auc.get("mean"))
+
+
+def _known(x: float) -> float | None:
+    return None if math.isnan(x) or math.isinf(x) else x
+
+
+def _fmt(x: float | None) -> str:
+    if x is None or math.isnan(x):
+        return "null"
+    return f"{x:.6g}"
+
+
+# --------------------------------------------------------------------------------------- validate
+def validate(rules: GateRules, run: Run, baseline: Run | None) -> None:
+    """Refuse option combinations and names that cannot be judged (exit 2, before any verdict)."""
+    if not rules.any_rule:
+        raise ReprokitError(
+            "no rule given; use --max-pd, --min-auc, or --baseline with --max-pd-increase "
+            "or --max-auc-drop"
+        )
+    if rules.needs_baseline and baseline is None:
+        raise ReprokitError("--max-pd-increase and --max-auc-drop need --baseline OTHER_RUN_DIR")
+    if baseline is not None and not rules.needs_baseline:
+        raise ReprokitError("--baseline needs --max-pd-increase or --max-auc-drop")
+    for name, value in (
+        ("--max-pd", rules.max_pd),
+        ("--max-pd-increase", rules.max_pd_increase),
+        ("--max-auc-drop", rules.max_auc_drop),
+        ("--min-auc", rules.min_auc),
+    ):
+        if value is not None and not math.isfinite(value):
+            raise ReprokitError(f"{name} must be a finite number, got {value}")
+    if rules.max_pd is not None and rules.max_pd < 0:
+        raise ReprokitError(f"--max-pd must be >= 0, got {rules.max_pd}")
+    if rules.min_auc is not None and not 0 <= rules.min_auc <= 1:
+        raise ReprokitError(f"--min-auc must be in [0, 1], got {rules.min_auc}")
+    if rules.arms and run.kind != COMPARE and (baseline is None or baseline.kind != COMPARE):
+        raise ReprokitError("--arm applies only to compare-activations runs")
+    pd_rule = rules.max_pd is not None or rules.max_pd_increase is not None
+    if not pd_rule and (rules.metric != "rel" or rules.use_ci_upper):
+        raise ReprokitError("--metric and --use-ci-upper need --max-pd or --max-pd-increase")
+    runs = [run] + (
+        [baseline] if baseline is not None and rules.max_pd_increase is not None else []
+    )
+    for r in runs:
+        for unit in units(r):
+            keys = pd_keys(unit.summary)
+            if rules.metric not in keys:
+                raise ReprokitError(
+                    f"unknown PD metric {rules.metric!r}; choose one of {', '.join(keys)}"
+                )
+            if rules.use_ci_upper and rules.metric not in ci_keys(unit.summary):
+                with_ci = ", ".join(ci_keys(unit.summary)) or "none"
+                raise ReprokitError(
+                    f"--use-ci-upper needs a confidence interval, and {r.path} has none for PD "
+                    f"{rules.metric!r} (keys with one: {with_ci})"
+                )
+
+
+# --------------------------------------------------------------------------------------- evaluate
+def _rule(
+    rule: str,
+    unit: str,
+    quantity: str,
+    comparison: str,
+    threshold: float,
+    observed: float,
+    **extra: Any,
+) -> RuleResult:
+    known = _known(observed)
+    if known is None:
+        passed = False
+        why = "is infinite" if math.isinf(observed) else "is missing (null)"
+        message = f"{quantity} {why}, so the rule cannot hold"
+    else:
+        passed = known <= threshold if comparison == "<=" else known >= threshold
+        sign = comparison if passed else (">" if comparison == "<=" else "<")
+        message = f"{quantity} = {_fmt(known)} {sign} {_fmt(threshold)}"
+    return RuleResult(
+        rule=rule,
+        unit=unit,
+        quantity=quantity,
+        comparison=comparison,
+        threshold=threshold,
+        observed=known,
+        passed=passed,
+        message=message,
+        **extra,
+    )
+
+
+def evaluate(run: Run, rules: GateRules, baseline: Run | None = None) -> GateResult:
+    """Judge every rule for every selected unit of `run` (against `baseline` where needed)."""
+    validate(rules, run, baseline)
+    metric = rules.metric
+    pd_quantity = f"pd_ci.{metric}[upper]" if rules.use_ci_upper else f"pd.{metric}"
+    is_compare = run.kind == COMPARE
+    selected = select_units(run, rules.arms) if is_compare else units(run)
+    results: list[RuleResult] = []
+    for unit in selected:
+        label = unit.label
+        if rules.max_pd is not None:
+            observed = pd_value(unit.summary, metric, rules.use_ci_upper)
+            results.append(_rule("max-pd", label, pd_quantity, "<=", rules.max_pd, observed))
+        if rules.min_auc is not None:
+            observed = auc_value(unit, str(run.path), "--min-auc")
+            results.append(_rule("min-auc", label, "auc.mean", ">=", rules.min_auc, observed))
+        if baseline is None:
+            continue
+        base = baseline_unit(unit, baseline, rules.arms, is_compare)
+        if rules.max_pd_increase is not None:
+            cur = pd_value(unit.summary, metric, rules.use_ci_upper)
+            ref = pd_value(base.summary, metric, rules.use_ci_upper)
+            if ref == 0 and cur == 0:
+                change = 0.0
+            elif ref == 0:
+                change = math.inf
+            else:
+                change = (cur - ref) / ref * 100
+            result = _rule(
+                "max-pd-increase",
+                label,
+                f"{pd_quantity} change vs baseline (%)",
+                "<=",
+                rules.max_pd_increase,
+                change,
+                baseline=_known(ref),
+                current=_known(cur),
+            )
+            if not result.passed and math.isinf(change):
+                result.message = (
+                    f"{pd_quantity} = {_fmt(cur)} but the baseline's is 0, "
+                    "so any increase is infinite"
+                )
+            elif _known(change) is not None:
+                result.message += f" (baseline {_fmt(ref)}, now {_fmt(cur)})"
+            results.append(result)
+        if rules.max_auc_drop is not None:
+            cur = auc_value(unit, str(run.path), "--max-auc-drop")
+            ref = auc_value(base, str(baseline.path), "--max-auc-drop")
+            result = _rule(
+                "max-auc-drop",
+                label,
+                "auc.mean drop vs baseline",
+                "<=",
+                rules.max_auc_drop,
+                ref - cur,
+                baseline=_known(ref),
+                current=_known(cur),
+            )
+            if result.observed is not None:
+                result.message += f" (baseline {_fmt(ref)}, now {_fmt(cur)})"
+            results.append(result)
+    return GateResult(
+        run=str(run.path),
+        run_kind=run.kind,
+        baseline=str(baseline.path) if baseline is not None else None,
+        rules=results,
+        warn_only=rules.warn_only,
+    )
+
+
+# ------------------------------------------------------------------------------------------ JUnit
+def junit_xml(result: GateResult) -> str:
+    """JUnit XML: one testcase per rule and unit, a <failure> element for each failed one."""
+    failures = sum(not r.passed for r in result.rules)
+    suites = ET.Element("testsuites", name="reprokit gate")
+    suite = ET.SubElement(
+        suites,
+        "testsuite",
+        name="reprokit gate",
+        tests=str(len(result.rules)),
+        failures=str(failures),
+        errors="0",
+        skipped="0",
+    )
+    props = ET.SubElement(suite, "properties")
+    for key, value in (
+        ("run", result.run),
+        ("run_kind", result.run_kind),
+        ("baseline", result.baseline or ""),
+        ("warn_only", str(result.warn_only).lower()),
+        ("verdict", result.verdict),
+    ):
+        ET.SubElement(props, "property", name=key, value=value)
+    for r in result.rules:
+        case = ET.SubElement(
+            suite,
+            "testcase",
+            classname=f"reprokit.gate.{r.unit}",
+            name=f"{r.rule}: {r.quantity} {r.comparison} {_fmt(r.threshold)}",
+        )
+        if not r.passed:
+            failure = ET.SubElement(case, "failure", message=r.message, type="GateRuleFailed")
+            failure.text = f"rule {r.rule} failed for {r.unit}: {r.message}" + (
+                " (warn-only: the gate did not fail the build)" if result.warn_only else ""
+            )
+        else:
+            out = ET.SubElement(case, "system-out")
+            out.text = r.message
+    ET.indent(suites)
+    return (
+        '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
+    )
