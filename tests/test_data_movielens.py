@@ -8,6 +8,7 @@ import movielens_cache
 import numpy as np
 import pandas as pd
 import pytest
+from movielens_cache import write_tiny_grouplens, write_tiny_recbole
 
 from reprokit.data.movielens import detect_layout, load_movielens
 from reprokit.errors import ReprokitError
@@ -80,50 +81,6 @@ def test_recbole_layout_detected(movielens_recbole_dir):
 
 
 # ------------------------------------------------------------ tiny copies (no download)
-
-_GENRE_FLAGS = {  # item -> flags over the 19 GroupLens genres
-    1: [0, 0, 0, 1, 1, 1] + [0] * 13,  # Animation, Children's, Comedy
-    2: [0] * 8 + [1] + [0] * 10,  # Drama
-    3: [1] + [0] * 18,  # unknown
-}
-
-
-def write_tiny_grouplens(directory: Path) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "u.data").write_text(
-        "1\t1\t5\t881250949\n2\t2\t3\t881250950\n1\t3\t4\t881250951\n3\t2\t1\t881250952\n"
-    )
-    (directory / "u.user").write_text(
-        "1|24|M|technician|85711\n2|53|F|other|T8H1N\n3|7|M|student|\n"
-    )
-    titles = {1: "Toy Story (1995)", 2: "Misérables, Les (1995)", 3: "unknown"}
-    dates = {1: "01-Jan-1995", 2: "15-Mar-1995", 3: ""}
-    lines = [
-        f"{i}|{titles[i]}|{dates[i]}||http://x|" + "|".join(map(str, flags))
-        for i, flags in _GENRE_FLAGS.items()
-    ]
-    (directory / "u.item").write_bytes(("\n".join(lines) + "\n").encode("latin-1"))
-    return directory
-
-
-def write_tiny_recbole(directory: Path) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "tiny.inter").write_text(
-        "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
-        "1\t1\t5\t881250949\n2\t2\t3\t881250950\n1\t3\t4\t881250951\n3\t2\t1\t881250952\n"
-    )
-    (directory / "tiny.user").write_text(
-        "user_id:token\tage:token\tgender:token\toccupation:token\tzip_code:token\n"
-        "1\t24\tM\ttechnician\t85711\n2\t53\tF\tother\tT8H1N\n3\t7\tM\tstudent\t\n"
-    )
-    (directory / "tiny.item").write_text(
-        "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
-        "1\tToy Story\t1995\tComedy Animation Children's\n"
-        "2\tMisérables, Les\t1995\tDrama\n"
-        "3\tunknown\tunkonwn\tunknown\n",
-        encoding="utf-8",
-    )
-    return directory
 
 
 @pytest.mark.parametrize("writer", [write_tiny_grouplens, write_tiny_recbole])
