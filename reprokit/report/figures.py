@@ -149,10 +149,18 @@ def pd_by_bucket(arms: Sequence[Arm], buckets: Sequence[list[dict]]) -> Markup:
     with mpl.rc_context(_RC):
         fig = _figure(6.4, 3.4)
         ax = fig.add_subplot()
+        # Log-spaced buckets (lo > 0 everywhere) read better on a log axis.
+        log_x = all((r.get("lo") or 0) > 0 for rows in buckets for r in rows) and any(buckets)
         for i, (arm, rows) in enumerate(zip(arms, buckets, strict=True)):
-            xs = [(r["lo"] + r["hi"]) / 2 for r in rows if r.get("abs_mean") is not None]
-            ys = [r["abs_mean"] for r in rows if r.get("abs_mean") is not None]
+            rows = [r for r in rows if r.get("abs_mean") is not None]
+            if log_x:
+                xs = [math.sqrt(r["lo"] * r["hi"]) for r in rows]
+            else:
+                xs = [(r["lo"] + r["hi"]) / 2 for r in rows]
+            ys = [r["abs_mean"] for r in rows]
             ax.plot(xs, ys, "o-", color=color(i), label=text(arm.label), markersize=4)
+        if log_x:
+            ax.set_xscale("log")
         ax.set_xlabel("ensemble-mean prediction p̄ (bucket centre)")
         ax.set_ylabel("mean |p_m − p̄| in bucket")
         ax.legend(fontsize=8)
