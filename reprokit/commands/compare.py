@@ -1,0 +1,259 @@
+"""`reprokit compare-activations`: the same ensemble per activation arm, compared.
+
+Trade-off table, Pareto plot, paired tests. The workflow lives in `reprokit.runners.compare`; this
+module parses options and prints.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from reprokit.commands.common import cli_errors, err_console, print_json
+from reprokit.commands.train import VARY_HELP, make_progress, run_overrides
+
+#: Replicas per arm when neither --replicas nor the config file says: 8 is the smallest N for which
+#: a paired test on 4 non-baseline arms can reach p(Holm) < 0.05 (exact sign-flip: 2/2^8 × 4).
+DEFAULT_REPLICAS = 8
+
+#: Table width when stderr is not a terminal (Rich would otherwise assume 80 columns).
+WIDE = 150
+
+ARMS_HELP = (
+    "Activation specs, one per arm, separated by commas or ';' (repeatable). A comma followed by a "
+    "bare key=value continues the previous spec, so 'relu,gsmelu:alpha=0.5,beta=1.5,gelu' is three "
+    "arms. Default: relu,smelu:beta=0.5,smelu:beta=1,gelu,swish (relu alone when only --sweep is "
+    "given)."
+)
+SWEEP_HELP = (
+    "One activation family over one parameter, expanded to arms: 'smelu:beta=0.1..2.0:8' (8 evenly "
+    "spaced values, ends included) or 'smelu:beta=0.25|0.5|1' (a list). Repeatable."
+)
+
+
+def _num(value: Any) -> float:
+    if value is None:
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    v = _num(value)
+    return "n/a" if not math.isfinite(v) else f"{v:.{digits}g}"
+
+
+def _fix(value: Any, decimals: int = 4) -> str:
+    v = _num(value)
+    return "n/a" if not math.isfinite(v) else f"{v:.{decimals}f}"
+
+
+def _fmt_p(value: Any) -> str:
+    v = _num(value)
+    if not math.isfinite(v):
+        return "n/a"
+    return "<0.001" if v < 0.001 else f"{v:.3f}"
+
+
+def render_compare_table(doc: dict[str, Any]) -> Table:
+    """One row per arm: spec, PD rel [CI], PD abs, AUC mean±std, ensemble AUC, log-loss, time,
+    p (Holm) of the paired PD and AUC tests against the baseline, Pareto membership."""
+    pareto = set(doc.get("pareto") or [])
+    level = 0.95
+    for arm in doc["arms"]:
+        level = _num((arm.get("pd_ci") or {}).get("level", level))
+        break
+    table = Table(
+        title=f"compare-activations: {doc.get('run_dir', '')}",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        caption_justify="left",
+        caption=(
+            f"{doc.get('replicas', '?')} replicas per arm, vary "
+            f"{','.join(doc.get('vary') or []) or 'none'}; paired "
+            f"{(doc.get('test') or {}).get('method', '')} test vs baseline "
+            f"{doc.get('baseline')} on per-replica PD rel / AUC, Holm across arms; "
+            f"Δ = arm − baseline"
+        ),
+    )
+    table.add_column("arm", no_wrap=True)
+    table.add_column(f"PD rel [{level * 100:g}% CI]", justify="right", no_wrap=True)
+    table.add_column("PD abs", justify="right")
+    table.add_column("AUC mean±std", justify="right", no_wrap=True)
+    table.add_column("ens AUC", justify="right")
+    table.add_column("logloss", justify="right")
+    table.add_column("time s", justify="right")
+    table.add_column("p PD (Holm)", justify="right", no_wrap=True)
+    table.add_column("p AUC (Holm)", justify="right", no_wrap=True)
+    table.add_column("Pareto", justify="center")
+    for arm in doc["arms"]:
+        pd = arm.get("pd") or {}
+        ci = (arm.get("pd_ci") or {}).get("rel") or [None, None]
+        auc = arm.get("auc") or {}
+        logloss = arm.get("logloss") or {}
+        tests = arm.get("tests") or {}
+        spec = arm["activation"]
+        is_base = spec == doc.get("baseline")
+
+        def p_cell(metric: str, tests: dict[str, Any] = tests, is_base: bool = is_base) -> str:
+            if is_base:
+                return "baseline"
+            test = tests.get(metric) or {}
+            stat = _num(test.get("statistic"))
+            sign = "" if not math.isfinite(stat) else ("−" if stat < 0 else "+")
+            return f"{sign} {_fmt_p(test.get('p_holm'))}".strip()
+
+        table.add_row(
+            spec,
+            f"{_fmt(pd.get('rel'), 3)} [{_fmt(ci[0], 3)}, {_fmt(ci[1], 3)}]",
+            _fmt(pd.get("abs"), 3),
+            f"{_fix(auc.get('mean'))}±{_fix(auc.get('std'))}",
+            _fix(auc.get("ensemble")),
+            _fix(logloss.get("mean")),
+            f"{_num(arm.get('train_seconds')):.1f}",
+            p_cell("rel"),
+            p_cell("auc"),
+            "✓" if spec in pareto else "",
+        )
+    return table
+
+
+def _replicas_in_file(config: Path | None) -> bool:
+    if config is None:
+        return False
+    from reprokit.config import load_toml
+
+    return "replicas" in load_toml(config)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("compare-activations")
+    @cli_errors
+    def compare_activations_command(
+        arms: list[str] | None = typer.Option(None, "--arms", "--arm", help=ARMS_HELP),
+        baseline: str | None = typer.Option(
+            None, "--baseline", help="Reference arm (default: the first arm); added if not listed."
+        ),
+        sweep: list[str] | None = typer.Option(None, "--sweep", help=SWEEP_HELP),
+        test: str = typer.Option(
+            "permutation",
+            "--test",
+            help="Paired test: permutation (sign-flip, exact for <= 13 replicas) or wilcoxon.",
+        ),
+        data: Path | None = typer.Option(
+            None,
+            "--data",
+            help="Dataset in reprokit's parquet layout (default: built-in synthetic).",
+        ),
+        config: Path | None = typer.Option(
+            None, "--config", help="TOML config; options override it."
+        ),
+        replicas: int | None = typer.Option(
+            None, "--replicas", "-n", help=f"Replicas per arm (default {DEFAULT_REPLICAS})."
+        ),
+        vary: str | None = typer.Option(None, "--vary", help=VARY_HELP),
+        embedding_dim: int | None = typer.Option(None, "--embedding-dim", help="Embedding width."),
+        hidden: str | None = typer.Option(None, "--hidden", help="MLP widths, e.g. 256-128-64."),
+        dropout: float | None = typer.Option(None, "--dropout", help="Dropout probability."),
+        batch_norm: bool | None = typer.Option(
+            None, "--batch-norm/--no-batch-norm", help="BatchNorm after each hidden layer."
+        ),
+        optimizer: str | None = typer.Option(None, "--optimizer", help="adagrad, adam or sgd."),
+        lr: float | None = typer.Option(None, "--lr", help="Learning rate."),
+        batch_size: int | None = typer.Option(None, "--batch-size", help="Training batch size."),
+        epochs: int | None = typer.Option(None, "--epochs", help="Training epochs."),
+        split: str | None = typer.Option(None, "--split", help="random or temporal."),
+        label: str | None = typer.Option(None, "--label", help="Label column to train on."),
+        synth_rows: int | None = typer.Option(
+            None, "--synth-rows", help="Rows of the built-in synthetic dataset."
+        ),
+        seed: int | None = typer.Option(None, "--seed", help="Base seed of every source."),
+        device: str | None = typer.Option(None, "--device", help="cpu or cuda[:N]."),
+        engine: str | None = typer.Option(None, "--engine", help="auto, process or vectorized."),
+        threads: int | None = typer.Option(None, "--threads", help="Intra-op threads per replica."),
+        workers: int = typer.Option(1, "--workers", "-j", help="Parallel worker processes."),
+        out: Path | None = typer.Option(
+            None, "--out", "-o", help="Run directory (re-running resumes every arm)."
+        ),
+        force: bool = typer.Option(False, "--force", help="Overwrite arms of another config."),
+        json_out: bool = typer.Option(False, "--json", help="Print compare.json on stdout."),
+    ) -> None:
+        """Train the same ensemble once per activation and compare PD against AUC.
+
+        Replica k of every arm shares all seeds (only the activation differs), so arms are compared
+        with paired tests against the baseline, Holm-corrected. Writes RUN_DIR/arms/<slug>/ (a
+        train-ensemble run per arm), RUN_DIR/compare.json and RUN_DIR/pareto.png / pareto.svg.
+
+        Examples:
+          reprokit compare-activations
+          reprokit compare-activations --arms 'relu;smelu:beta=1;gelu' --vary init,data-order
+          reprokit compare-activations --sweep smelu:beta=0.1..2.0:8 --out runs/smelu-sweep
+        """
+        from reprokit.config import resolve_config
+        from reprokit.runners.compare import compare_activations, resolve_arms
+
+        if replicas is None and not _replicas_in_file(config):
+            replicas = DEFAULT_REPLICAS
+        cfg = resolve_config(
+            config,
+            run_overrides(
+                data=str(data) if data else None,
+                replicas=replicas,
+                vary=vary,
+                embedding_dim=embedding_dim,
+                hidden=hidden,
+                dropout=dropout,
+                batch_norm=batch_norm,
+                optimizer=optimizer,
+                lr=lr,
+                batch_size=batch_size,
+                epochs=epochs,
+                split=split,
+                label=label,
+                synth_rows=synth_rows,
+                seed=seed,
+                device=device,
+                engine=engine,
+                threads=threads,
+            ),
+        )
+        specs, _ = resolve_arms(arms or None, baseline, sweep or None)  # fail fast on a bad spec
+        with make_progress() as bar:
+            task = bar.add_task("training", total=len(specs) * cfg.replicas)
+
+            def on_progress(done: int, total: int, info: dict[str, Any]) -> None:
+                arm = info.get("arm", "")
+                index = info.get("arm_index", 0) + 1
+                bar.update(
+                    task,
+                    completed=done,
+                    total=total,
+                    description=f"arm {index}/{info.get('arms', len(specs))} {arm}",
+                )
+
+            doc = compare_activations(
+                cfg,
+                arms=arms or None,
+                baseline=baseline,
+                out=out,
+                sweep=sweep or None,
+                workers=workers,
+                force=force,
+                test=test,
+                progress=on_progress,
+            )
+        table = render_compare_table(doc)
+        if err_console.is_terminal:
+            err_console.print(table)
+        else:  # a log file or pipe: wide enough for one line per arm
+            Console(file=err_console.file, width=WIDE, color_system=None).print(table)
+        if json_out:
+            print_json(doc)

@@ -1,0 +1,147 @@
+"""The accuracy–reproducibility trade-off plot of a compare-activations run (PNG and SVG).
+
+x: mean AUC across replicas (error bar ± std), y: PD ``rel`` (error bar: its bootstrap CI over
+replicas). Better is down and to the right. Pareto-optimal arms are ringed and joined by a
+dashed line; the arms of one family that differ in one parameter (a sweep, or several SmeLU β) are
+joined by a solid curve in parameter order. No pyplot: a plain `Figure`, so no global state changes.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib as mpl
+from matplotlib.figure import Figure
+
+from reprokit.nn.registry import parse_spec
+from reprokit.store import atomic_write_bytes
+
+PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
+_RC = {"svg.fonttype": "none", "font.size": 9, "axes.grid": True, "grid.alpha": 0.3}
+
+
+def _num(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _point(arm: dict[str, Any]) -> tuple[float, float, float, float, float]:
+    """(auc, auc_std, pd_rel, ci_lo, ci_hi) of one arm; NaN where absent."""
+    auc = arm.get("auc") or {}
+    ci = (arm.get("pd_ci") or {}).get("rel") or [None, None]
+    return (
+        _num(auc.get("mean")),
+        _num(auc.get("std")),
+        _num((arm.get("pd") or {}).get("rel")),
+        _num(ci[0]),
+        _num(ci[1]),
+    )
+
+
+def _label(text: str) -> str:
+    return str(text).replace("$", r"\$")  # literal text, never mathtext
+
+
+def plot_tradeoff(doc: dict[str, Any], out_dir: str | Path, stem: str = "pareto") -> list[str]:
+    """Write ``<stem>.png`` and ``<stem>.svg`` under `out_dir`; return their names (relative)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    arms = doc["arms"]
+    points = {arm["activation"]: _point(arm) for arm in arms}
+    names = {parse_spec(spec).name for spec in points}
+    colors = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(sorted(names))}
+    pareto = set(doc.get("pareto") or [])
+    with mpl.rc_context(_RC):
+        fig = Figure(figsize=(7.0, 4.6), layout="constrained")
+        ax = fig.subplots()
+        for spec, (auc, auc_std, pd_rel, lo, hi) in points.items():
+            if math.isnan(auc) or math.isnan(pd_rel):
+                continue
+            c = colors[parse_spec(spec).name]
+            yerr = None
+            if not (math.isnan(lo) or math.isnan(hi)):
+                yerr = [[max(pd_rel - lo, 0.0)], [max(hi - pd_rel, 0.0)]]
+            ax.errorbar(
+                [auc],
+                [pd_rel],
+                xerr=None if math.isnan(auc_std) else [auc_std],
+                yerr=yerr,
+                fmt="s" if spec == doc.get("baseline") else "o",
+                color=c,
+                ecolor=c,
+                elinewidth=0.8,
+                capsize=2.5,
+                markersize=6,
+                zorder=3,
+            )
+            if spec in pareto:
+                ax.plot(
+                    [auc],
+                    [pd_rel],
+                    "o",
+                    markersize=13,
+                    markerfacecolor="none",
+                    markeredgecolor="black",
+                    markeredgewidth=0.9,
+                    zorder=4,
+                )
+            suffix = " (baseline)" if spec == doc.get("baseline") else ""
+            ax.annotate(
+                _label(spec + suffix),
+                (auc, pd_rel),
+                textcoords="offset points",
+                xytext=(6, 5),
+                fontsize=8,
+                color=c,
+            )
+        for name, family in (doc.get("families") or {}).items():
+            xy = [(points[s][0], points[s][2]) for s in family["specs"] if s in points]
+            xy = [(x, y) for x, y in xy if not (math.isnan(x) or math.isnan(y))]
+            if len(xy) >= 2:
+                ax.plot(
+                    [x for x, _ in xy],
+                    [y for _, y in xy],
+                    "-",
+                    color=colors.get(name, "grey"),
+                    linewidth=1.2,
+                    alpha=0.8,
+                    zorder=2,
+                    label=_label(f"{name}: {family['param']} sweep"),
+                )
+        front = sorted(
+            (points[s][0], points[s][2])
+            for s in pareto
+            if s in points and not (math.isnan(points[s][0]) or math.isnan(points[s][2]))
+        )
+        if len(front) >= 2:
+            ax.plot(
+                [x for x, _ in front],
+                [y for _, y in front],
+                "--",
+                color="black",
+                linewidth=0.8,
+                alpha=0.6,
+                zorder=1,
+                label="Pareto front",
+            )
+        ax.set_xlabel("AUC (mean ± std over replicas; higher is better)")
+        ax.set_ylabel("PD rel (95% CI over replicas; lower is better)")
+        vary = ",".join(doc.get("vary") or []) or "none"
+        ax.set_title(
+            _label(
+                f"accuracy vs reproducibility ({doc.get('replicas', '?')} replicas, vary {vary})"
+            )
+        )
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="best", fontsize=8)
+        files = []
+        for ext in ("png", "svg"):
+            name = f"{stem}.{ext}"
+            buf = io.BytesIO()
+            metadata = {"Date": None} if ext == "svg" else None
+            fig.savefig(buf, format=ext, dpi=150, metadata=metadata)
+            atomic_write_bytes(out_dir / name, buf.getvalue())  # a killed run leaves no half file
+            files.append(name)
+    return files
