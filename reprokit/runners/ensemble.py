@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from reprokit.environment import environment_fingerprint
 from reprokit.errors import ReprokitError
 from reprokit.runners.executors import run_local
 from reprokit.sources import SOURCES, replica_seeds
-from reprokit.store import RunStore
+from reprokit.store import RunStore, atomic_write_json
 
 KIND = "train-ensemble"
 
@@ -51,7 +51,9 @@ def data_fingerprint(encoded: Any) -> str:
     return h.hexdigest()[:16]
 
 
-def build_manifest(config: RunConfig, encoded: Any, data_name: str) -> dict[str, Any]:
+def build_manifest(
+    config: RunConfig, encoded: Any, data_name: str, engine: str = "process"
+) -> dict[str, Any]:
     from reprokit import __version__
 
     return {
@@ -64,7 +66,7 @@ def build_manifest(config: RunConfig, encoded: Any, data_name: str) -> dict[str,
             f"{r:03d}": replica_seeds(config.seed, config.vary, r) for r in range(config.replicas)
         },
         "environment": environment_fingerprint(config.device),
-        "engine": "process",
+        "engine": engine,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "data": {
             "name": data_name,
@@ -79,12 +81,65 @@ def build_manifest(config: RunConfig, encoded: Any, data_name: str) -> dict[str,
 
 def _train_and_store(payload: ReplicaPayload, replica: int) -> dict[str, Any]:
     """Train one replica and write its files; runs in the parent or in a worker process."""
-    from reprokit.metrics.accuracy import replica_accuracy
     from reprokit.training.loop import train_replica
 
     config = payload.config
     seeds = replica_seeds(config.seed, config.vary, replica)
     out = train_replica(payload.encoded, config, replica, seeds)
+    return _store_replica(payload, replica, seeds, out)
+
+
+def _train_vectorized(payload: ReplicaPayload, replicas: list[int]) -> Iterator[dict[str, Any]]:
+    """Train `replicas` together in this process (stacked parameters); write each one's files."""
+    from reprokit.training.vectorized import train_replicas
+
+    config = payload.config
+    seeds = [replica_seeds(config.seed, config.vary, r) for r in replicas]
+    if not replicas:
+        return
+    outs = train_replicas(payload.encoded, config, replicas, seeds)
+    for replica, s, out in zip(replicas, seeds, outs, strict=True):
+        yield _store_replica(payload, replica, s, out)
+
+
+# --- engine selection ---------------------------------------------------------------------------
+def choose_engine(config: RunConfig, encoded: Any = None) -> str:
+    """`process` or `vectorized` for `config.engine`: auto = vectorized unless it cannot run."""
+    from reprokit.training.vectorized import unsupported_reason
+
+    if config.engine == "process":
+        return "process"
+    reason = unsupported_reason(config, encoded)
+    if config.engine == "vectorized" and reason is not None:
+        raise ReprokitError(f"--engine vectorized cannot train this configuration: {reason}")
+    return "process" if reason is not None else "vectorized"
+
+
+def _resume_engine(store: RunStore, config: RunConfig, engine: str, finished: list[int]) -> str:
+    """Finish a resumed run with the engine that trained its replicas, so the two engines' rounding
+    differences never mix into one ensemble (it would break the control arm's PD = 0)."""
+    recorded = store.manifest().get("engine")
+    if recorded == engine:
+        return engine
+    if finished and recorded in ("process", "vectorized"):
+        if config.engine == "auto" and (recorded == "process" or choose_engine(config) == engine):
+            return str(recorded)
+        raise ReprokitError(
+            f"{store.path} was trained with the {recorded} engine; resume it with that engine "
+            "or pass --force to start over"
+        )
+    manifest = store.manifest()
+    manifest["engine"] = engine  # nothing trained yet: record the engine that will run
+    atomic_write_json(store.manifest_path, manifest)
+    return engine
+
+
+def _store_replica(
+    payload: ReplicaPayload, replica: int, seeds: dict[str, int], out: Any
+) -> dict[str, Any]:
+    """Write one trained replica's predictions, metrics and log; return its metrics."""
+    from reprokit.metrics.accuracy import replica_accuracy
+
     enc = payload.encoded
     frame = pd.DataFrame({"example_id": enc.eval_example_id.astype(np.int64)})
     for t, name in enumerate(enc.label_names):
@@ -159,13 +214,19 @@ def train_ensemble(
         encoded = load_encoded(config.data)
     data_name = Path(config.data.path).stem if config.data.path else "synthetic"
     store = RunStore(out if out is not None else default_run_dir())
-    finished = store.prepare(build_manifest(config, encoded, data_name), force=force)
+    engine = choose_engine(config, encoded)
+    finished = store.prepare(build_manifest(config, encoded, data_name, engine), force=force)
+    engine = _resume_engine(store, config, engine, finished)
     todo = [r for r in range(config.replicas) if r not in finished]
     done = len(finished)
     if progress:
         progress(done, config.replicas, {})
     payload = ReplicaPayload(encoded=encoded, config=config, run_dir=str(store.path))
-    for metrics in run_local(_train_and_store, payload, todo, workers=workers):
+    if engine == "vectorized":
+        results = _train_vectorized(payload, todo)
+    else:
+        results = run_local(_train_and_store, payload, todo, workers=workers)
+    for metrics in results:
         done += 1
         if progress:
             progress(done, config.replicas, metrics)

@@ -1,0 +1,605 @@
+"""The `vectorized` engine: all replicas of a train-ensemble in one process, stacked parameters.
+
+Replica r of this engine is trained like replica r of the reference loop (`loop.train_replica`), up
+to floating-point reduction order:
+
+- initialisation: the reference model is built and initialised from replica r's `init` seed (and
+  bit-flipped from its `bitflip` seed), then its parameters are copied into slice r of the stack;
+- data order: replica r's permutation of every epoch comes from its own `data-order` generator,
+  and each replica gathers its own batch rows;
+- dropout: replica r's masks come from a `torch.Generator` seeded with its `dropout` seed, drawn
+  in the same order and shapes as the reference model draws them;
+- async: one `StaleGradientQueue` per replica, seeded from its `async` seed;
+- the optimizer (adagrad, sgd, adam) is re-implemented for stacked tensors with torch.optim's
+  formulas; embedding tables of sparse optimizers (adagrad, sgd) are updated only in the rows a
+  batch used, with the optimizer state updated in those rows only.
+
+Layout: every field's table is a slice of one stacked table [R, V_total, dim] (field f starts at
+row `offsets[f]`), so one gather serves all fields of all replicas; dense layers are [R, out, in]
+weights and [R, 1, out] biases used through `torch.baddbmm`. Replicas whose seeds coincide (a
+source that is not varied) share one generator draw, which keeps the control arm bitwise identical
+and saves work.
+
+A replica whose loss or gradient norm goes non-finite is frozen (logged at that step, never updated
+again, excluded from the stale-gradient drain) without disturbing the others, as in the reference.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from reprokit.config import RunConfig
+from reprokit.errors import ReprokitError
+from reprokit.nn.embeddings import FieldEmbeddings
+from reprokit.nn.models import CTRModel, SeededDropout
+from reprokit.training.loop import (
+    EVAL_BATCH,
+    ReplicaOutput,
+    StaleGradientQueue,
+    build_model,
+    configure_determinism,
+    flip_one_weight,
+)
+
+#: Optimizers this engine implements for stacked parameters.
+OPTIMIZERS = ("adagrad", "sgd", "adam")
+#: Optimizers whose embedding gradients are sparse in the reference loop (rows of the batch only).
+SPARSE_OPTIMIZERS = ("adagrad", "sgd")
+ADAGRAD_EPS = 1e-10
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+
+
+# --------------------------------------------------------------------------------------------------
+# What the engine can run
+# --------------------------------------------------------------------------------------------------
+def _model_structure_problem(model: nn.Module) -> str | None:
+    """Why `model` is not embeddings → [Linear, activation, dropout?]* → Linear, or None."""
+    if not isinstance(model, CTRModel):
+        return "the model is not a CTRModel"
+    if not isinstance(model.embeddings, FieldEmbeddings):
+        return "the embedding layer is not one table per field"
+    if not isinstance(model.head, nn.Linear):
+        return "the output head is not a single linear layer"
+    expected_linear = True
+    for module in model.mlp:
+        if isinstance(module, nn.Linear):
+            if not expected_linear:
+                return "the MLP has two linear layers in a row"
+            expected_linear = False
+        elif isinstance(module, SeededDropout):
+            continue
+        elif any(True for _ in module.parameters()) or any(True for _ in module.buffers()):
+            return f"the activation {type(module).__name__} has parameters or buffers"
+        else:
+            expected_linear = True
+    known = {f"embeddings.tables.{f}.weight" for f in range(len(model.embeddings.tables))}
+    for i, module in enumerate(model.mlp):
+        if isinstance(module, nn.Linear):
+            known |= {f"mlp.{i}.weight", f"mlp.{i}.bias"}
+    known |= {"head.weight", "head.bias"}
+    names = {n for n, _ in model.named_parameters()}
+    if names != known:
+        return f"the model has parameters the engine does not know ({sorted(names - known)[:3]})"
+    if any(True for _ in model.buffers()):
+        return "the model has buffers"
+    return None
+
+
+def unsupported_reason(config: RunConfig, encoded: Any = None) -> str | None:
+    """Why this engine cannot train `config` (then `auto` uses one process per replica), or None."""
+    if "threads" in config.vary:
+        return "the 'threads' source needs a separate process per replica"
+    if "gpu-kernels" in config.vary:
+        return "the 'gpu-kernels' source needs a separate process per replica"
+    if config.optim.name not in OPTIMIZERS:
+        return f"the {config.optim.name!r} optimizer is not implemented for stacked parameters"
+    if config.model.embedding != "table":
+        return f"the {config.model.embedding!r} embedding is not implemented for stacked parameters"
+    vocab = list(encoded.vocab_sizes) if encoded is not None else [2]
+    n_num = int(encoded.train_num.shape[1]) if encoded is not None else 1
+    n_tasks = int(encoded.train_y.shape[1]) if encoded is not None else 1
+    try:
+        model = build_model(config, vocab, n_num, n_tasks)
+    except ReprokitError as exc:
+        return str(exc)
+    return _model_structure_problem(model)
+
+
+def check_supported(config: RunConfig, encoded: Any = None) -> None:
+    reason = unsupported_reason(config, encoded)
+    if reason is not None:
+        raise ReprokitError(f"the vectorized engine cannot train this configuration: {reason}")
+    if config.optim.name in SPARSE_OPTIMIZERS and config.optim.weight_decay != 0:
+        raise ReprokitError(
+            f"{config.optim.name} updates embeddings sparsely, which torch does not allow with "
+            "weight decay; set weight_decay to 0 or use the adam optimizer"
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Stacked parameters
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class Stack:
+    """The parameters of R replicas; `dense` lists the MLP tensors [R, ...] as W0, b0, W1, b1, .."""
+
+    table: torch.Tensor  # [R, V_total, dim]
+    offsets: torch.Tensor  # [F] first row of every field in the stacked table
+    weights: list[torch.Tensor]  # [R, out, in], hidden layers then head
+    biases: list[torch.Tensor]  # [R, 1, out]
+    activations: list[nn.Module]  # one per hidden layer
+    dropout: float
+    vocab_total: int
+    dim: int
+
+    @property
+    def replicas(self) -> int:
+        return self.table.shape[0]
+
+    @property
+    def dense(self) -> list[torch.Tensor]:
+        out: list[torch.Tensor] = []
+        for w, b in zip(self.weights, self.biases, strict=True):
+            out += [w, b]
+        return out
+
+    @property
+    def table_flat(self) -> torch.Tensor:
+        return self.table.view(-1, self.dim)
+
+
+def _model_tensors(model: CTRModel) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    table = torch.cat([t.weight.detach() for t in model.embeddings.tables], dim=0)
+    linears = [m for m in model.mlp if isinstance(m, nn.Linear)] + [model.head]
+    weights = [m.weight.detach() for m in linears]
+    biases = [m.bias.detach().unsqueeze(0) for m in linears]
+    return table, weights, biases
+
+
+def _leaf(tensors: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor:
+    return torch.stack(list(tensors)).to(device).contiguous().requires_grad_(True)
+
+
+def build_stack(
+    config: RunConfig, encoded: Any, replicas: Sequence[int], seeds: Sequence[dict[str, int]]
+) -> Stack:
+    """Build each replica's reference model from its own seeds; stack the parameters of all."""
+    n_tasks = encoded.train_y.shape[1]
+    n_num = encoded.train_num.shape[1]
+    tables, weights, biases = [], [], []
+    first: CTRModel | None = None
+    cache: dict[tuple[int, int | None], tuple] = {}
+    flip = "bitflip" in config.vary
+    for replica, s in zip(replicas, seeds, strict=True):
+        key = (s["init"], s["bitflip"] if flip and replica > 0 else None)
+        if key not in cache:
+            model = build_model(config, encoded.vocab_sizes, n_num, n_tasks)
+            model.reset_parameters(torch.Generator().manual_seed(s["init"]))
+            if key[1] is not None:
+                flip_one_weight(model, key[1])
+            cache[key] = _model_tensors(model)
+            first = first or model
+        t, w, b = cache[key]
+        tables.append(t)
+        weights.append(w)
+        biases.append(b)
+    assert first is not None
+    device = torch.device(config.device)
+    sizes = list(encoded.vocab_sizes)
+    offsets = torch.as_tensor(np.concatenate([[0], np.cumsum(sizes)[:-1]]), dtype=torch.long)
+    activations = [m for m in first.mlp if not isinstance(m, (nn.Linear, SeededDropout))]
+    return Stack(
+        table=torch.stack(tables).to(device).contiguous(),
+        offsets=offsets.to(device),
+        weights=[_leaf(ws, device) for ws in zip(*weights, strict=True)],
+        biases=[_leaf(bs, device) for bs in zip(*biases, strict=True)],
+        activations=activations,
+        dropout=float(config.model.dropout),
+        vocab_total=int(sum(sizes)),
+        dim=int(config.model.embedding_dim),
+    )
+
+
+class SharedDraws:
+    """Per-replica random streams where replicas with equal seeds share one stream (and one draw).
+
+    `groups[r]` is the stream index of replica r; `identity` when every replica has its own stream.
+    """
+
+    def __init__(self, seed_values: Sequence[int]) -> None:
+        unique: dict[int, int] = {}
+        self.groups = [unique.setdefault(int(s), len(unique)) for s in seed_values]
+        self.seeds = list(unique)
+        self.identity = self.groups == list(range(len(self.groups)))
+        self.single = len(self.seeds) == 1
+
+    def expand(self, drawn: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """[G, ...] per stream → [R, ...] per replica ([1, ...] when all share one stream)."""
+        if self.single or self.identity:
+            return drawn
+        return drawn.index_select(0, index)
+
+
+# --------------------------------------------------------------------------------------------------
+# Optimizer for stacked parameters (torch.optim's formulas, default hyper-parameters)
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class SparseGrad:
+    """Coalesced embedding gradient: unique rows of the flat stacked table, summed values."""
+
+    rows: torch.Tensor  # [U] int64, sorted, rows of table_flat (replica r owns r*V .. (r+1)*V-1)
+    values: torch.Tensor  # [U, dim]
+
+    def for_replica(self, r: int, vocab_total: int) -> SparseGrad:
+        lo, hi = torch.searchsorted(
+            self.rows,
+            torch.tensor([r * vocab_total, (r + 1) * vocab_total], device=self.rows.device),
+        ).tolist()
+        return SparseGrad(self.rows[lo:hi], self.values[lo:hi])
+
+
+@dataclass
+class StackedOptimizer:
+    """Adagrad / SGD / Adam over a `Stack`: all replicas at once, or one replica's slices."""
+
+    stack: Stack
+    name: str
+    lr: float
+    weight_decay: float
+    state: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    steps: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        params = [self.stack.table, *self.stack.dense]
+        self.steps = [0] * self.stack.replicas
+        if self.name == "adagrad":
+            self.state["sum"] = [torch.zeros_like(p) for p in params]
+        elif self.name == "adam":
+            self.state["exp_avg"] = [torch.zeros_like(p) for p in params]
+            self.state["exp_avg_sq"] = [torch.zeros_like(p) for p in params]
+
+    @property
+    def sparse_embeddings(self) -> bool:
+        return self.name in SPARSE_OPTIMIZERS
+
+    # one update of (param, grad, state) tensor lists: stacked tensors or one replica's views
+    def _dense(
+        self, params: list[torch.Tensor], grads: list[torch.Tensor], states: dict, step: int
+    ):
+        if self.weight_decay:
+            grads = torch._foreach_add(grads, params, alpha=self.weight_decay)
+        if self.name == "sgd":
+            torch._foreach_add_(params, grads, alpha=-self.lr)
+        elif self.name == "adagrad":
+            sums = states["sum"]
+            torch._foreach_addcmul_(sums, grads, grads, value=1)
+            std = torch._foreach_sqrt(sums)
+            torch._foreach_add_(std, ADAGRAD_EPS)
+            torch._foreach_addcdiv_(params, grads, std, value=-self.lr)
+        else:  # adam
+            beta1, beta2 = ADAM_BETAS
+            m, v = states["exp_avg"], states["exp_avg_sq"]
+            torch._foreach_lerp_(m, grads, 1 - beta1)
+            torch._foreach_mul_(v, beta2)
+            torch._foreach_addcmul_(v, grads, grads, value=1 - beta2)
+            bias1 = 1 - beta1**step
+            bias2_sqrt = (1 - beta2**step) ** 0.5
+            denom = torch._foreach_sqrt(v)
+            torch._foreach_div_(denom, bias2_sqrt)
+            torch._foreach_add_(denom, ADAM_EPS)
+            torch._foreach_addcdiv_(params, m, denom, value=-(self.lr / bias1))
+
+    def _sparse(self, grad: SparseGrad, state_index: int = 0) -> None:
+        table = self.stack.table_flat
+        if self.name == "sgd":
+            table.index_add_(0, grad.rows, grad.values, alpha=-self.lr)
+            return
+        sums = self.state["sum"][state_index].view(-1, self.stack.dim)
+        sums.index_add_(0, grad.rows, grad.values.pow(2))
+        std = sums.index_select(0, grad.rows).sqrt_().add_(ADAGRAD_EPS)
+        table.index_add_(0, grad.rows, grad.values / std, alpha=-self.lr)
+
+    def _dense_table_grad(self, grad: SparseGrad, r: int | None) -> torch.Tensor:
+        table = self.stack.table if r is None else self.stack.table[r]
+        dense = torch.zeros_like(table)
+        offset = 0 if r is None else r * self.stack.vocab_total
+        dense.view(-1, self.stack.dim).index_add_(0, grad.rows - offset, grad.values)
+        return dense
+
+    def _states_for(self, r: int | None, with_table: bool) -> dict[str, list[torch.Tensor]]:
+        lo = 0 if with_table else 1
+        return {k: [s if r is None else s[r] for s in v[lo:]] for k, v in self.state.items()}
+
+    @torch.no_grad()
+    def step_all(self, dense_grads: list[torch.Tensor], table_grad: SparseGrad) -> None:
+        """One optimizer step of every replica (they all share the same step count here)."""
+        self.steps = [s + 1 for s in self.steps]
+        step = self.steps[0]
+        if self.sparse_embeddings:
+            self._sparse(table_grad)
+            self._dense(self.stack.dense, dense_grads, self._states_for(None, False), step)
+        else:
+            params = [self.stack.table, *self.stack.dense]
+            grads = [self._dense_table_grad(table_grad, None), *dense_grads]
+            self._dense(params, grads, self._states_for(None, True), step)
+
+    @torch.no_grad()
+    def step_replica(self, r: int, dense_grads: list[torch.Tensor], table_grad: SparseGrad) -> None:
+        """One optimizer step of replica r: `dense_grads` are its slices, `table_grad` its rows."""
+        self.steps[r] += 1
+        dense_params = [p[r] for p in self.stack.dense]
+        if self.sparse_embeddings:
+            self._sparse(table_grad)
+            self._dense(dense_params, dense_grads, self._states_for(r, False), self.steps[r])
+        else:
+            params = [self.stack.table[r], *dense_params]
+            grads = [self._dense_table_grad(table_grad, r), *dense_grads]
+            self._dense(params, grads, self._states_for(r, True), self.steps[r])
+
+
+# --------------------------------------------------------------------------------------------------
+# Forward / backward
+# --------------------------------------------------------------------------------------------------
+def forward(
+    stack: Stack,
+    flat_rows: torch.Tensor,
+    num: torch.Tensor,
+    masks: list[torch.Tensor] | None = None,
+    emb_leaf: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits [R, b, T] of table rows `flat_rows` [R, b, F] and numeric features [*, b, K].
+
+    With `emb_leaf` the gathered embeddings are a leaf that requires grad (returned second), so the
+    embedding gradient comes out per occurrence and can be applied sparsely.
+    """
+    r, b, n_fields = flat_rows.shape
+    emb = stack.table_flat.index_select(0, flat_rows.reshape(-1)).view(r, b, n_fields * stack.dim)
+    if emb_leaf:
+        emb.requires_grad_(True)
+    x = torch.cat([emb, num.expand(r, -1, -1)], dim=2) if num.shape[2] else emb
+    last = len(stack.weights) - 1
+    for i, (w, bias) in enumerate(zip(stack.weights, stack.biases, strict=True)):
+        x = torch.baddbmm(bias, x, w.transpose(1, 2))
+        if i < last:
+            x = stack.activations[i](x)
+            if masks is not None:
+                # SeededDropout's expression and evaluation order, so the rounding is the same
+                x = x * masks[i] / (1.0 - stack.dropout)
+    return x, emb
+
+
+def _flat_rows(stack: Stack, cat_rows: torch.Tensor, replica_base: torch.Tensor) -> torch.Tensor:
+    """Local field ids [G or 1, b, F] → rows of the flat stacked table [R, b, F]."""
+    return cat_rows + stack.offsets + replica_base
+
+
+def coalesce_embedding_grad(
+    flat_rows: torch.Tensor, grad: torch.Tensor, shared: torch.Tensor | None, stack: Stack
+) -> SparseGrad:
+    """Sum the per-occurrence embedding gradient [R, b, F*dim] into unique rows of the flat table.
+
+    `shared` [b, F] (replica 0's rows) when every replica used the same batch rows: the
+    unique/inverse computation is then done once and reused for all replicas.
+    """
+    r, b, n_fields = flat_rows.shape
+    dim = stack.dim
+    if shared is not None:
+        uniq, inverse = torch.unique(shared.reshape(-1), return_inverse=True)
+        values = grad.new_zeros((r, uniq.numel(), dim))
+        values.index_add_(1, inverse, grad.reshape(r, b * n_fields, dim))
+        base = torch.arange(r, device=uniq.device).unsqueeze(1) * stack.vocab_total
+        return SparseGrad((uniq.unsqueeze(0) + base).reshape(-1), values.view(-1, dim))
+    uniq, inverse = torch.unique(flat_rows.reshape(-1), return_inverse=True)
+    values = grad.new_zeros((uniq.numel(), dim))
+    values.index_add_(0, inverse, grad.reshape(-1, dim))
+    return SparseGrad(uniq, values)
+
+
+def grad_sq_norms(
+    dense_grads: list[torch.Tensor], table_grad: SparseGrad, stack: Stack
+) -> torch.Tensor:
+    """Per-replica squared gradient norm [R] in float64 over coalesced embedding rows (as loop)."""
+    r = stack.replicas
+    total = torch.zeros(r, dtype=torch.float64, device=stack.table.device)
+    for g in dense_grads:
+        total += g.reshape(r, -1).double().square().sum(1)
+    sq = table_grad.values.double().square().sum(1)
+    total.index_add_(0, torch.div(table_grad.rows, stack.vocab_total, rounding_mode="floor"), sq)
+    return total
+
+
+# --------------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class _Log:
+    step: list[int] = field(default_factory=list)
+    epoch: list[int] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    grad_norm: list[float] = field(default_factory=list)
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                "step": np.asarray(self.step, dtype=np.int64),
+                "epoch": np.asarray(self.epoch, dtype=np.int64),
+                "loss": np.asarray(self.loss, dtype=np.float64),
+                "grad_norm": np.asarray(self.grad_norm, dtype=np.float64),
+            }
+        )
+
+
+def predict_stack(stack: Stack, cat: torch.Tensor, num: torch.Tensor) -> np.ndarray:
+    """Predictions of every replica [R, N, T] float64 (sigmoid in float64, as the reference)."""
+    r = stack.replicas
+    chunk = max(1024, EVAL_BATCH // max(r, 1))
+    base = torch.arange(r, device=cat.device).view(r, 1, 1) * stack.vocab_total
+    out = []
+    with torch.no_grad():
+        for lo in range(0, cat.shape[0], chunk):
+            rows = _flat_rows(stack, cat[lo : lo + chunk].unsqueeze(0), base)
+            logits, _ = forward(stack, rows, num[lo : lo + chunk].unsqueeze(0))
+            out.append(torch.sigmoid(logits.double()).cpu().numpy())
+    if not out:
+        return np.zeros((r, 0, stack.weights[-1].shape[1]))
+    return np.concatenate(out, axis=1)
+
+
+def train_replicas(
+    encoded: Any,
+    config: RunConfig,
+    replicas: Sequence[int],
+    seeds: Sequence[dict[str, int]],
+) -> list[ReplicaOutput]:
+    """Train `replicas` (indices into the ensemble, with their seeds) together; one output each."""
+    check_supported(config, encoded)
+    if len(replicas) != len(seeds) or not replicas:
+        raise ReprokitError("the vectorized engine needs one seed set per replica and at least one")
+    configure_determinism(config)
+    saved_threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        return _train(encoded, config, list(replicas), list(seeds))
+    finally:
+        torch.set_num_threads(saved_threads)
+
+
+def _train(
+    encoded: Any, config: RunConfig, replicas: list[int], seeds: list[dict[str, int]]
+) -> list[ReplicaOutput]:
+    device = torch.device(config.device)
+    stack = build_stack(config, encoded, replicas, seeds)
+    n_rep = stack.replicas
+    opt = StackedOptimizer(stack, config.optim.name, config.optim.lr, config.optim.weight_decay)
+    replica_base = torch.arange(n_rep, device=device).view(n_rep, 1, 1) * stack.vocab_total
+
+    order = SharedDraws([s["data-order"] for s in seeds])
+    order_rngs = [np.random.default_rng(s) for s in order.seeds]
+    order_index = torch.as_tensor(order.groups, device=device)
+    drop = SharedDraws([s["dropout"] for s in seeds])
+    drop_gens = [torch.Generator(device=device).manual_seed(s) for s in drop.seeds]
+    drop_index = torch.as_tensor(drop.groups, device=device)
+    queues = (
+        [StaleGradientQueue(config.async_staleness, s["async"]) for s in seeds]
+        if "async" in config.vary
+        else None
+    )
+    hidden = [w.shape[1] for w in stack.weights[:-1]]
+    p = stack.dropout
+
+    cat = torch.as_tensor(encoded.train_cat, device=device)
+    num = torch.as_tensor(encoded.train_num, device=device)
+    y = torch.as_tensor(encoded.train_y, device=device)
+    n = cat.shape[0]
+    bs = config.optim.batch_size
+
+    logs = [_Log() for _ in range(n_rep)]
+    alive = [True] * n_rep
+    steps = [0] * n_rep
+    step = 0
+    start = time.perf_counter()
+    for epoch in range(config.optim.epochs):
+        perms = torch.as_tensor(np.stack([g.permutation(n) for g in order_rngs]), device=device)
+        for lo in range(0, n, bs):
+            idx = perms[:, lo : lo + bs]  # [G, b]
+            b = idx.shape[1]
+            cat_b, num_b, y_b = cat[idx], num[idx], y[idx]  # [G, b, *]
+            cat_b, num_b, y_b = (order.expand(t, order_index) for t in (cat_b, num_b, y_b))
+            rows = _flat_rows(stack, cat_b, replica_base)
+            masks = None
+            if p > 0:
+                masks = []
+                for h in hidden:
+                    noise = torch.stack(
+                        [torch.rand((b, h), generator=g, device=device) for g in drop_gens]
+                    )
+                    masks.append(drop.expand((noise >= p).to(noise.dtype), drop_index))
+            logits, emb = forward(stack, rows, num_b, masks, emb_leaf=True)
+            loss = F.binary_cross_entropy_with_logits(
+                logits, y_b.expand_as(logits), reduction="none"
+            ).mean(dim=(1, 2))
+            grads = torch.autograd.grad(loss.sum(), [emb, *stack.dense])
+            shared = rows[0] if cat_b.shape[0] == 1 else None
+            table_grad = coalesce_embedding_grad(rows, grads[0], shared, stack)
+            dense_grads = list(grads[1:])
+            stats = torch.stack(
+                [loss.detach().double(), grad_sq_norms(dense_grads, table_grad, stack)]
+            )
+            loss_v, gn2_v = stats.cpu().numpy()  # the one host sync of a step
+            gn_v = np.sqrt(gn2_v)
+            for r in range(n_rep):
+                if not alive[r]:
+                    continue
+                log = logs[r]
+                log.step.append(steps[r])
+                log.epoch.append(epoch)
+                log.loss.append(float(loss_v[r]))
+                log.grad_norm.append(float(gn_v[r]))
+                if not (math.isfinite(loss_v[r]) and math.isfinite(gn_v[r])):
+                    alive[r] = False  # frozen: no update from this gradient on
+            if queues is None:
+                if all(alive):
+                    opt.step_all(dense_grads, table_grad)
+                else:
+                    for r in range(n_rep):
+                        if alive[r]:
+                            opt.step_replica(
+                                r,
+                                [g[r] for g in dense_grads],
+                                table_grad.for_replica(r, stack.vocab_total),
+                            )
+            else:
+                for r in range(n_rep):
+                    if not alive[r]:
+                        continue
+                    mine = (
+                        [g[r] for g in dense_grads],
+                        table_grad.for_replica(r, stack.vocab_total),
+                    )
+                    queues[r].push(step, mine)  # type: ignore[arg-type]
+                    for dense_r, table_r in queues[r].due(step):
+                        opt.step_replica(r, dense_r, table_r)
+            for r in range(n_rep):
+                steps[r] += int(alive[r])
+            step += 1
+            if not any(alive):
+                break
+        if not any(alive):
+            break
+    if queues is not None:
+        for r in range(n_rep):
+            if alive[r]:
+                for dense_r, table_r in queues[r].drain():
+                    opt.step_replica(r, dense_r, table_r)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    share = (time.perf_counter() - start) / n_rep
+
+    ecat = torch.as_tensor(encoded.eval_cat, device=device)
+    enum = torch.as_tensor(encoded.eval_num, device=device)
+    predictions = predict_stack(stack, ecat, enum)
+    outputs = []
+    for r in range(n_rep):
+        diverged = not alive[r] or not bool(np.isfinite(predictions[r]).all())
+        outputs.append(
+            ReplicaOutput(
+                predictions=np.ascontiguousarray(predictions[r]),
+                log=logs[r].frame(),
+                train_seconds=share,
+                diverged=diverged,
+                threads=config.threads,
+                steps=steps[r],
+            )
+        )
+    return outputs
