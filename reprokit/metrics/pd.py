@@ -328,9 +328,13 @@ def pd_by_bucket(
     if nb < 1 or np.any(np.diff(e) < 0):
         raise ReprokitError("bucket edges must be at least two increasing values")
     idx = np.searchsorted(e, p, side="right") - 1
-    idx[p == e[-1]] = nb - 1
-    inside = (idx >= 0) & (idx < nb)
-    idx, a_in, p_in = idx[inside], a[inside], p[inside]
+    if edges is None:  # edges span [min, max]: only p == max lands past the last bucket
+        np.minimum(idx, nb - 1, out=idx)
+        a_in, p_in = a, p
+    else:
+        idx[p == e[-1]] = nb - 1
+        inside = (idx >= 0) & (idx < nb)
+        idx, a_in, p_in = idx[inside], a[inside], p[inside]
     count = np.bincount(idx, minlength=nb)
     abs_sum = np.bincount(idx, weights=a_in, minlength=nb)
     rel_sum = np.bincount(idx, weights=a_in / p_in, minlength=nb)
