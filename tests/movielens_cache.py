@@ -66,8 +66,14 @@ def movielens_dir(timeout: float = 300.0) -> Path | None:
     target = cache_root() / "ml-100k"
     if _complete(target):
         return target
+    if last_error is not None:  # already failed in this process: do not wait for pip again
+        return None
     wheels_dir = cache_root() / "wheels"
-    wheels_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        wheels_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        last_error = f"cannot create the test cache {wheels_dir}: {exc}"
+        return None
     wheels = sorted(wheels_dir.glob(f"recbole-{RECBOLE_VERSION}-*.whl"))
     if not wheels:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
