@@ -160,7 +160,14 @@ def summarize(preds: np.ndarray, labels: np.ndarray | None) -> dict:
         from reprokit.metrics.summary import summarize as project_summarize
     except ImportError:
         return reference_summary(preds, labels)
-    return dict(project_summarize(preds, labels))
+    import inspect
+
+    fast = (
+        {"n_resamples": 999}
+        if "n_resamples" in inspect.signature(project_summarize).parameters
+        else {}
+    )
+    return dict(project_summarize(preds, labels, **fast))
 
 
 # -------------------------------------------------------------------------------------- run writers

@@ -53,7 +53,7 @@ def to_svg(fig: Figure, name: str) -> Markup:
     """Serialise a figure to an inline <svg> element (safe: matplotlib escapes the text)."""
     buf = io.StringIO()
     with mpl.rc_context({**_RC, "svg.hashsalt": f"reprokit-{name}"}):
-        fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
+        fig.savefig(buf, format="svg", metadata={"Date": None})
     svg = buf.getvalue()
     for pattern in _STRIP:
         svg = pattern.sub("", svg)
@@ -138,7 +138,8 @@ def pd_histogram(arms: Sequence[Arm], stats: Sequence[ArmStats], edges: np.ndarr
         for i, (arm, st) in enumerate(zip(arms, stats, strict=True)):
             counts, _ = np.histogram(np.clip(st.per_example_abs, edges[0], edges[-1]), edges)
             ax.stairs(counts, edges, color=color(i), label=text(arm.label), linewidth=1.4)
-        ax.set_yscale("symlog", linthresh=1)
+        ax.set_yscale("log", nonpositive="clip")
+        ax.set_ylim(bottom=0.7)
         ax.set_xlabel("per-example PD: mean over replicas of |p_m − p̄|")
         ax.set_ylabel("examples")
         ax.legend(fontsize=8)
