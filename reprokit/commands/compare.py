@@ -198,7 +198,7 @@ def register(app: typer.Typer) -> None:
           reprokit compare-activations --sweep smelu:beta=0.1..2.0:8 --out runs/smelu-sweep
         """
         from reprokit.config import resolve_config
-        from reprokit.runners.compare import compare_activations, resolve_arms
+        from reprokit.runners.compare import check_inputs, compare_activations
 
         if replicas is None and not _replicas_in_file(config):
             replicas = DEFAULT_REPLICAS
@@ -225,7 +225,10 @@ def register(app: typer.Typer) -> None:
                 threads=threads,
             ),
         )
-        specs, _ = resolve_arms(arms or None, baseline, sweep or None)  # fail fast on a bad spec
+        # Fail on bad arms, sweeps, test or --out before the progress bar starts.
+        specs, _, out = check_inputs(
+            cfg, arms or None, baseline, out, sweep=sweep or None, force=force, test=test
+        )
         with make_progress() as bar:
             task = bar.add_task("training", total=len(specs) * cfg.replicas)
 

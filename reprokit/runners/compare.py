@@ -34,7 +34,6 @@ from __future__ import annotations
 import copy
 import datetime as _dt
 import math
-import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -47,7 +46,7 @@ from reprokit.errors import ReprokitError
 from reprokit.metrics.stats import holm, paired_test, pareto_front
 from reprokit.nn.registry import create_activation, parse_spec
 from reprokit.runners.ensemble import default_run_dir, train_ensemble
-from reprokit.store import atomic_write_json, read_json
+from reprokit.store import _comparable, _first_difference, atomic_write_json, read_json
 
 KIND = "compare-activations"
 COMPARE_FILE = "compare.json"
@@ -175,8 +174,8 @@ def parse_sweep(text: str) -> list[str]:
 
 
 def arm_slug(spec: str) -> str:
-    """Directory name of an arm: the canonical spec with every run of other characters as '-'."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", spec).strip("-") or "arm"
+    """Directory name of an arm under ``arms/``: the registry's slug (``smelu_beta-0.5``)."""
+    return parse_spec(spec).slug
 
 
 def resolve_arms(
@@ -360,7 +359,9 @@ def families(specs: Sequence[str]) -> dict[str, dict[str, Any]]:
             continue
         keys = set().union(*(m.params for m in members))
         varying = [k for k in sorted(keys) if len({m.params.get(k) for m in members}) > 1]
-        if len(varying) != 1 or any(varying[0] not in m.params for m in members):
+        if len(varying) != 1 or not all(
+            isinstance(m.params.get(varying[0]), float) for m in members
+        ):
             continue
         param = varying[0]
         members = sorted(members, key=lambda m: m.params[param])
@@ -434,6 +435,58 @@ def _prepare_out(out: Path, force: bool) -> None:
         read_json(out / COMPARE_FILE, COMPARE_FILE)  # a broken file is reported, not overwritten
 
 
+def check_inputs(
+    config: RunConfig,
+    arms: str | Sequence[str] | None = None,
+    baseline: str | None = None,
+    out: str | Path | None = None,
+    *,
+    sweep: str | Sequence[str] | None = None,
+    force: bool = False,
+    test: str = "permutation",
+) -> tuple[list[str], str, Path]:
+    """Check everything that can be checked before training; (arm specs, baseline, run dir).
+
+    Creates nothing, so a command can call it before it starts a progress bar.
+    """
+    if test not in TEST_METHODS:
+        raise ReprokitError(f"unknown paired test {test!r}; choose {' or '.join(TEST_METHODS)}")
+    specs, base = resolve_arms(arms, baseline, sweep)
+    if config.replicas < 2:
+        raise ReprokitError("compare-activations needs at least 2 replicas per arm")
+    root = Path(out) if out is not None else default_run_dir(KIND)
+    _prepare_out(root, force)
+    if not force:
+        config = copy.deepcopy(config).validate()
+        for spec in specs:
+            _check_arm_config(root / ARMS_DIR / arm_slug(spec), arm_config(config, spec))
+    return specs, base, root
+
+
+def arm_config(config: RunConfig, spec: str) -> RunConfig:
+    """`config` with only the activation replaced (a copy): the config of one arm."""
+    arm = copy.deepcopy(config)
+    arm.model.activation = spec
+    return arm
+
+
+def _check_arm_config(arm_dir: Path, config: RunConfig) -> None:
+    """Refuse early (before any arm trains) when an existing arm was run with another config.
+
+    train_ensemble checks the whole manifest again when the arm starts (data fingerprint, seeds).
+    """
+    manifest = arm_dir / "manifest.json"
+    if not manifest.exists():
+        return
+    stored = _comparable({"config": read_json(manifest, "manifest").get("config")})
+    wanted = _comparable({"config": config.to_dict()})
+    if stored != wanted:
+        raise ReprokitError(
+            f"{arm_dir} holds a run of another configuration "
+            f"({_first_difference(stored, wanted)}); choose another --out or pass --force"
+        )
+
+
 def compare_activations(
     config: RunConfig,
     arms: str | Sequence[str] | None = None,
@@ -454,14 +507,10 @@ def compare_activations(
     the same seeds. Re-running on the same `out` resumes every arm. Returns the compare.json
     document (also written to ``out/compare.json``), with the plot files under ``out/``.
     """
-    if test not in TEST_METHODS:
-        raise ReprokitError(f"unknown paired test {test!r}; choose {' or '.join(TEST_METHODS)}")
-    specs, base = resolve_arms(arms, baseline, sweep)
+    specs, base, root = check_inputs(
+        config, arms, baseline, out, sweep=sweep, force=force, test=test
+    )
     config = copy.deepcopy(config).validate()
-    if config.replicas < 2:
-        raise ReprokitError("compare-activations needs at least 2 replicas per arm")
-    root = Path(out) if out is not None else default_run_dir(KIND)
-    _prepare_out(root, force)
     if encoded is None:
         from reprokit.data.encoding import load_encoded
 
@@ -471,8 +520,6 @@ def compare_activations(
     summaries: list[dict[str, Any]] = []
     wall: list[float] = []
     for index, spec in enumerate(specs):
-        arm_config = copy.deepcopy(config)
-        arm_config.model.activation = spec
         offset = index * config.replicas
 
         def on_progress(
@@ -489,7 +536,7 @@ def compare_activations(
 
         start = time.perf_counter()
         summary = train_ensemble(
-            arm_config,
+            arm_config(config, spec),
             out=root / ARMS_DIR / arm_slug(spec),
             workers=workers,
             force=force,
