@@ -165,19 +165,46 @@ def _plan(group: dict[str, Any]) -> _Plan:
     return _Plan("const", lam_abs, 0.0, 0.0)
 
 
-def _rsqrt(acc: Tensor, eps: float) -> Tensor:
-    return acc.rsqrt() if eps == 0 else acc.add(eps).rsqrt_()
+def _rsqrt(acc: Tensor, eps: float, out: Tensor | None = None) -> Tensor:
+    if out is None:
+        return acc.rsqrt() if eps == 0 else acc.add(eps).rsqrt_()
+    return torch.rsqrt(acc, out=out) if eps == 0 else torch.add(acc, eps, out=out).rsqrt_()
 
 
-def _bound(w: Tensor, p_inv: Tensor, plan: _Plan) -> Tensor | None:
+def _bound(w: Tensor, p_inv: Tensor, plan: _Plan, out: Tensor | None = None) -> Tensor | None:
     if plan.kind == "const":
         return None
     if plan.kind == "p":
-        return p_inv.add(plan.const)
-    b = w.abs().add_(plan.const)
+        return p_inv.add(plan.const) if out is None else torch.add(p_inv, plan.const, out=out)
+    b = w.abs() if out is None else torch.abs(w, out=out)
+    b.add_(plan.const)
     if plan.acc_coef:
         b.add_(p_inv, alpha=plan.acc_coef)
     return b
+
+
+class _Scratch:
+    """Two flat buffers, reused by the per-tensor CPU path instead of allocating each step.
+
+    Fresh multi-megabyte CPU allocations are page-faulted in on every step (the allocator returns
+    them to the OS), which costs more than the arithmetic; the per-tensor loop needs its two
+    temporaries for one tensor at a time, so buffers the size of the largest tensor suffice.
+    They are not optimizer state (not in ``state_dict``).
+    """
+
+    def __init__(self) -> None:
+        self._bufs: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
+
+    def get(self, like: Tensor) -> tuple[Tensor, Tensor] | None:
+        if like.device.type != "cpu" or not like.is_contiguous():
+            return None  # accelerators have caching allocators; odd layouts just allocate
+        key = (like.device, like.dtype)
+        bufs = self._bufs.get(key)
+        n = like.numel()
+        if bufs is None or bufs[0].numel() < n:
+            bufs = [torch.empty(n, dtype=like.dtype, device=like.device) for _ in range(2)]
+            self._bufs[key] = bufs
+        return bufs[0][:n].view_as(like), bufs[1][:n].view_as(like)
 
 
 def _ratio_to_sigma(ratio: Tensor) -> Tensor:
@@ -186,14 +213,21 @@ def _ratio_to_sigma(ratio: Tensor) -> Tensor:
 
 
 def _single_dense(
-    p: Tensor, grad: Tensor, acc: Tensor, group: dict[str, Any], plan: _Plan, clip: bool
+    p: Tensor,
+    grad: Tensor,
+    acc: Tensor,
+    group: dict[str, Any],
+    plan: _Plan,
+    clip: bool,
+    scratch: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
     paper = group["accumulator_order"] == "paper"
+    s1, s2 = scratch if scratch is not None else (None, None)
     g = grad.add(p, alpha=wd) if wd != 0 else grad
     if paper:
         acc.addcmul_(g, g)
-    p_inv = _rsqrt(acc, eps)
+    p_inv = _rsqrt(acc, eps, s1)
     if not clip:
         d = p_inv.mul_(g)
         p.add_(d, alpha=-lr)
@@ -201,7 +235,7 @@ def _single_dense(
             acc.addcmul_(g, g)
         return torch.ones((), dtype=p.dtype, device=p.device), None
     d = p_inv.mul(g) if plan.needs_p else p_inv.mul_(g)  # r = g / sqrt(A + eps); Δ = lr * r
-    b = _bound(p, p_inv, plan)
+    b = _bound(p, p_inv, plan, s2)
     if b is None:
         m = max_abs(d)
     else:
@@ -341,6 +375,7 @@ class ClippyAdagrad(Optimizer):
             foreach=foreach,
         )
         _validate_group(defaults)
+        self._scratch = _Scratch()
         super().__init__(params, defaults)
 
     @classmethod
@@ -367,6 +402,7 @@ class ClippyAdagrad(Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        self._scratch = _Scratch()
         for group in self.param_groups:
             group.setdefault("lambda_acc", 0.0)
             group.setdefault("clip_accumulator_update", False)
@@ -452,7 +488,9 @@ class ClippyAdagrad(Optimizer):
                         _store_ratio(st, None if ratios is None else ratios[k])
                 else:
                     for p, g, st in items:
-                        sigma, ratio = _single_dense(p, g, st["accumulator"], group, plan, clip)
+                        sigma, ratio = _single_dense(
+                            p, g, st["accumulator"], group, plan, clip, self._scratch.get(p)
+                        )
                         st["sigma"] = sigma
                         _store_ratio(st, ratio)
         return loss
