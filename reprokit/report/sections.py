@@ -490,21 +490,31 @@ def _replicas(ctx: ReportContext) -> SectionOutput:
 def _paired_tests(ctx: ReportContext) -> SectionOutput | None:
     rows = []
     for arm in ctx.arms:
-        if arm.test is None:
-            continue
-        rows.append(
-            {
-                "arm": arm.label,
-                "metric": arm.test.get("metric"),
-                "statistic": _f(arm.test.get("statistic")),
-                "p_value": _f(arm.test.get("p_value")),
-                "p_holm": _f(arm.test.get("p_holm")),
-            }
-        )
+        tests = arm.summary.get("tests")
+        if not isinstance(tests, dict) or not tests:
+            tests = {"": arm.test} if arm.test else {}
+        for key, test in tests.items():
+            if not isinstance(test, dict):
+                continue
+            rows.append(
+                {
+                    "arm": arm.label,
+                    "metric": test.get("metric") or key,
+                    "method": test.get("method"),
+                    "n": test.get("n"),
+                    "statistic": _f(test.get("statistic")),
+                    "p_value": _f(test.get("p_value")),
+                    "p_holm": _f(test.get("p_holm")),
+                    "reason": test.get("reason"),
+                }
+            )
     notes = [
         "Replica i of every arm shares its seeds, so arms are compared pairwise by seed; "
-        "p-values are Holm-corrected across arms."
+        "statistic = arm − baseline; p-values are Holm-corrected across arms."
     ]
+    design = (ctx.run.compare or {}).get("test")
+    if isinstance(design, dict) and design.get("statistic"):
+        notes.append(f"Statistic: {design['statistic']}; correction: {design.get('correction')}.")
     if not rows:
         notes = ["compare.json holds no paired tests."]
     return SectionOutput(
