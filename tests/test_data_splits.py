@@ -198,6 +198,18 @@ def test_encoding_null_unseen_in_train_is_oov():
     assert enc.eval_cat[:, 1].tolist() == [0, 1, 0]
 
 
+def test_encoding_min_count_sends_rare_values_to_oov():
+    train, ev = _pair()
+    enc = encode(train, ev, min_count=2)
+    # u: only 10 occurs twice in training; s: only 'b' does, and the single null is rare too
+    assert enc.vocab_sizes == [2, 2]
+    assert enc.train_cat[:, 0].tolist() == [0, 1, 0, 1]
+    assert enc.train_cat[:, 1].tolist() == [1, 0, 0, 1]
+    assert enc.eval_cat[:, 0].tolist() == [0, 0, 0]
+    with pytest.raises(ReprokitError, match="min_count"):
+        encode(train, ev, min_count=0)
+
+
 def test_encoding_refuses_missing_labels():
     train, ev = _pair()
     ev.frame["label"] = ev.frame["label"].astype(float)

@@ -61,19 +61,24 @@ class EncodedData:
         return [float(x) for x in (self.eval_cat == 0).mean(axis=0)]
 
 
-def _sorted_unique(values: pd.Series) -> np.ndarray:
-    uniq = pd.unique(values.dropna())
+def _sorted_unique(values: pd.Series, min_count: int = 1) -> np.ndarray:
+    if min_count > 1:
+        counts = values.value_counts(dropna=True)
+        uniq = counts.index[counts.to_numpy() >= min_count].to_numpy()
+    else:
+        uniq = pd.unique(values.dropna())
     try:
         return np.sort(np.asarray(uniq))
     except TypeError:  # mixed types (e.g. ints and strings in one object column)
         return np.asarray(sorted(uniq, key=lambda v: (type(v).__name__, v)), dtype=object)
 
 
-def _encode_categorical(train: pd.Series, test: pd.Series) -> tuple[np.ndarray, np.ndarray, int]:
-    vocab = pd.Index(_sorted_unique(train))
+def _encode_categorical(
+    train: pd.Series, test: pd.Series, min_count: int = 1
+) -> tuple[np.ndarray, np.ndarray, int]:
+    vocab = pd.Index(_sorted_unique(train, min_count))
     v = len(vocab)
-    train_null = train.isna().to_numpy()
-    has_null = bool(train_null.any())
+    has_null = int(train.isna().sum()) >= max(min_count, 1)
 
     def lookup(values: pd.Series) -> np.ndarray:
         codes = vocab.get_indexer(values).astype(np.int64) + 1  # unseen -> -1 -> 0
@@ -113,11 +118,16 @@ def _example_ids(dataset: Dataset) -> np.ndarray:
     return dataset.frame[col].to_numpy(dtype=np.int64)
 
 
-def encode(train: Dataset, eval_: Dataset, labels: list[str] | None = None) -> EncodedData:
+def encode(
+    train: Dataset, eval_: Dataset, labels: list[str] | None = None, min_count: int = 1
+) -> EncodedData:
     """Encode a split with vocabularies and scalings fitted on `train` only.
 
-    `labels` picks label columns (default: all of the training schema's labels).
+    `labels` picks label columns (default: all of the training schema's labels). `min_count` is the
+    BARS/FuxiCTR ``min_categr_count``: values seen fewer times in training share the OOV row.
     """
+    if min_count < 1:
+        raise ReprokitError(f"min_count must be at least 1, got {min_count}")
     schema = train.schema
     if (schema.categorical, schema.numeric) != (eval_.schema.categorical, eval_.schema.numeric):
         raise ReprokitError("the train and eval datasets have different feature columns")
@@ -137,7 +147,7 @@ def encode(train: Dataset, eval_: Dataset, labels: list[str] | None = None) -> E
     eval_cat = np.zeros((n_ev, len(fields)), dtype=np.int64)
     vocab_sizes = []
     for j, name in enumerate(fields):
-        a, b, size = _encode_categorical(train.frame[name], eval_.frame[name])
+        a, b, size = _encode_categorical(train.frame[name], eval_.frame[name], min_count)
         train_cat[:, j], eval_cat[:, j] = a, b
         vocab_sizes.append(size)
 
