@@ -130,17 +130,38 @@ def check_supported(config: RunConfig, encoded: Any = None) -> None:
 # --------------------------------------------------------------------------------------------------
 # Stacked parameters
 # --------------------------------------------------------------------------------------------------
+#: Every per-replica block an elementwise kernel sees is a multiple of this many elements. ATen's
+#: CPU kernels run a vector body and a scalar tail (2 vectors of up to 16 floats / 8 doubles) over a
+#: flattened tensor, and transcendental functions (exp, log1p, erf) or fused expressions (addcmul,
+#: lerp) may round differently in the two. Aligned blocks put every replica's elements in the same
+#: lanes of the same path, so a replica's numbers never depend on its position in the stack (that is
+#: what keeps the control arm and the bitflip probe exact). Unaligned tensors (the rows of a sparse
+#: update) only meet correctly rounded single operations (+, -, *, /, sqrt).
+ALIGN = 64
+
+
+def _round_up(n: int, k: int = ALIGN) -> int:
+    return -(-n // k) * k
+
+
 @dataclass
 class Stack:
-    """The parameters of R replicas; `dense` lists the MLP tensors [R, ...] as W0, b0, W1, b1, .."""
+    """The parameters of R replicas.
 
-    table: torch.Tensor  # [R, V_total, dim]
-    offsets: torch.Tensor  # [F] first row of every field in the stacked table
-    weights: list[torch.Tensor]  # [R, out, in], hidden layers then head
-    biases: list[torch.Tensor]  # [R, 1, out]
+    `table` [R, V_pad, dim]: every field's table of a replica, field f from row `offsets[f]`, padded
+    to V_pad rows (a multiple of ALIGN). `flat` [R, P_pad]: all dense parameters of a replica in one
+    zero-padded row; `weights` [R, in, out] (nn.Linear's weight transposed) and `biases` [R, 1, out]
+    are views of it that require grad.
+    """
+
+    table: torch.Tensor
+    offsets: torch.Tensor
+    flat: torch.Tensor
+    weights: list[torch.Tensor]
+    biases: list[torch.Tensor]
     activations: list[nn.Module]  # one per hidden layer
     dropout: float
-    vocab_total: int
+    vocab_total: int  # rows per replica in the stacked table (V_pad)
     dim: int
 
     @property
@@ -158,17 +179,23 @@ class Stack:
     def table_flat(self) -> torch.Tensor:
         return self.table.view(-1, self.dim)
 
+    def flat_grad(self, grads: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Gradients of `dense` (in order) as one zero-padded [R, P_pad] tensor, like `flat`."""
+        r = self.replicas
+        parts = [g.reshape(r, -1) for g in grads]
+        used = sum(p.shape[1] for p in parts)
+        if used < self.flat.shape[1]:
+            parts.append(self.flat.new_zeros((r, self.flat.shape[1] - used)))
+        return torch.cat(parts, dim=1)
 
-def _model_tensors(model: CTRModel) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+
+def _model_tensors(model: CTRModel) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(embedding tables stacked [V, dim], dense tensors W0ᵀ, b0, W1ᵀ, b1, .. in Stack's order)."""
     table = torch.cat([t.weight.detach() for t in model.embeddings.tables], dim=0)
-    linears = [m for m in model.mlp if isinstance(m, nn.Linear)] + [model.head]
-    weights = [m.weight.detach() for m in linears]
-    biases = [m.bias.detach().unsqueeze(0) for m in linears]
-    return table, weights, biases
-
-
-def _leaf(tensors: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor:
-    return torch.stack(list(tensors)).to(device).contiguous().requires_grad_(True)
+    dense: list[torch.Tensor] = []
+    for m in [*(m for m in model.mlp if isinstance(m, nn.Linear)), model.head]:
+        dense += [m.weight.detach().t(), m.bias.detach().unsqueeze(0)]
+    return table, dense
 
 
 def build_stack(
@@ -177,9 +204,9 @@ def build_stack(
     """Build each replica's reference model from its own seeds; stack the parameters of all."""
     n_tasks = encoded.train_y.shape[1]
     n_num = encoded.train_num.shape[1]
-    tables, weights, biases = [], [], []
+    per_replica: list[tuple[torch.Tensor, list[torch.Tensor]]] = []
     first: CTRModel | None = None
-    cache: dict[tuple[int, int | None], tuple] = {}
+    cache: dict[tuple[int, int | None], tuple[torch.Tensor, list[torch.Tensor]]] = {}
     flip = "bitflip" in config.vary
     for replica, s in zip(replicas, seeds, strict=True):
         key = (s["init"], s["bitflip"] if flip and replica > 0 else None)
@@ -190,24 +217,35 @@ def build_stack(
                 flip_one_weight(model, key[1])
             cache[key] = _model_tensors(model)
             first = first or model
-        t, w, b = cache[key]
-        tables.append(t)
-        weights.append(w)
-        biases.append(b)
+        per_replica.append(cache[key])
     assert first is not None
     device = torch.device(config.device)
+    n_rep, dim = len(per_replica), int(config.model.embedding_dim)
     sizes = list(encoded.vocab_sizes)
+    v_pad = _round_up(max(int(sum(sizes)), 1))
+    table = torch.zeros((n_rep, v_pad, dim))
+    shapes = [t.shape for t in per_replica[0][1]]
+    numels = [int(np.prod(sh)) for sh in shapes]
+    flat = torch.zeros((n_rep, _round_up(sum(numels))))
+    for r, (t, dense) in enumerate(per_replica):
+        table[r, : t.shape[0]] = t
+        flat[r, : sum(numels)] = torch.cat([d.reshape(-1) for d in dense])
+    table, flat = table.to(device), flat.to(device)
+    views, start = [], 0
+    for sh, k in zip(shapes, numels, strict=True):
+        views.append(flat[:, start : start + k].view(n_rep, *sh).requires_grad_(True))
+        start += k
     offsets = torch.as_tensor(np.concatenate([[0], np.cumsum(sizes)[:-1]]), dtype=torch.long)
-    activations = [m for m in first.mlp if not isinstance(m, (nn.Linear, SeededDropout))]
     return Stack(
-        table=torch.stack(tables).to(device).contiguous(),
+        table=table,
         offsets=offsets.to(device),
-        weights=[_leaf(ws, device) for ws in zip(*weights, strict=True)],
-        biases=[_leaf(bs, device) for bs in zip(*biases, strict=True)],
-        activations=activations,
+        flat=flat,
+        weights=views[0::2],
+        biases=views[1::2],
+        activations=[m for m in first.mlp if not isinstance(m, (nn.Linear, SeededDropout))],
         dropout=float(config.model.dropout),
-        vocab_total=int(sum(sizes)),
-        dim=int(config.model.embedding_dim),
+        vocab_total=v_pad,
+        dim=dim,
     )
 
 
@@ -240,6 +278,7 @@ class SparseGrad:
 
     rows: torch.Tensor  # [U] int64, sorted, rows of table_flat (replica r owns r*V .. (r+1)*V-1)
     values: torch.Tensor  # [U, dim]
+    blocked: bool = False  # U = R * u: replica r owns rows r*u .. (r+1)*u-1
 
     def for_replica(self, r: int, vocab_total: int) -> SparseGrad:
         lo, hi = torch.searchsorted(
@@ -251,7 +290,13 @@ class SparseGrad:
 
 @dataclass
 class StackedOptimizer:
-    """Adagrad / SGD / Adam over a `Stack`: all replicas at once, or one replica's slices."""
+    """Adagrad / SGD / Adam (torch.optim's formulas and defaults) over a `Stack`.
+
+    Dense parameters are updated through the aligned [R, P_pad] buffer (`Stack.flat`) with the
+    gradient from `Stack.flat_grad`: a handful of kernels for all replicas and layers. Sparse
+    optimizers update the embedding table only in the rows a batch used (state included); Adam, like
+    torch.optim.Adam on the reference model's dense embedding gradient, updates the whole table.
+    """
 
     stack: Stack
     name: str
@@ -261,7 +306,7 @@ class StackedOptimizer:
     steps: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        params = [self.stack.table, *self.stack.dense]
+        params = [self.stack.table, self.stack.flat]  # state lists follow this order
         self.steps = [0] * self.stack.replicas
         if self.name == "adagrad":
             self.state["sum"] = [torch.zeros_like(p) for p in params]
@@ -273,10 +318,10 @@ class StackedOptimizer:
     def sparse_embeddings(self) -> bool:
         return self.name in SPARSE_OPTIMIZERS
 
-    # one update of (param, grad, state) tensor lists: stacked tensors or one replica's views
     def _dense(
         self, params: list[torch.Tensor], grads: list[torch.Tensor], states: dict, step: int
-    ):
+    ) -> None:
+        """One update of aligned tensors: all replicas' stacks, or one replica's rows of them."""
         if self.weight_decay:
             grads = torch._foreach_add(grads, params, alpha=self.weight_decay)
         if self.name == "sgd":
@@ -300,52 +345,51 @@ class StackedOptimizer:
             torch._foreach_add_(denom, ADAM_EPS)
             torch._foreach_addcdiv_(params, m, denom, value=-(self.lr / bias1))
 
-    def _sparse(self, grad: SparseGrad, state_index: int = 0) -> None:
+    def _sparse(self, grad: SparseGrad) -> None:
+        """Sparse adagrad / sgd on unique rows: gather, update, scatter back (== torch's sparse
+        add_). Only correctly rounded single operations, since the rows are not ALIGN-blocked."""
         table = self.stack.table_flat
+        rows = table.index_select(0, grad.rows)
         if self.name == "sgd":
-            table.index_add_(0, grad.rows, grad.values, alpha=-self.lr)
-            return
-        sums = self.state["sum"][state_index].view(-1, self.stack.dim)
-        sums.index_add_(0, grad.rows, grad.values.pow(2))
-        std = sums.index_select(0, grad.rows).sqrt_().add_(ADAGRAD_EPS)
-        table.index_add_(0, grad.rows, grad.values / std, alpha=-self.lr)
+            rows.sub_(grad.values * self.lr)
+        else:
+            sums = self.state["sum"][0].view(-1, self.stack.dim)
+            sum_rows = sums.index_select(0, grad.rows).add_(grad.values * grad.values)
+            sums.index_copy_(0, grad.rows, sum_rows)
+            std = sum_rows.sqrt_().add_(ADAGRAD_EPS)
+            rows.sub_((grad.values / std).mul_(self.lr))
+        table.index_copy_(0, grad.rows, rows)
 
-    def _dense_table_grad(self, grad: SparseGrad, r: int | None) -> torch.Tensor:
+    def _table_grad_dense(self, grad: SparseGrad, r: int | None) -> torch.Tensor:
         table = self.stack.table if r is None else self.stack.table[r]
         dense = torch.zeros_like(table)
         offset = 0 if r is None else r * self.stack.vocab_total
         dense.view(-1, self.stack.dim).index_add_(0, grad.rows - offset, grad.values)
         return dense
 
-    def _states_for(self, r: int | None, with_table: bool) -> dict[str, list[torch.Tensor]]:
-        lo = 0 if with_table else 1
-        return {k: [s if r is None else s[r] for s in v[lo:]] for k, v in self.state.items()}
+    def _update(self, r: int | None, flat_grad: torch.Tensor, table_grad: SparseGrad) -> None:
+        step = self.steps[0 if r is None else r]
+        pick = (lambda t: t) if r is None else (lambda t: t[r])
+        if self.sparse_embeddings:
+            self._sparse(table_grad)
+            states = {k: [pick(v[1])] for k, v in self.state.items()}
+            self._dense([pick(self.stack.flat)], [flat_grad], states, step)
+        else:
+            states = {k: [pick(t) for t in v] for k, v in self.state.items()}
+            params = [pick(self.stack.table), pick(self.stack.flat)]
+            self._dense(params, [self._table_grad_dense(table_grad, r), flat_grad], states, step)
 
     @torch.no_grad()
-    def step_all(self, dense_grads: list[torch.Tensor], table_grad: SparseGrad) -> None:
-        """One optimizer step of every replica (they all share the same step count here)."""
+    def step_all(self, flat_grad: torch.Tensor, table_grad: SparseGrad) -> None:
+        """One optimizer step of every replica (they all have the same step count here)."""
         self.steps = [s + 1 for s in self.steps]
-        step = self.steps[0]
-        if self.sparse_embeddings:
-            self._sparse(table_grad)
-            self._dense(self.stack.dense, dense_grads, self._states_for(None, False), step)
-        else:
-            params = [self.stack.table, *self.stack.dense]
-            grads = [self._dense_table_grad(table_grad, None), *dense_grads]
-            self._dense(params, grads, self._states_for(None, True), step)
+        self._update(None, flat_grad, table_grad)
 
     @torch.no_grad()
-    def step_replica(self, r: int, dense_grads: list[torch.Tensor], table_grad: SparseGrad) -> None:
-        """One optimizer step of replica r: `dense_grads` are its slices, `table_grad` its rows."""
+    def step_replica(self, r: int, flat_grad: torch.Tensor, table_grad: SparseGrad) -> None:
+        """One optimizer step of replica r: `flat_grad` [P_pad] its row, `table_grad` its rows."""
         self.steps[r] += 1
-        dense_params = [p[r] for p in self.stack.dense]
-        if self.sparse_embeddings:
-            self._sparse(table_grad)
-            self._dense(dense_params, dense_grads, self._states_for(r, False), self.steps[r])
-        else:
-            params = [self.stack.table[r], *dense_params]
-            grads = [self._dense_table_grad(table_grad, r), *dense_grads]
-            self._dense(params, grads, self._states_for(r, True), self.steps[r])
+        self._update(r, flat_grad, table_grad)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -370,7 +414,7 @@ def forward(
     x = torch.cat([emb, num.expand(r, -1, -1)], dim=2) if num.shape[2] else emb
     last = len(stack.weights) - 1
     for i, (w, bias) in enumerate(zip(stack.weights, stack.biases, strict=True)):
-        x = torch.baddbmm(bias, x, w.transpose(1, 2))
+        x = torch.baddbmm(bias, x, w)
         if i < last:
             x = stack.activations[i](x)
             if masks is not None:
@@ -399,24 +443,26 @@ def coalesce_embedding_grad(
         values = grad.new_zeros((r, uniq.numel(), dim))
         values.index_add_(1, inverse, grad.reshape(r, b * n_fields, dim))
         base = torch.arange(r, device=uniq.device).unsqueeze(1) * stack.vocab_total
-        return SparseGrad((uniq.unsqueeze(0) + base).reshape(-1), values.view(-1, dim))
+        return SparseGrad((uniq.unsqueeze(0) + base).reshape(-1), values.view(-1, dim), True)
     uniq, inverse = torch.unique(flat_rows.reshape(-1), return_inverse=True)
     values = grad.new_zeros((uniq.numel(), dim))
     values.index_add_(0, inverse, grad.reshape(-1, dim))
     return SparseGrad(uniq, values)
 
 
-def grad_sq_norms(
-    dense_grads: list[torch.Tensor], table_grad: SparseGrad, stack: Stack
-) -> torch.Tensor:
+def grad_sq_norms(flat_grad: torch.Tensor, table_grad: SparseGrad, stack: Stack) -> torch.Tensor:
     """Per-replica squared gradient norm [R] in float64 over coalesced embedding rows (as loop)."""
     r = stack.replicas
-    total = torch.zeros(r, dtype=torch.float64, device=stack.table.device)
-    for g in dense_grads:
-        total += g.reshape(r, -1).double().square().sum(1)
-    sq = table_grad.values.double().square().sum(1)
-    total.index_add_(0, torch.div(table_grad.rows, stack.vocab_total, rounding_mode="floor"), sq)
-    return total
+    f64 = torch.float64
+    total = torch.linalg.vector_norm(flat_grad, dim=1, dtype=f64).square()
+    if table_grad.blocked:  # every replica has the same number of rows, in replica order
+        return (
+            total
+            + torch.linalg.vector_norm(table_grad.values.view(r, -1), dim=1, dtype=f64).square()
+        )
+    sq = torch.linalg.vector_norm(table_grad.values, dim=1, dtype=f64).square()
+    owner = torch.div(table_grad.rows, stack.vocab_total, rounding_mode="floor")
+    return total.index_add_(0, owner, sq)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -440,19 +486,30 @@ class _Log:
         )
 
 
+def _pad_rows(t: torch.Tensor, size: int, dim: int) -> torch.Tensor:
+    """Pad dimension `dim` of `t` to `size` repeating its first entry (rows that get weight 0)."""
+    missing = size - t.shape[dim]
+    if missing == 0:
+        return t
+    first = t.narrow(dim, 0, 1)
+    return torch.cat([t, first.expand(*t.shape[:dim], missing, *t.shape[dim + 1 :])], dim=dim)
+
+
 def predict_stack(stack: Stack, cat: torch.Tensor, num: torch.Tensor) -> np.ndarray:
     """Predictions of every replica [R, N, T] float64 (sigmoid in float64, as the reference)."""
     r = stack.replicas
-    chunk = max(1024, EVAL_BATCH // max(r, 1))
+    chunk = max(1024, EVAL_BATCH // max(r, 1)) // ALIGN * ALIGN
     base = torch.arange(r, device=cat.device).view(r, 1, 1) * stack.vocab_total
     out = []
     with torch.no_grad():
         for lo in range(0, cat.shape[0], chunk):
-            rows = _flat_rows(stack, cat[lo : lo + chunk].unsqueeze(0), base)
-            logits, _ = forward(stack, rows, num[lo : lo + chunk].unsqueeze(0))
-            out.append(torch.sigmoid(logits.double()).cpu().numpy())
+            c_cat, c_num = cat[lo : lo + chunk], num[lo : lo + chunk]
+            size = c_cat.shape[0]
+            c_cat, c_num = (_pad_rows(t, _round_up(size), 0) for t in (c_cat, c_num))
+            logits, _ = forward(stack, _flat_rows(stack, c_cat.unsqueeze(0), base), c_num[None])
+            out.append(torch.sigmoid(logits.double())[:, :size].cpu().numpy())
     if not out:
-        return np.zeros((r, 0, stack.weights[-1].shape[1]))
+        return np.zeros((r, 0, stack.weights[-1].shape[2]))
     return np.concatenate(out, axis=1)
 
 
@@ -495,7 +552,8 @@ def _train(
         if "async" in config.vary
         else None
     )
-    hidden = [w.shape[1] for w in stack.weights[:-1]]
+    hidden = [w.shape[2] for w in stack.weights[:-1]]
+    n_tasks = stack.weights[-1].shape[2]
     p = stack.dropout
 
     cat = torch.as_tensor(encoded.train_cat, device=device)
@@ -507,34 +565,38 @@ def _train(
     logs = [_Log() for _ in range(n_rep)]
     alive = [True] * n_rep
     steps = [0] * n_rep
-    step = 0
     start = time.perf_counter()
     for epoch in range(config.optim.epochs):
         perms = torch.as_tensor(np.stack([g.permutation(n) for g in order_rngs]), device=device)
         for lo in range(0, n, bs):
             idx = perms[:, lo : lo + bs]  # [G, b]
             b = idx.shape[1]
-            cat_b, num_b, y_b = cat[idx], num[idx], y[idx]  # [G, b, *]
-            cat_b, num_b, y_b = (order.expand(t, order_index) for t in (cat_b, num_b, y_b))
+            b_pad = _round_up(b)  # aligned per-replica blocks (see ALIGN); pad rows weigh 0
+            idx = _pad_rows(idx, b_pad, 1)
+            cat_b, num_b, y_b = (order.expand(t[idx], order_index) for t in (cat, num, y))
             rows = _flat_rows(stack, cat_b, replica_base)
             masks = None
             if p > 0:
                 masks = []
-                for h in hidden:
+                for h in hidden:  # the reference's draws: one [b, h] per dropout layer per step
                     noise = torch.stack(
                         [torch.rand((b, h), generator=g, device=device) for g in drop_gens]
                     )
-                    masks.append(drop.expand((noise >= p).to(noise.dtype), drop_index))
+                    keep = _pad_rows((noise >= p).to(noise.dtype), b_pad, 1)
+                    masks.append(drop.expand(keep, drop_index))
             logits, emb = forward(stack, rows, num_b, masks, emb_leaf=True)
-            loss = F.binary_cross_entropy_with_logits(
+            per_row = F.binary_cross_entropy_with_logits(
                 logits, y_b.expand_as(logits), reduction="none"
-            ).mean(dim=(1, 2))
+            )
+            if b_pad != b:
+                per_row = per_row * (torch.arange(b_pad, device=device) < b).view(1, b_pad, 1)
+            loss = per_row.sum(dim=(1, 2)) / (b * n_tasks)  # per-replica mean over real rows
             grads = torch.autograd.grad(loss.sum(), [emb, *stack.dense])
             shared = rows[0] if cat_b.shape[0] == 1 else None
             table_grad = coalesce_embedding_grad(rows, grads[0], shared, stack)
-            dense_grads = list(grads[1:])
+            flat_grad = stack.flat_grad(grads[1:])
             stats = torch.stack(
-                [loss.detach().double(), grad_sq_norms(dense_grads, table_grad, stack)]
+                [loss.detach().double(), grad_sq_norms(flat_grad, table_grad, stack)]
             )
             loss_v, gn2_v = stats.cpu().numpy()  # the one host sync of a step
             gn_v = np.sqrt(gn2_v)
@@ -550,29 +612,22 @@ def _train(
                     alive[r] = False  # frozen: no update from this gradient on
             if queues is None:
                 if all(alive):
-                    opt.step_all(dense_grads, table_grad)
+                    opt.step_all(flat_grad, table_grad)
                 else:
                     for r in range(n_rep):
                         if alive[r]:
-                            opt.step_replica(
-                                r,
-                                [g[r] for g in dense_grads],
-                                table_grad.for_replica(r, stack.vocab_total),
-                            )
+                            mine = table_grad.for_replica(r, stack.vocab_total)
+                            opt.step_replica(r, flat_grad[r], mine)
             else:
                 for r in range(n_rep):
                     if not alive[r]:
                         continue
-                    mine = (
-                        [g[r] for g in dense_grads],
-                        table_grad.for_replica(r, stack.vocab_total),
-                    )
-                    queues[r].push(step, mine)  # type: ignore[arg-type]
-                    for dense_r, table_r in queues[r].due(step):
-                        opt.step_replica(r, dense_r, table_r)
+                    mine = (flat_grad[r], table_grad.for_replica(r, stack.vocab_total))
+                    queues[r].push(steps[r], mine)  # type: ignore[arg-type]
+                    for flat_r, table_r in queues[r].due(steps[r]):
+                        opt.step_replica(r, flat_r, table_r)
             for r in range(n_rep):
                 steps[r] += int(alive[r])
-            step += 1
             if not any(alive):
                 break
         if not any(alive):
@@ -580,8 +635,8 @@ def _train(
     if queues is not None:
         for r in range(n_rep):
             if alive[r]:
-                for dense_r, table_r in queues[r].drain():
-                    opt.step_replica(r, dense_r, table_r)
+                for flat_r, table_r in queues[r].drain():
+                    opt.step_replica(r, flat_r, table_r)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     share = (time.perf_counter() - start) / n_rep
