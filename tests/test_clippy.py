@@ -15,6 +15,7 @@ from reprokit.optim import (
     PRESETS,
     ClippyAdagrad,
     OptimizerArgumentError,
+    _common,
     shrink_by_references,
 )
 
@@ -501,8 +502,11 @@ CONFIGS = [
 ]
 
 
+@pytest.mark.parametrize("accelerator_paths", [False, True])
 @pytest.mark.parametrize("cfg", CONFIGS)
-def test_foreach_equals_per_tensor_bitwise(cfg):
+def test_foreach_equals_per_tensor_bitwise(cfg, accelerator_paths, monkeypatch):
+    if accelerator_paths:  # the code accelerators take (no scratch buffers, foreach norm/div)
+        monkeypatch.setattr(_common, "on_cpu", lambda t: False)
     models = [_model(), _model()]
     opts = [
         ClippyAdagrad(m.parameters(), lr=0.5, foreach=fe, **cfg)

@@ -55,13 +55,18 @@ def flatten_params(params: Iterable) -> list[Tensor]:
     return out
 
 
+def on_cpu(t: Tensor) -> bool:
+    """Whether ``t`` takes the CPU code paths (tests patch it to run the accelerator ones)."""
+    return t.device.type == "cpu"
+
+
 def max_abs(t: Tensor) -> Tensor:
     """``max |t|`` as a 0-d tensor on ``t``'s device, without a host synchronisation.
 
     On CPU ``aminmax`` (one pass) is much faster than ``vector_norm(inf)``; on accelerators the
     norm is one kernel. Both are exact, so the two give bitwise-identical results.
     """
-    if t.device.type == "cpu":
+    if on_cpu(t):
         lo, hi = torch.aminmax(t)
         return torch.maximum(hi, lo.neg())
     return torch.linalg.vector_norm(t, float("inf"))
@@ -71,6 +76,6 @@ def max_abs_many(tensors: list[Tensor]) -> list[Tensor]:
     """:func:`max_abs` of each tensor (one foreach kernel on accelerators)."""
     if not tensors:
         return []
-    if tensors[0].device.type == "cpu":
+    if on_cpu(tensors[0]):
         return [max_abs(t) for t in tensors]
     return list(torch._foreach_norm(tensors, float("inf")))

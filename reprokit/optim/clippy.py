@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from reprokit.optim import _common
 from reprokit.optim._common import (
     OptimizerArgumentError,
     check_number,
@@ -196,7 +197,7 @@ class _Scratch:
         self._bufs: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
 
     def get(self, like: Tensor) -> tuple[Tensor, Tensor] | None:
-        if like.device.type != "cpu" or not like.is_contiguous():
+        if not _common.on_cpu(like) or not like.is_contiguous():
             return None  # accelerators have caching allocators; odd layouts just allocate
         key = (like.device, like.dtype)
         bufs = self._bufs.get(key)
@@ -294,7 +295,7 @@ def _foreach_dense(
             torch._foreach_add_(b, plan.const)
             if plan.acc_coef:
                 torch._foreach_add_(b, p_inv, alpha=plan.acc_coef)
-        if params[0].device.type == "cpu":
+        if _common.on_cpu(params[0]):
             for d_i, b_i in zip(d, b, strict=True):  # CPU foreach ops loop anyway; reuse b
                 torch.div(d_i, b_i, out=b_i)
         else:
