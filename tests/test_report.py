@@ -290,3 +290,35 @@ def test_write_report_returns_paths(ensemble_run: Path, tmp_path: Path):
     html, twin, report = write_report(ensemble_run, tmp_path / "r.html")
     assert html == tmp_path / "r.html" and twin == tmp_path / "r.json"
     assert html.read_text(encoding="utf-8") == report.html
+
+
+def test_report_and_gate_of_a_real_train_ensemble_run(tmp_path: Path):
+    """End to end on a run directory written by `reprokit train-ensemble` itself."""
+    run = tmp_path / "real"
+    args = ["--replicas", "3", "--vary", "init,data-order", "--synth-rows", "2000", "--epochs", "1"]
+    trained = runner.invoke(app, ["train-ensemble", *args, "--out", str(run)])
+    assert trained.exit_code == 0, trained.output
+
+    result = runner.invoke(app, ["report", str(run), "--json"])
+    assert result.exit_code == 0, result.output
+    html = (run / "report.html").read_text(encoding="utf-8")
+    assert _section_ids(html) == ENSEMBLE_SECTIONS
+    doc = json.loads(result.stdout)
+    summary = json.loads((run / "summary.json").read_text())
+    sections = doc["sections"]
+    assert sections["verdict"]["headline"].startswith(f"PD rel = {summary['pd']['rel']:.4g}")
+    assert "over 3 replicas" in sections["verdict"]["headline"]
+    dist = next(iter(sections["pd-distribution"]["arms"].values()))
+    assert dist["abs"]["mean"] == pytest.approx(summary["pd"]["abs_mean"], rel=1e-6)
+    assert len(sections["replicas"]["rows"]) == 3
+    assert all(
+        r["points"] > 0 for r in next(iter(sections["training-loss"]["arms"].values())).values()
+    )
+    assert "Varied sources: init, data-order." in sections["verdict"]["notes"]
+
+    gate = runner.invoke(app, ["gate", str(run), "--max-pd", "1", "--min-auc", "0.5", "--json"])
+    assert gate.exit_code == 0, gate.output
+    again = runner.invoke(
+        app, ["gate", str(run), "--baseline", str(run), "--max-pd-increase", "0", "--json"]
+    )
+    assert again.exit_code == 0 and json.loads(again.stdout)["rules"][0]["observed"] == 0

@@ -247,8 +247,27 @@ def test_detector_sees_csp_blocked_requests(browser: Browser, tmp_path: Path):
     assert any("Content Security Policy" in e for e in errors), errors
 
 
-def test_compare_report_renders_offline_with_every_section(browser: Browser, tmp_path: Path):
-    run = make_compare(tmp_path / "cmp", replicas=4, examples=600)
+def _real_compare(path: Path) -> Path:
+    """A compare-activations run directory written by reprokit itself (small)."""
+    from typer.testing import CliRunner
+
+    from reprokit.cli import app
+
+    args = ["compare-activations", "--arms", "relu", "--arms", "smelu:beta=1", "--replicas", "3"]
+    args += ["--synth-rows", "2000", "--epochs", "1", "--out", str(path)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return path
+
+
+@pytest.mark.parametrize("source", ["fixture", "real"])
+def test_compare_report_renders_offline_with_every_section(
+    browser: Browser, tmp_path: Path, source: str
+):
+    if source == "real":
+        run = _real_compare(tmp_path / "cmp")
+    else:
+        run = make_compare(tmp_path / "cmp", replicas=4, examples=600)
     html_path, _, _ = write_report(run)
     page = html_path.as_uri()
 
@@ -260,9 +279,10 @@ def test_compare_report_renders_offline_with_every_section(browser: Browser, tmp
     ids = re.findall(r'<section id="([^"]+)"', dom)
     assert ids == COMPARE_SECTIONS
     assert dom.count("<svg") >= 5  # PD vs AUC, distribution, buckets, calibration, loss
-    assert "Best on the Pareto front: smelu:beta=1" in dom
+    if source == "fixture":
+        assert "Best on the Pareto front: smelu:beta=1" in dom
 
-    shot = Path(os.environ.get("REPROKIT_SCREENSHOT_DIR", tmp_path)) / "compare-report.png"
+    shot = Path(os.environ.get("REPROKIT_SCREENSHOT_DIR", tmp_path)) / f"compare-{source}.png"
     shot.parent.mkdir(parents=True, exist_ok=True)
     browser.screenshot(shot)
     data = shot.read_bytes()
