@@ -12,8 +12,9 @@ Kinds understood here:
 - any other kind named by a manifest (``stability`` later) loads as a generic run with its manifest
   and summary, so a consumer can decide whether it supports it.
 
-A path may also name a ``summary.json`` or ``compare.json`` file directly (handy for a stored CI
-baseline); such a run has documents but no replica files.
+A path may also name a ``summary.json`` or ``compare.json`` file directly, or a directory that
+holds only a ``summary.json`` (handy for a stored CI baseline); such a run has documents but no
+replica files.
 """
 
 from __future__ import annotations
@@ -255,6 +256,10 @@ def _load_directory(path: Path) -> Run:
         manifest = read_json(manifest_path, "manifest.json") if manifest_path.exists() else None
         return Run(path=path, kind=doc.get("kind") or COMPARE, manifest=manifest, compare=doc)
     if not manifest_path.exists():
+        if (path / SUMMARY).is_file():  # a stored baseline may keep only its summary.json
+            run = _load_document(path / SUMMARY)
+            run.path = path
+            return run
         raise ReprokitError(
             f"{path} is not a reprokit run directory (no manifest.json or compare.json)"
         )

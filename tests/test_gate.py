@@ -223,9 +223,17 @@ def test_train_ensemble_against_compare_baseline_needs_arm(runs):
     assert rule["baseline"] == pytest.approx(relu["auc"]["mean"])
 
 
-def test_baseline_may_be_a_bare_summary_file(runs):
+def test_baseline_may_be_a_bare_summary_file_or_a_directory_holding_only_it(runs, tmp_path):
     result = gate(runs["same"], "--baseline", runs["base"] / "summary.json", "--max-pd-increase", 5)
     assert result.exit_code == 0, result.output
+    stored = tmp_path / "baseline"
+    stored.mkdir()
+    (stored / "summary.json").write_text((runs["worse"] / "summary.json").read_text())
+    result = gate(runs["same"], "--baseline", stored, "--max-pd-increase", 5, "--json")
+    assert result.exit_code == 0, result.output  # PD fell against the noisier baseline
+    assert json.loads(result.stdout)["baseline"] == str(stored)
+    result = gate(stored, "--max-pd", 1e-9)
+    assert result.exit_code == 1
 
 
 # ----------------------------------------------------------------------------- JUnit and edge cases
