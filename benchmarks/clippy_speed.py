@@ -7,7 +7,10 @@ alike) after a warm-up, and the median per step is reported, for ``foreach=False
 
 Prints one JSON document; ``ratio_*`` = Clippy time / Adagrad time (target: <= 1.5).
 
-    python benchmarks/clippy_speed.py [--device cuda] [--repeats 60] [--warmup 10]
+    python benchmarks/clippy_speed.py [--device cuda] [--repeats 60] [--warmup 10] [--threads 1]
+
+On a shared, loaded machine ``--threads 1`` gives steadier ratios (oversubscribed OpenMP threads
+make every kernel's time erratic).
 """
 
 from __future__ import annotations

@@ -342,6 +342,10 @@ class ClippyAdagrad(Optimizer):
             the per-tensor loop). ``None``: on when all parameters are on an accelerator.
 
     Use :meth:`from_preset` for the named settings in :data:`PRESETS` (``"paper"``, ``"tfrs"``).
+
+    Distributed training: under DDP gradients are all-reduced before ``step`` so σ agrees on every
+    rank; under FSDP/ZeRO or row-sharded embeddings each rank sees a shard and σ is the shard's
+    own (it is not all-reduced with MIN here), so results then depend on the world size.
     """
 
     def __init__(
