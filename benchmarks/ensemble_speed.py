@@ -1,0 +1,191 @@
+"""Vectorized N-replica engine against a plain sequential loop, on the same data and model.
+
+    python benchmarks/ensemble_speed.py                       # 100k rows, N = 1, 4, 8, 16
+    python benchmarks/ensemble_speed.py --replicas 8 --rows 20000 --device cuda
+
+The reference is `reprokit.training.loop.train_replica` called for one replica after another
+(the ordinary torch training code the `process` engine runs); the candidate is
+`reprokit.training.vectorized.train_replicas` training all N at once. Both get the same encoded
+data, configuration, seeds and intra-op thread count. Every (engine, N) runs in its own subprocess
+so that its peak memory (ru_maxrss; `torch.cuda.max_memory_allocated` on CUDA) is its own; runs
+alternate between the engines so that load from other users of a shared machine hits both alike.
+
+Prints one JSON document: per N the wall and CPU seconds of training (and of training + predicting),
+examples per second, peak memory, the speedups (sequential / vectorized: ratios, not absolute
+times), and max |Δp| between replica k of the two engines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from reprokit.config import resolve_config
+
+    return resolve_config(
+        None,
+        {
+            "data.synth_rows": args.rows,
+            "data.synth_fields": args.fields,
+            "model.hidden": args.hidden,
+            "optim.name": args.optim,
+            "optim.batch_size": args.batch_size,
+            "optim.epochs": args.epochs,
+            "vary": args.vary,
+            "device": args.device,
+            "threads": args.threads,
+            "replicas": max(args.replicas),
+        },
+    )
+
+
+def _peak_memory_mb(device: str) -> float:
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated(torch.device(device)) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def child(args: argparse.Namespace) -> None:
+    """Train N replicas with one engine, print a JSON line, save predictions (parity check)."""
+    import torch
+
+    from reprokit.sources import replica_seeds
+    from reprokit.training.loop import train_replica
+    from reprokit.training.vectorized import train_replicas
+
+    with open(args.data, "rb") as fh:
+        encoded = pickle.load(fh)
+    config = _config(args)
+    n = args.child_replicas
+    seeds = [replica_seeds(config.seed, config.vary, r) for r in range(n)]
+    rss_data = _peak_memory_mb("cpu")
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    if args.child == "sequential":
+        outs = [train_replica(encoded, config, r, seeds[r]) for r in range(n)]
+    else:
+        outs = train_replicas(encoded, config, list(range(n)), seeds)
+    if config.device.startswith("cuda"):
+        torch.cuda.synchronize()
+    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    train_wall = float(sum(o.train_seconds for o in outs))
+    np.save(args.predictions, np.stack([o.predictions for o in outs]))
+    doc = {
+        "engine": args.child,
+        "replicas": n,
+        "train_seconds": train_wall,
+        "total_seconds": wall,
+        "total_cpu_seconds": cpu,
+        "examples_per_second": n * encoded.n_train * config.optim.epochs / train_wall,
+        "peak_memory_mb": _peak_memory_mb(config.device),
+        "rss_after_data_mb": rss_data,
+        "steps": int(outs[0].steps),
+        "diverged": int(sum(o.diverged for o in outs)),
+    }
+    print(json.dumps(doc))
+
+
+def _run_child(args: argparse.Namespace, engine: str, n: int, data: str, preds: str) -> dict:
+    cmd = [sys.executable, __file__, "--child", engine, "--child-replicas", str(n), "--data", data]
+    cmd += ["--predictions", preds]
+    for key in ("rows", "fields", "hidden", "optim", "batch_size", "epochs", "vary", "device"):
+        cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
+    cmd += ["--threads", str(args.threads), "--replicas", ",".join(map(str, args.replicas))]
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"{engine} N={n} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--fields", type=int, default=8)
+    parser.add_argument("--hidden", default="256-128-64")
+    parser.add_argument("--optim", default="adagrad")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--vary", default="init,data-order")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--replicas", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4, 8, 16]
+    )
+    parser.add_argument("--child", choices=["sequential", "vectorized"], help=argparse.SUPPRESS)
+    parser.add_argument("--child-replicas", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
+    parser.add_argument("--predictions", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child(args)
+        return
+
+    from reprokit.data.encoding import load_encoded
+
+    config = _config(args)
+    encoded = load_encoded(config.data)
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data = str(Path(tmp) / "encoded.pkl")
+        with open(data, "wb") as fh:
+            pickle.dump(encoded, fh)
+        for i, n in enumerate(args.replicas):
+            runs: dict[str, dict] = {}
+            # Alternate which engine goes first, so drifting machine load favours neither.
+            order = ["sequential", "vectorized"] if i % 2 == 0 else ["vectorized", "sequential"]
+            for engine in order:
+                runs[engine] = _run_child(args, engine, n, data, f"{tmp}/{engine}-{n}.npy")
+                print(f"N={n} {engine}: {runs[engine]['train_seconds']:.2f}s", file=sys.stderr)
+            seq, vec = runs["sequential"], runs["vectorized"]
+            p_seq, p_vec = (np.load(f"{tmp}/{e}-{n}.npy") for e in ("sequential", "vectorized"))
+            results.append(
+                {
+                    "replicas": n,
+                    "sequential": seq,
+                    "vectorized": vec,
+                    "speedup_train": seq["train_seconds"] / vec["train_seconds"],
+                    "speedup_total_wall": seq["total_seconds"] / vec["total_seconds"],
+                    "speedup_total_cpu": seq["total_cpu_seconds"] / vec["total_cpu_seconds"],
+                    "max_abs_dp_vs_sequential": float(np.max(np.abs(p_seq - p_vec))),
+                }
+            )
+    doc = {
+        "benchmark": "ensemble_speed",
+        "reference": "reprokit.training.loop.train_replica, one replica after another",
+        "data": {
+            "rows": args.rows,
+            "train_rows": int(encoded.n_train),
+            "fields": args.fields,
+            "vocab_sizes": list(encoded.vocab_sizes),
+        },
+        "model": {"hidden": args.hidden, "embedding_dim": config.model.embedding_dim},
+        "optim": {"name": args.optim, "batch_size": args.batch_size, "epochs": args.epochs},
+        "vary": list(config.vary),
+        "device": args.device,
+        "threads": args.threads,
+        "cpu_count": os.cpu_count(),
+        "load_average": list(os.getloadavg()),
+        "results": results,
+    }
+    print(json.dumps(doc, indent=2))
+
+
+if __name__ == "__main__":
+    main()
