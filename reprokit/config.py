@@ -99,6 +99,9 @@ class RunConfig:
             if not ok:
                 raise ReprokitError(message)
         self.vary = list(parse_vary(self.vary, self.device))
+        from reprokit.nn.registry import parse_spec
+
+        parse_spec(self.model.activation)  # an unknown activation fails before any work starts
         return self
 
 

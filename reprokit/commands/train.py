@@ -126,13 +126,18 @@ def register(app: typer.Typer) -> None:
                 threads=threads,
             ),
         )
+        from reprokit.data.encoding import load_encoded
+
+        encoded = load_encoded(cfg.data)  # bad data fails here, before any progress output
         with make_progress() as bar:
             task = bar.add_task(f"training (vary: {','.join(cfg.vary) or 'none'})", total=cfg.replicas)
 
             def on_progress(done: int, total: int, _metrics: dict[str, Any]) -> None:
                 bar.update(task, completed=done, total=total)
 
-            summary = train_ensemble(cfg, out=out, workers=workers, force=force, progress=on_progress)
+            summary = train_ensemble(
+                cfg, out=out, workers=workers, force=force, progress=on_progress, encoded=encoded
+            )
         err_console.print(render_summary_table(summary, title=f"train-ensemble: {summary['run_dir']}"))
         if json_out:
             print_json(summary)
