@@ -85,6 +85,4 @@ def source_seed(base_seed: int, source: str, replica: int) -> int:
 def replica_seeds(base_seed: int, varied: Iterable[str], replica: int) -> dict[str, int]:
     """Seeds of every source for one replica: varied sources use the replica index, others replica 0."""
     varied = set(varied)
-    return {
-        s: source_seed(base_seed, s, replica if s in varied else 0) for s in SOURCES
-    }
+    return {s: source_seed(base_seed, s, replica if s in varied else 0) for s in SOURCES}

@@ -76,7 +76,9 @@ def _first_difference(old: Any, new: Any, where: str = "") -> str:
     if isinstance(old, dict) and isinstance(new, dict):
         for key in sorted(set(old) | set(new)):
             if old.get(key) != new.get(key):
-                return _first_difference(old.get(key), new.get(key), f"{where}.{key}" if where else key)
+                return _first_difference(
+                    old.get(key), new.get(key), f"{where}.{key}" if where else key
+                )
     return f"{where} is {old!r} there but {new!r} now"
 
 

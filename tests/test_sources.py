@@ -13,7 +13,11 @@ def test_parse_vary_canonical_order_and_all():
 
 @pytest.mark.parametrize(
     "spec, fragment",
-    [("bogus", "unknown nondeterminism source"), ("none,init", "cannot be combined"), ("", "empty")],
+    [
+        ("bogus", "unknown nondeterminism source"),
+        ("none,init", "cannot be combined"),
+        ("", "empty"),
+    ],
 )
 def test_parse_vary_rejects(spec, fragment):
     with pytest.raises(ReprokitError, match=fragment):
@@ -37,8 +41,9 @@ def test_varied_sources_differ_per_replica_and_others_do_not():
 
 def test_seeds_are_stable_across_processes():
     # crc32-keyed SeedSequence: the value is fixed for all time; a change here breaks resumability.
-    import numpy as np
     import zlib
+
+    import numpy as np
 
     expected = np.random.SeedSequence(0, spawn_key=(zlib.crc32(b"init"), 3)).generate_state(
         1, dtype=np.uint64

@@ -20,7 +20,9 @@ def _manifest(replicas=2, lr=0.05):
 
 
 def _write(store, r, ids=(1, 2, 3)):
-    preds = pd.DataFrame({"example_id": list(ids), "label": [0.0, 1.0, 0.0], "prediction": [0.1, 0.7, 0.2]})
+    preds = pd.DataFrame(
+        {"example_id": list(ids), "label": [0.0, 1.0, 0.0], "prediction": [0.1, 0.7, 0.2]}
+    )
     log = pd.DataFrame({"step": [0], "epoch": [0], "loss": [0.5], "grad_norm": [1.0]})
     store.write_replica(r, preds, {"replica": r, "diverged": False}, log)
 

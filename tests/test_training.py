@@ -24,9 +24,7 @@ def encoded():
 
 def _pair(encoded, vary, **extra):
     cfg = resolve_config(None, {**SMALL, "vary": vary, **extra})
-    return [
-        train_replica(encoded, cfg, r, replica_seeds(cfg.seed, cfg.vary, r)) for r in range(2)
-    ]
+    return [train_replica(encoded, cfg, r, replica_seeds(cfg.seed, cfg.vary, r)) for r in range(2)]
 
 
 def test_control_arm_is_bitwise_identical(encoded):
@@ -82,7 +80,9 @@ def test_train_log_columns(encoded):
 
 def test_threads_change_batchnorm_reduction_order(encoded):
     """On CPU the plain MLP is thread-count invariant; BatchNorm's batch statistics are not."""
-    cfg = resolve_config(None, {**SMALL, "vary": "threads", "max_threads": 2, "model.batch_norm": True})
+    cfg = resolve_config(
+        None, {**SMALL, "vary": "threads", "max_threads": 2, "model.batch_norm": True}
+    )
     runs = [train_replica(encoded, cfg, r, replica_seeds(cfg.seed, cfg.vary, r)) for r in range(3)]
     assert [r.threads for r in runs] == [1, 2, 1]
     assert not np.array_equal(runs[0].predictions, runs[1].predictions)

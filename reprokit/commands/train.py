@@ -11,11 +11,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from reprokit.commands.common import cli_errors, err_console, print_json
 from reprokit.sources import SOURCE_HELP
 
-VARY_HELP = "Comma-separated sources to vary: " + "; ".join(
-    f"{name} ({text})" for name, text in SOURCE_HELP.items()
-) + "; all; none (control arm: replicas must be bitwise identical)."
-
-
+VARY_HELP = (
+    "Comma-separated sources to vary: "
+    + "; ".join(f"{name} ({text})" for name, text in SOURCE_HELP.items())
+    + "; all; none (control arm: replicas must be bitwise identical)."
+)
 
 
 def run_overrides(**options: Any) -> dict[str, Any]:
@@ -60,9 +60,13 @@ def register(app: typer.Typer) -> None:
     @cli_errors
     def train_ensemble_command(
         data: Path | None = typer.Option(
-            None, "--data", help="Dataset in reprokit's parquet layout (default: built-in synthetic)."
+            None,
+            "--data",
+            help="Dataset in reprokit's parquet layout (default: built-in synthetic).",
         ),
-        config: Path | None = typer.Option(None, "--config", help="TOML config; options override it."),
+        config: Path | None = typer.Option(
+            None, "--config", help="TOML config; options override it."
+        ),
         replicas: int | None = typer.Option(None, "--replicas", "-n", help="Number of replicas."),
         vary: str | None = typer.Option(None, "--vary", help=VARY_HELP),
         activation: str | None = typer.Option(
@@ -130,7 +134,9 @@ def register(app: typer.Typer) -> None:
 
         encoded = load_encoded(cfg.data)  # bad data fails here, before any progress output
         with make_progress() as bar:
-            task = bar.add_task(f"training (vary: {','.join(cfg.vary) or 'none'})", total=cfg.replicas)
+            task = bar.add_task(
+                f"training (vary: {','.join(cfg.vary) or 'none'})", total=cfg.replicas
+            )
 
             def on_progress(done: int, total: int, _metrics: dict[str, Any]) -> None:
                 bar.update(task, completed=done, total=total)
@@ -138,6 +144,8 @@ def register(app: typer.Typer) -> None:
             summary = train_ensemble(
                 cfg, out=out, workers=workers, force=force, progress=on_progress, encoded=encoded
             )
-        err_console.print(render_summary_table(summary, title=f"train-ensemble: {summary['run_dir']}"))
+        err_console.print(
+            render_summary_table(summary, title=f"train-ensemble: {summary['run_dir']}")
+        )
         if json_out:
             print_json(summary)
