@@ -591,6 +591,8 @@ def test_presets_match_reference_section_5():
         dict(clip_accumulator_update=True),  # needs tfrs_delayed
         dict(foreach="yes"),
         dict(lambda_rel=float("nan")),
+        dict(lr=torch.tensor(0.1)),
+        dict(lambda_abs=torch.tensor(0.1)),
     ],
 )
 def test_bad_arguments_raise(kw):

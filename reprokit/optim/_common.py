@@ -22,11 +22,9 @@ class OptimizerArgumentError(ReprokitError, ValueError):
 def check_number(name: str, value: object, *, minimum: float = 0.0, strict: bool = False) -> None:
     """Raise :class:`OptimizerArgumentError` unless ``value`` is a real number ``>= minimum``.
 
-    ``strict`` asks for ``> minimum``. Tensors are accepted without a value check (checking a
-    device tensor would synchronise with the host).
+    ``strict`` asks for ``> minimum``. Tensors are refused: hyperparameters are Python numbers,
+    so the step never branches on (or synchronises with) a device value.
     """
-    if isinstance(value, Tensor):
-        return
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise OptimizerArgumentError(f"{name} must be a number, got {value!r}")
     if value != value:  # NaN

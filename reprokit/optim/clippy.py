@@ -583,8 +583,6 @@ def _validate_group(group: dict[str, Any]) -> None:
     check_number("eps", group["eps"])
     check_number("initial_accumulator_value", group["initial_accumulator_value"])
     check_number("weight_decay", group["weight_decay"])
-    if isinstance(group["lr"], Tensor):
-        raise OptimizerArgumentError("ClippyAdagrad needs lr as a Python float")
     if group["initial_accumulator_value"] + group["eps"] <= 0:
         raise OptimizerArgumentError(
             "initial_accumulator_value + eps must be > 0 (otherwise a zero gradient gives 0/0); "
