@@ -10,23 +10,18 @@ from rich.table import Table
 
 from reprokit.commands.common import cli_errors, err_console, print_json
 
-HELP = """Judge a run against thresholds (and a baseline run) for CI.
-
-Exit status: 0 when every rule holds (always with --warn-only), 1 when a rule fails, 2 on bad input
-(missing or corrupt run directory, unknown metric or arm, no rule given).
-
-For a compare-activations run every arm is judged unless --arm names some. Against a baseline, arms
-are matched by name; a train-ensemble baseline serves every arm.
-
-Examples:
-
-  reprokit gate runs/pr --max-pd 0.05 --use-ci-upper
-
-  reprokit gate runs/pr --baseline baseline/ --max-pd-increase 10 --max-auc-drop 0.005 \\
-      --junit gate.xml
-
-  reprokit gate runs/cmp --arm smelu:beta=1 --min-auc 0.70 --json
-"""
+HELP = (
+    "Judge a run against thresholds (and a baseline run) for CI.\n\n"
+    "Exit status: 0 when every rule holds (always with --warn-only), 1 when a rule fails, 2 on bad "
+    "input (missing or corrupt run directory, unknown metric or arm, no rule given).\n\n"
+    "For a compare-activations run every arm is judged unless --arm names some. Against a baseline, "
+    "arms are matched by name; a train-ensemble baseline serves every arm.\n\n"
+    "Examples:\n\n"
+    "  reprokit gate runs/pr --max-pd 0.05 --use-ci-upper\n\n"
+    "  reprokit gate runs/pr --baseline baseline/ --max-pd-increase 10 --max-auc-drop 0.005 "
+    "--junit gate.xml\n\n"
+    "  reprokit gate runs/cmp --arm smelu:beta=1 --min-auc 0.70 --json"
+)
 
 
 def _table(result) -> Table:

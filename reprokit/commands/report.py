@@ -8,19 +8,15 @@ import typer
 
 from reprokit.commands.common import cli_errors, err_console, print_json
 
-HELP = """Write one self-contained HTML report (inline SVG plots, no scripts, no network) for a run.
-
-Reads a train-ensemble or compare-activations run directory and writes RUN_DIR/report.html
-(or --out) plus a JSON twin with the same numbers beside it (report.json).
-
-Examples:
-
-  reprokit report runs/ens
-
-  reprokit report runs/cmp --out cmp.html
-
-  reprokit report runs/ens --json > report.json
-"""
+HELP = (
+    "Write one self-contained HTML report (inline SVG plots, no scripts, no network) for a run.\n\n"
+    "Reads a train-ensemble or compare-activations run directory and writes RUN_DIR/report.html "
+    "(or --out) plus a JSON twin with the same numbers beside it (report.json).\n\n"
+    "Examples:\n\n"
+    "  reprokit report runs/ens\n\n"
+    "  reprokit report runs/cmp --out cmp.html\n\n"
+    "  reprokit report runs/ens --json > report.json"
+)
 
 
 def register(app: typer.Typer) -> None:
