@@ -249,11 +249,16 @@ def prediction_difference(
         else:
             with ThreadPoolExecutor(max_workers=n_threads) as pool:
                 futures = [pool.submit(run, t) for t in range(len(tasks))]
-                for fut in as_completed(futures):
-                    t = fut.result()
-                    done += sum(min(s + chunk_size, n) - s for s in tasks[t])
-                    if progress is not None:
-                        progress(done, n)
+                try:
+                    for fut in as_completed(futures):
+                        t = fut.result()
+                        done += sum(min(s + chunk_size, n) - s for s in tasks[t])
+                        if progress is not None:
+                            progress(done, n)
+                except BaseException:
+                    for fut in futures:
+                        fut.cancel()
+                    raise
     except _BadValues:
         check_prediction_values(arr, replica_names)
         raise ReprokitError("predictions contain NaN or values outside [0, 1]") from None
