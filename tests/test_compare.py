@@ -307,6 +307,8 @@ def test_cli_end_to_end_writes_contract_and_plots(tiny_run):
     assert doc["plots"] == ["pareto.png", "pareto.svg"]
     # The Rich table goes to stderr, one row per arm.
     assert "smelu:beta=0.5" in result.stderr and "p PD (Holm)" in result.stderr
+    assert "no arm can reach p(Holm) < 0.05" in result.stderr  # 3 replicas: at best 2 × 2/8
+    assert doc["test"]["smallest_p_holm"] == 0.5
     # The report loader accepts the directory.
     from reprokit.rundir import load_run
 
@@ -411,3 +413,33 @@ def test_out_that_is_not_a_compare_directory_is_refused(tmp_path):
         app, ["compare-activations", "--arms", "relu,smelu", *TINY, "--out", str(tmp_path / "x")]
     )
     assert result.exit_code == 2 and "not a compare-activations run directory" in result.stderr
+
+
+def test_smallest_reachable_p_and_replicas_needed():
+    from reprokit.runners.compare import replicas_needed, smallest_p_holm
+
+    assert smallest_p_holm(8, 4) == 4 * 2 / 256
+    assert smallest_p_holm(4, 2) == 0.25 and smallest_p_holm(3, 8) == 1.0
+    assert replicas_needed(4) == 8 and replicas_needed(1) == 6 and replicas_needed(8) == 9
+    for m in range(1, 20):
+        n = replicas_needed(m)
+        assert smallest_p_holm(n, m) <= 0.05 < smallest_p_holm(n - 1, m)
+    # The exact sign-flip test really reaches that bound: all differences of one sign.
+    assert math.isclose(_exact_sign_flip(np.arange(1.0, 9.0)), 2 / 256)
+
+
+def test_sweep_plot_has_a_parameter_panel(tmp_path):
+    from reprokit.runners.compare_plot import plot_tradeoff
+
+    specs = ["relu", *parse_sweep("smelu:beta=0.5|1|2")]
+    rng = np.random.default_rng(1)
+    summaries = [
+        _summary(list(rng.uniform(0.1, 0.2, 6)), list(rng.uniform(0.7, 0.72, 4))) for _ in specs
+    ]
+    for s in summaries:
+        s["pd_ci"] = {"rel": [s["pd"]["rel"] - 0.01, s["pd"]["rel"] + 0.01]}
+    doc = build_compare_document(summaries, specs, "relu")
+    assert doc["families"] == {"smelu": {"param": "beta", "specs": specs[1:]}}
+    assert plot_tradeoff(doc, tmp_path, stem="p") == ["p.png", "p.svg"]
+    svg = (tmp_path / "p.svg").read_text()
+    assert "smelu: PD rel and AUC by beta" in svg and "relu (baseline)" in svg

@@ -63,6 +63,18 @@ def _fmt_p(value: Any) -> str:
     return "<0.001" if v < 0.001 else f"{v:.3f}"
 
 
+def _power_note(doc: dict[str, Any]) -> str:
+    test = doc.get("test") or {}
+    smallest = _num(test.get("smallest_p_holm"))
+    if not (math.isfinite(smallest) and smallest > 0.05):
+        return ""
+    return (
+        f"\nnote: with {doc.get('replicas')} replicas no arm can reach p(Holm) < 0.05 "
+        f"(smallest possible {smallest:.3g}); use --replicas {test.get('replicas_needed_for_0.05')}"
+        " or more"
+    )
+
+
 def render_compare_table(doc: dict[str, Any]) -> Table:
     """One row per arm: spec, PD rel [CI], PD abs, AUC mean±std, ensemble AUC, log-loss, time,
     p (Holm) of the paired PD and AUC tests against the baseline, Pareto membership."""
@@ -81,7 +93,7 @@ def render_compare_table(doc: dict[str, Any]) -> Table:
             f"{','.join(doc.get('vary') or []) or 'none'}; paired "
             f"{(doc.get('test') or {}).get('method', '')} test vs baseline "
             f"{doc.get('baseline')} on per-replica PD rel / AUC, Holm across arms; "
-            f"Δ = arm − baseline"
+            f"Δ = arm − baseline" + _power_note(doc)
         ),
     )
     table.add_column("arm", no_wrap=True)

@@ -369,6 +369,16 @@ def families(specs: Sequence[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def smallest_p_holm(replicas: int, comparisons: int) -> float:
+    """The smallest Holm-adjusted p any arm can reach: exact two-sided p >= 2 / 2^n, times m."""
+    return min(1.0, comparisons * 2.0 / 2.0**replicas) if comparisons else math.nan
+
+
+def replicas_needed(comparisons: int, alpha: float = 0.05) -> int:
+    """Fewest replicas for which `smallest_p_holm` is at most `alpha`."""
+    return max(2, math.ceil(math.log2(2.0 * max(comparisons, 1) / alpha)))
+
+
 def build_compare_document(
     summaries: Sequence[dict[str, Any]],
     specs: Sequence[str],
@@ -382,6 +392,7 @@ def build_compare_document(
     if len(summaries) != len(specs):
         raise ReprokitError("one summary per arm is needed")
     base_index = list(specs).index(baseline)
+    n_paired = min(int(summary["replicas"]) for summary in summaries)
     tests = paired_tests(summaries, base_index, method=test_method, seed=seed)
     arms = []
     for k, (summary, spec) in enumerate(zip(summaries, specs, strict=True)):
@@ -416,6 +427,8 @@ def build_compare_document(
             "metrics": {metric: meaning for metric, meaning in TEST_METRICS},
             "statistic": "mean over replicas of (arm - baseline), replica k paired by shared seeds",
             "correction": "holm across the non-baseline arms, per metric",
+            "smallest_p_holm": smallest_p_holm(n_paired, len(specs) - 1),
+            "replicas_needed_for_0.05": replicas_needed(len(specs) - 1),
         },
     }
 
