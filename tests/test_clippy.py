@@ -502,32 +502,64 @@ CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize("accelerator_paths", [False, True])
 @pytest.mark.parametrize("cfg", CONFIGS)
-def test_foreach_equals_per_tensor_bitwise(cfg, accelerator_paths, monkeypatch):
-    if accelerator_paths:  # the code accelerators take (no scratch buffers, foreach norm/div)
-        monkeypatch.setattr(_common, "on_cpu", lambda t: False)
-    models = [_model(), _model()]
+def test_foreach_equals_per_tensor_bitwise(cfg, monkeypatch):
+    """Three paths, identical numbers: the CPU per-tensor path (scratch buffers), and, with the
+    accelerator code paths forced on CPU tensors, the per-tensor path without scratch buffers
+    and the foreach path (torch._foreach_* ops, foreach norm/div)."""
+    accelerator = {"on": False}
+    real_on_cpu = _common.on_cpu
+    monkeypatch.setattr(_common, "on_cpu", lambda t: False if accelerator["on"] else real_on_cpu(t))
+    arms = [(False, False), (True, False), (True, True)]  # (accelerator paths, foreach)
+    models = [_model() for _ in arms]
     opts = [
         ClippyAdagrad(m.parameters(), lr=0.5, foreach=fe, **cfg)
-        for m, fe in zip(models, (False, True), strict=True)
+        for m, (_, fe) in zip(models, arms, strict=True)
     ]
     torch.manual_seed(1)
     batches = [(torch.randn(16, 6) * 4, torch.randn(16, 1)) for _ in range(5)]
     clipped = 0
     for x, y in batches:
-        for m, o in zip(models, opts, strict=True):
+        for m, o, (acc_paths, _) in zip(models, opts, arms, strict=True):
             o.zero_grad()
             torch.nn.functional.mse_loss(m(x), y).backward()
+            accelerator["on"] = acc_paths
             o.step()
-        s0, s1 = opts[0].last_sigma, opts[1].last_sigma
-        assert s0.keys() == s1.keys()
-        assert all(torch.equal(s0[k], s1[k]) for k in s0)
-        clipped += sum(int(v.item() < 1) for v in s0.values())
+            accelerator["on"] = False
+        ref = opts[0].last_sigma
+        for o in opts[1:]:
+            assert o.last_sigma.keys() == ref.keys()
+            assert all(torch.equal(o.last_sigma[k], ref[k]) for k in ref)
+        clipped += sum(int(v.item() < 1) for v in ref.values())
     assert clipped > 0  # the comparison covered clipping steps
-    for p0, p1 in zip(models[0].parameters(), models[1].parameters(), strict=True):
-        assert torch.equal(p0, p1)
-        assert torch.equal(opts[0].state[p0]["accumulator"], opts[1].state[p1]["accumulator"])
+    assert isinstance(opts[2].state[next(models[2].parameters())]["sigma"], torch.Tensor)
+    for m, o in zip(models[1:], opts[1:], strict=True):
+        for p0, p1 in zip(models[0].parameters(), m.parameters(), strict=True):
+            assert torch.equal(p0, p1)
+            assert torch.equal(opts[0].state[p0]["accumulator"], o.state[p1]["accumulator"])
+
+
+def test_foreach_path_is_taken_on_accelerators(monkeypatch):
+    from reprokit.optim import clippy as clippy_module
+
+    calls = []
+    real = clippy_module._foreach_dense
+
+    def spy(*args, **kwargs):
+        calls.append(len(args[0]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(clippy_module, "_foreach_dense", spy)
+    model = _model()
+    opt = ClippyAdagrad(model.parameters(), lr=0.1)  # foreach=None
+    model(torch.randn(4, 6)).sum().backward()
+    opt.step()
+    assert calls == []  # CPU: per-tensor path
+    monkeypatch.setattr(_common, "on_cpu", lambda t: False)
+    opt.step()
+    assert calls == [6]  # one foreach call over the group's 6 tensors
+    ClippyAdagrad(model.parameters(), lr=0.1, foreach=False).step()
+    assert calls == [6]
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))

@@ -338,8 +338,10 @@ class ClippyAdagrad(Optimizer):
             the rows the batch touched (duplicates coalesced first). Off by default, as in the
             paper, which applied Clippy only to dense parameters; sparse gradients then get the
             plain Adagrad step.
-        foreach: use ``torch._foreach_*`` kernels over each group's dense tensors (same numbers as
-            the per-tensor loop). ``None``: on when all parameters are on an accelerator.
+        foreach: on accelerators, use ``torch._foreach_*`` kernels over each group's dense
+            tensors (the same numbers as the per-tensor loop); ``None`` or ``True``: on. On CPU,
+            where torch's foreach kernels are loops over per-tensor kernels, the per-tensor path
+            (which reuses two scratch buffers instead of allocating) always runs.
 
     Use :meth:`from_preset` for the named settings in :data:`PRESETS` (``"paper"``, ``"tfrs"``).
 
@@ -473,11 +475,9 @@ class ClippyAdagrad(Optimizer):
                     buckets.setdefault((p.device, p.dtype), []).append((p, p.grad, state))
             foreach = group["foreach"]
             for items in buckets.values():
-                use_foreach = (
-                    foreach
-                    if foreach is not None
-                    else all(p.device.type not in ("cpu", "meta") for p, _, _ in items)
-                )
+                # On CPU torch's foreach kernels are loops over per-tensor kernels; the per-tensor
+                # path is faster there (scratch buffers instead of fresh allocations).
+                use_foreach = foreach is not False and not _common.on_cpu(items[0][0])
                 clip = group["clip"]
                 if use_foreach:
                     sigmas, ratios = _foreach_dense(
