@@ -443,3 +443,21 @@ def test_sweep_plot_has_a_parameter_panel(tmp_path):
     assert plot_tradeoff(doc, tmp_path, stem="p") == ["p.png", "p.svg"]
     svg = (tmp_path / "p.svg").read_text()
     assert "smelu: PD rel and AUC by beta" in svg and "relu (baseline)" in svg
+
+
+def test_control_arm_vary_none_gives_zero_pd_in_every_arm(tmp_path):
+    from reprokit.config import resolve_config
+    from reprokit.runners.compare import compare_activations
+
+    config = resolve_config(
+        None,
+        {"data.synth_rows": 600, "replicas": 3, "optim.epochs": 1, "vary": "none"},
+    )
+    assert list(config.vary) == []
+    doc = compare_activations(config, "relu;smelu", out=tmp_path / "c", plot=False)
+    assert doc["vary"] == []
+    for arm in doc["arms"]:
+        assert all(v == 0.0 for v in arm["pd"].values())
+        assert arm["auc"]["std"] == 0.0
+    test = doc["arms"][1]["tests"]["rel"]
+    assert test["statistic"] == 0.0 and test["p_value"] == 1.0

@@ -120,7 +120,7 @@ def render_compare_table(doc: dict[str, Any]) -> Table:
                 return "baseline"
             test = tests.get(metric) or {}
             stat = _num(test.get("statistic"))
-            sign = "" if not math.isfinite(stat) else ("−" if stat < 0 else "+")
+            sign = "" if not math.isfinite(stat) or stat == 0 else ("−" if stat < 0 else "+")
             return f"{sign} {_fmt_p(test.get('p_holm'))}".strip()
 
         table.add_row(

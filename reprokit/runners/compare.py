@@ -470,10 +470,18 @@ def check_inputs(
     root = Path(out) if out is not None else default_run_dir(KIND)
     _prepare_out(root, force)
     if not force:
-        config = copy.deepcopy(config).validate()
+        config = validated(config)
         for spec in specs:
             _check_arm_config(root / ARMS_DIR / arm_slug(spec), arm_config(config, spec))
     return specs, base, root
+
+
+def validated(config: RunConfig) -> RunConfig:
+    """A validated copy of `config` (validating twice is safe: an empty `vary` means "none")."""
+    config = copy.deepcopy(config)
+    if not config.vary:
+        config.vary = ["none"]
+    return config.validate()
 
 
 def arm_config(config: RunConfig, spec: str) -> RunConfig:
@@ -523,7 +531,7 @@ def compare_activations(
     specs, base, root = check_inputs(
         config, arms, baseline, out, sweep=sweep, force=force, test=test
     )
-    config = copy.deepcopy(config).validate()
+    config = validated(config)
     if encoded is None:
         from reprokit.data.encoding import load_encoded
 
