@@ -15,6 +15,9 @@ from typing import Any
 from reprokit.errors import ReprokitError
 from reprokit.sources import parse_vary
 
+#: Model architectures (`model.arch`).
+ARCHS = ("mlp", "shared-bottom", "mmoe")
+
 
 @dataclass
 class DataConfig:
@@ -30,6 +33,11 @@ class DataConfig:
     synth_cardinality: int = 1000
     synth_numeric: int = 4
     synth_seed: int = 0
+    synth_tasks: int = 1  # label columns of the built-in synthetic dataset: label, label_1, ...
+    # Label columns to train on together (a multitask model with one head each; the first is the
+    # primary task, whose metrics fill the summary's top-level keys). Empty: `[label]`, i.e. one
+    # task, the schema's first label unless `label` names another; ["all"]: every label column.
+    labels: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -40,15 +48,45 @@ class ModelConfig:
     dropout: float = 0.0
     batch_norm: bool = False  # BatchNorm1d after each hidden layer (FuxiCTR's `batch_norm` option)
     embedding: str = "table"  # pluggable: later hashed / collisionless / mixed-dimension
+    # mlp: one MLP, one linear head with an output per task (CTRModel);
+    # shared-bottom: the `hidden` MLP shared by all tasks, then one `tower` MLP + head per task;
+    # mmoe: `experts` MLPs of widths `hidden`, one softmax gate per task mixing them, then towers.
+    arch: str = "mlp"
+    experts: int = 4
+    tower: list[int] = field(default_factory=lambda: [16])
 
 
 @dataclass
 class OptimConfig:
-    name: str = "adagrad"  # adagrad | adam | sgd (| clippy once available)
+    name: str = "adagrad"  # any name of reprokit.optim.OPTIMIZER_NAMES (adagrad, clippy, ...)
     lr: float = 0.05
     batch_size: int = 256
     epochs: int = 2
     weight_decay: float = 0.0
+    # Adagrad-family accumulator start A0 (adagrad, clippy*, adagrad+*). None: 0.0 for `adagrad`
+    # (torch.optim.Adagrad's default, what earlier runs and the vectorized engine use) and the
+    # optimizer's own default (0.1, the paper's) for the others.
+    initial_accumulator_value: float | None = None
+
+
+@dataclass
+class DivergenceConfig:
+    """Loss-divergence detection (reprokit.training.divergence; reference/clippy.md §1.1, §5).
+
+    A *spike* is a step whose loss has a robust z-score (loss − median) / (1.4826·MAD) above
+    `threshold` against the trailing `window` of normal steps (at least `min_history` of them).
+    It *recovers* when the loss comes back under median + `recover_z`·scale of the pre-spike
+    window within `recovery_steps` steps; otherwise the replica *diverged* (full divergence), as
+    it does on a non-finite loss or gradient, or when every task's evaluation AUC ends within
+    `collapse_auc` of 0.5 (a collapsed model, the paper's "AUC drops to 0.5").
+    """
+
+    window: int = 50
+    threshold: float = 6.0
+    min_history: int = 20
+    recovery_steps: int = 50
+    recover_z: float = 3.0
+    collapse_auc: float = 0.01
 
 
 @dataclass
@@ -56,6 +94,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    divergence: DivergenceConfig = field(default_factory=DivergenceConfig)
     replicas: int = 4
     vary: list[str] = field(default_factory=lambda: ["init"])
     seed: int = 0
@@ -69,7 +108,11 @@ class RunConfig:
         return asdict(self)
 
     def validate(self) -> RunConfig:
-        """Check ranges and names; return self with `vary` canonicalised."""
+        """Check ranges and names; return self with `vary` and the optimizer name canonicalised."""
+        from reprokit.optim.factory import OPTIMIZER_NAMES  # torch: imported only when needed
+
+        if isinstance(self.optim.name, str):
+            self.optim.name = self.optim.name.strip().lower()
         checks = [
             (self.replicas >= 1, "--replicas must be at least 1"),
             (self.optim.lr > 0, "the learning rate must be positive"),
@@ -83,9 +126,40 @@ class RunConfig:
             (self.threads >= 1 and self.max_threads >= 1, "thread counts must be at least 1"),
             (self.async_staleness >= 0, "async staleness must be >= 0"),
             (
-                self.optim.name in ("adagrad", "adam", "sgd", "clippy"),
-                f"unknown optimizer {self.optim.name!r}; choose adagrad, adam, sgd or clippy",
+                self.optim.name in OPTIMIZER_NAMES,
+                f"unknown optimizer {self.optim.name!r}; choose one of "
+                + ", ".join(OPTIMIZER_NAMES),
             ),
+            (
+                self.optim.initial_accumulator_value is None
+                or self.optim.initial_accumulator_value >= 0,
+                "the initial accumulator value must be >= 0",
+            ),
+            (self.optim.weight_decay >= 0, "weight decay must be >= 0"),
+            (
+                self.model.arch in ARCHS,
+                f"unknown model {self.model.arch!r}; choose {', '.join(ARCHS)}",
+            ),
+            (self.model.experts >= 1, "the number of experts must be at least 1"),
+            (all(h >= 1 for h in self.model.tower), "tower layer widths must be positive"),
+            (1 <= self.data.synth_tasks <= 16, "the synthetic dataset needs 1 to 16 tasks"),
+            (
+                len(set(self.data.labels)) == len(self.data.labels)
+                and ("all" not in self.data.labels or self.data.labels == ["all"]),
+                "label columns must be distinct, or just 'all'",
+            ),
+            (self.divergence.window >= 3, "the divergence window must be at least 3 steps"),
+            (
+                3 <= self.divergence.min_history <= self.divergence.window,
+                "the divergence min_history must be between 3 and the window",
+            ),
+            (self.divergence.threshold > 0, "the spike threshold must be positive"),
+            (
+                0 <= self.divergence.recover_z <= self.divergence.threshold,
+                "recover_z must be between 0 and the spike threshold",
+            ),
+            (self.divergence.recovery_steps >= 1, "recovery_steps must be at least 1"),
+            (0 <= self.divergence.collapse_auc < 0.5, "collapse_auc must be in [0, 0.5)"),
             (
                 self.engine in ("auto", "process", "vectorized"),
                 f"unknown engine {self.engine!r}; choose auto, process or vectorized",
@@ -122,8 +196,10 @@ def _merge(target: Any, values: dict[str, Any], where: str) -> None:
         else:
             if isinstance(value, str) and key_norm == "vary":
                 value = [v for v in value.split(",") if v]
-            if key_norm == "hidden" and isinstance(value, str):
+            if key_norm in ("hidden", "tower") and isinstance(value, str):
                 value = parse_widths(value)
+            if key_norm == "labels" and isinstance(value, str):
+                value = [v.strip() for v in value.split(",") if v.strip()]
             setattr(target, key_norm, value)
 
 

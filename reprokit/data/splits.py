@@ -96,19 +96,22 @@ def split_dataset(
     return _take(dataset, train_pos), _take(dataset, eval_pos)
 
 
-def select_labels(dataset: Dataset, label: str | None) -> Dataset:
-    """Narrow the schema to one label: `label`, or the schema's first when None."""
+def select_labels(dataset: Dataset, label: str | list[str] | None) -> Dataset:
+    """Narrow the schema to `label` (a name, a list of names for a multitask run, or ["all"]),
+    or to the schema's first label when None / empty."""
     labels = dataset.schema.labels
     if not labels:
         raise ReprokitError(f"dataset {dataset.schema.name!r} names no label column")
-    if label is None:
-        label = labels[0]
-    elif label not in labels:
-        raise ReprokitError(
-            f"label {label!r} is not a label of dataset {dataset.schema.name!r}; "
-            f"its labels are {', '.join(labels)}"
-        )
-    schema = dataclasses.replace(dataset.schema, labels=[label])
+    wanted = [label] if isinstance(label, str) else list(label or [])
+    if wanted == ["all"]:
+        wanted = list(labels)
+    for name in wanted:
+        if name not in labels:
+            raise ReprokitError(
+                f"label {name!r} is not a label of dataset {dataset.schema.name!r}; "
+                f"its labels are {', '.join(labels)}"
+            )
+    schema = dataclasses.replace(dataset.schema, labels=wanted or [labels[0]])
     return Dataset(frame=dataset.frame, schema=schema)
 
 
@@ -123,6 +126,7 @@ def load_dataset(data_config: DataConfig) -> Dataset:
             cardinality=data_config.synth_cardinality,
             numeric=data_config.synth_numeric,
             seed=data_config.synth_seed,
+            tasks=data_config.synth_tasks,
         )
     path = Path(data_config.path)
     if not path.exists():
@@ -142,7 +146,7 @@ def load_dataset(data_config: DataConfig) -> Dataset:
 
 def load_training_data(data_config: DataConfig) -> tuple[Dataset, Dataset]:
     """(train, eval) for a run: load, keep the configured label, split as configured."""
-    dataset = select_labels(load_dataset(data_config), data_config.label)
+    dataset = select_labels(load_dataset(data_config), data_config.labels or data_config.label)
     return split_dataset(
         dataset,
         method=data_config.split,

@@ -1,4 +1,11 @@
-"""The CTR model: field embeddings + numeric features → MLP → sigmoid heads.
+"""CTR models: field embeddings + numeric features → MLP(s) → one logit per task.
+
+- `CTRModel` (`model.arch = "mlp"`): one MLP and one linear head with an output per task.
+- `SharedBottomModel` (`"shared-bottom"`): the MLP is shared by all tasks (hard sharing); each
+  task has its own tower MLP and a one-output head.
+- `MMoEModel` (`"mmoe"`, Ma et al., KDD 2018): `experts` expert MLPs, one softmax gate per task
+  over the experts (a linear layer of the shared input), the gate-weighted sum of the experts'
+  outputs goes into the task's tower and head.
 
 Initialisation and dropout take explicit `torch.Generator`s so that the `init` and `dropout` sources
 can be varied independently of each other and of everything else.
@@ -11,6 +18,7 @@ import math
 import torch
 from torch import nn
 
+from reprokit.errors import ReprokitError
 from reprokit.nn.embeddings import create_embeddings
 from reprokit.nn.registry import create_activation
 
@@ -47,7 +55,9 @@ class CTRModel(nn.Module):
         sparse_embeddings: bool = False,
     ) -> None:
         super().__init__()
-        self.embeddings = create_embeddings(embedding, vocab_sizes, embedding_dim, sparse_embeddings)
+        self.embeddings = create_embeddings(
+            embedding, vocab_sizes, embedding_dim, sparse_embeddings
+        )
         width = self.embeddings.output_dim + num_numeric
         layers: list[nn.Module] = []
         for h in hidden:
@@ -60,6 +70,7 @@ class CTRModel(nn.Module):
             width = h
         self.mlp = nn.Sequential(*layers)
         self.head = nn.Linear(width, n_tasks)
+        self.n_tasks = int(n_tasks)
 
     def reset_parameters(self, generator: torch.Generator) -> None:
         """Deterministic initialisation from one generator (Xavier-uniform weights, zero biases)."""
@@ -79,3 +90,191 @@ class CTRModel(nn.Module):
         """Logits [batch, n_tasks]."""
         x = torch.cat([self.embeddings(cat), num], dim=1)
         return self.head(self.mlp(x))
+
+
+def _mlp(
+    width: int,
+    hidden: list[int] | tuple[int, ...],
+    activation: str,
+    dropout: float,
+    batch_norm: bool,
+) -> tuple[nn.Sequential, int]:
+    """Linear → [BatchNorm] → activation → [dropout] per width; returns (layers, output width)."""
+    layers: list[nn.Module] = []
+    for h in hidden:
+        layers.append(nn.Linear(width, h))
+        if batch_norm:
+            layers.append(nn.BatchNorm1d(h))
+        layers.append(create_activation(activation))
+        if dropout > 0:
+            layers.append(SeededDropout(dropout))
+        width = h
+    return nn.Sequential(*layers), width
+
+
+def _init_linears(modules: list[nn.Module], generator: torch.Generator) -> None:
+    for module in modules:
+        if isinstance(module, nn.Linear):
+            bound = math.sqrt(6.0 / (module.in_features + module.out_features))
+            nn.init.uniform_(module.weight, -bound, bound, generator=generator)
+            nn.init.zeros_(module.bias)
+
+
+class _MultiTaskBase(nn.Module):
+    """Embeddings, per-task towers and heads; subclasses define the shared part (`_shared`)."""
+
+    def __init__(
+        self,
+        vocab_sizes: list[int],
+        num_numeric: int,
+        embedding_dim: int,
+        activation: str,
+        dropout: float,
+        batch_norm: bool,
+        n_tasks: int,
+        embedding: str,
+        sparse_embeddings: bool,
+    ) -> None:
+        super().__init__()
+        self.embeddings = create_embeddings(
+            embedding, vocab_sizes, embedding_dim, sparse_embeddings
+        )
+        self.input_dim = self.embeddings.output_dim + num_numeric
+        self.n_tasks = int(n_tasks)
+        self._mlp_args = (activation, dropout, batch_norm)
+
+    def _build_towers(self, width: int, tower: list[int] | tuple[int, ...]) -> None:
+        towers, heads = [], []
+        for _ in range(self.n_tasks):
+            layers, out = _mlp(width, tower, *self._mlp_args)
+            towers.append(layers)
+            heads.append(nn.Linear(out, 1))
+        self.towers = nn.ModuleList(towers)
+        self.heads = nn.ModuleList(heads)
+
+    def reset_parameters(self, generator: torch.Generator) -> None:
+        """Deterministic initialisation from one generator (Xavier-uniform weights, zero biases)."""
+        self.embeddings.reset_parameters(generator)
+        _init_linears([m for m in self.modules() if m is not self.embeddings], generator)
+
+    def set_dropout_generator(self, generator: torch.Generator) -> None:
+        for module in self.modules():
+            if isinstance(module, SeededDropout):
+                module.generator = generator
+
+    def _shared(self, x: torch.Tensor) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def forward(self, cat: torch.Tensor, num: torch.Tensor) -> torch.Tensor:
+        """Logits [batch, n_tasks]."""
+        x = torch.cat([self.embeddings(cat), num], dim=1)
+        inputs = self._shared(x)
+        logits = [
+            head(tower(z)) for z, tower, head in zip(inputs, self.towers, self.heads, strict=True)
+        ]
+        return torch.cat(logits, dim=1)
+
+
+class SharedBottomModel(_MultiTaskBase):
+    """Shared-bottom multitask model: one `hidden` MLP for all tasks, a tower + head per task."""
+
+    def __init__(
+        self,
+        vocab_sizes: list[int],
+        num_numeric: int,
+        embedding_dim: int = 8,
+        hidden: list[int] | tuple[int, ...] = (64, 32),
+        tower: list[int] | tuple[int, ...] = (16,),
+        activation: str = "relu",
+        dropout: float = 0.0,
+        batch_norm: bool = False,
+        n_tasks: int = 2,
+        embedding: str = "table",
+        sparse_embeddings: bool = False,
+    ) -> None:
+        super().__init__(
+            vocab_sizes, num_numeric, embedding_dim, activation, dropout, batch_norm, n_tasks,
+            embedding, sparse_embeddings,
+        )  # fmt: skip
+        self.bottom, width = _mlp(self.input_dim, hidden, activation, dropout, batch_norm)
+        self._build_towers(width, tower)
+
+    def _shared(self, x: torch.Tensor) -> list[torch.Tensor]:
+        z = self.bottom(x)
+        return [z] * self.n_tasks
+
+
+class MMoEModel(_MultiTaskBase):
+    """Multi-gate mixture of experts: `experts` MLPs, a softmax gate per task, a tower per task."""
+
+    def __init__(
+        self,
+        vocab_sizes: list[int],
+        num_numeric: int,
+        embedding_dim: int = 8,
+        hidden: list[int] | tuple[int, ...] = (64, 32),
+        tower: list[int] | tuple[int, ...] = (16,),
+        experts: int = 4,
+        activation: str = "relu",
+        dropout: float = 0.0,
+        batch_norm: bool = False,
+        n_tasks: int = 2,
+        embedding: str = "table",
+        sparse_embeddings: bool = False,
+    ) -> None:
+        super().__init__(
+            vocab_sizes, num_numeric, embedding_dim, activation, dropout, batch_norm, n_tasks,
+            embedding, sparse_embeddings,
+        )  # fmt: skip
+        built = [
+            _mlp(self.input_dim, hidden, activation, dropout, batch_norm) for _ in range(experts)
+        ]
+        self.experts = nn.ModuleList(layers for layers, _ in built)
+        width = built[0][1]
+        self.gates = nn.ModuleList(nn.Linear(self.input_dim, experts) for _ in range(self.n_tasks))
+        self._build_towers(width, tower)
+
+    def gate_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """Softmax gate weights [batch, n_tasks, experts] of the shared input `x`."""
+        return torch.stack([torch.softmax(gate(x), dim=1) for gate in self.gates], dim=1)
+
+    def _shared(self, x: torch.Tensor) -> list[torch.Tensor]:
+        outs = torch.stack([expert(x) for expert in self.experts], dim=1)  # [B, E, H]
+        mixed = torch.bmm(self.gate_weights(x), outs)  # [B, T, H]
+        return list(mixed.unbind(1))
+
+
+def create_model(
+    arch: str,
+    vocab_sizes: list[int],
+    num_numeric: int,
+    *,
+    embedding_dim: int = 8,
+    hidden: list[int] | tuple[int, ...] = (64, 32),
+    tower: list[int] | tuple[int, ...] = (16,),
+    experts: int = 4,
+    activation: str = "relu",
+    dropout: float = 0.0,
+    batch_norm: bool = False,
+    n_tasks: int = 1,
+    embedding: str = "table",
+    sparse_embeddings: bool = False,
+) -> nn.Module:
+    """The model `arch` ("mlp", "shared-bottom" or "mmoe") names."""
+    common = dict(
+        embedding_dim=embedding_dim,
+        hidden=hidden,
+        activation=activation,
+        dropout=dropout,
+        batch_norm=batch_norm,
+        n_tasks=n_tasks,
+        embedding=embedding,
+        sparse_embeddings=sparse_embeddings,
+    )
+    if arch == "mlp":
+        return CTRModel(vocab_sizes, num_numeric, **common)
+    if arch == "shared-bottom":
+        return SharedBottomModel(vocab_sizes, num_numeric, tower=tower, **common)
+    if arch == "mmoe":
+        return MMoEModel(vocab_sizes, num_numeric, tower=tower, experts=experts, **common)
+    raise ReprokitError(f"unknown model {arch!r}; choose mlp, shared-bottom or mmoe")

@@ -67,7 +67,7 @@ def build_manifest(
         },
         "environment": environment_fingerprint(config.device),
         "engine": engine,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "data": {
             "name": data_name,
             "path": config.data.path,
@@ -105,11 +105,12 @@ def _train_vectorized(payload: ReplicaPayload, replicas: list[int]) -> Iterator[
 # --- engine selection ---------------------------------------------------------------------------
 def choose_engine(config: RunConfig, encoded: Any = None) -> str:
     """`process` or `vectorized` for `config.engine`: auto = vectorized unless it cannot run."""
+    from reprokit.training.loop import vectorized_limitation
     from reprokit.training.vectorized import unsupported_reason
 
     if config.engine == "process":
         return "process"
-    reason = unsupported_reason(config, encoded)
+    reason = vectorized_limitation(config) or unsupported_reason(config, encoded)
     if config.engine == "vectorized" and reason is not None:
         raise ReprokitError(f"--engine vectorized cannot train this configuration: {reason}")
     return "process" if reason is not None else "vectorized"
@@ -138,7 +139,7 @@ def _store_replica(
     payload: ReplicaPayload, replica: int, seeds: dict[str, int], out: Any
 ) -> dict[str, Any]:
     """Write one trained replica's predictions, metrics and log; return its metrics."""
-    from reprokit.metrics.accuracy import replica_accuracy
+    from reprokit.training.divergence import replica_divergence
 
     enc = payload.encoded
     frame = pd.DataFrame({"example_id": enc.eval_example_id.astype(np.int64)})
@@ -146,21 +147,19 @@ def _store_replica(
         frame[name] = enc.eval_y[:, t].astype(np.float64)
     for t, name in enumerate(prediction_columns(enc.label_names)):
         frame[name] = out.predictions[:, t]
-    accuracy = (
-        replica_accuracy(enc.eval_y[:, 0], out.predictions[:, 0])
-        if not out.diverged
-        else {"auc": None, "logloss": None, "calibration": None}
-    )
+    # Divergence events (non-finite, spikes, recovery, collapse) and per-task accuracy.
+    diverged, accuracy, extra, log = replica_divergence(out, enc, payload.config)
     metrics = {
         "replica": replica,
         **accuracy,
+        **extra,
         "train_seconds": out.train_seconds,
-        "diverged": out.diverged,
+        "diverged": diverged,
         "seeds": seeds,
         "threads": out.threads,
         "steps": out.steps,
     }
-    RunStore(payload.run_dir).write_replica(replica, frame, metrics, out.log)
+    RunStore(payload.run_dir).write_replica(replica, frame, metrics, log)
     return metrics
 
 
@@ -178,13 +177,24 @@ def summarize_run(store: RunStore, config: RunConfig) -> dict[str, Any]:
     metrics = [store.replica_metrics(r) for r in range(config.replicas)]
     healthy = [m["replica"] for m in metrics if not m.get("diverged")]
     diverged = [m["replica"] for m in metrics if m.get("diverged")]
-    if len(healthy) < 2:
-        raise ReprokitError(
-            f"only {len(healthy)} of {config.replicas} replicas finished without diverging; "
-            "PD needs at least 2"
-        )
-    _, labels, preds = store.load_predictions(healthy)
-    summary = summarize(preds[:, :, 0], labels.iloc[:, 0].to_numpy(dtype=np.float64))
+    from reprokit.training.divergence import summary_without_pd
+
+    # PD needs 2 replicas that did not diverge; with fewer the summary has null PD (never a crash).
+    _, labels, preds = store.load_predictions(healthy or list(range(config.replicas)))
+    per_task = []
+    for t in range(preds.shape[2]):
+        y = labels.iloc[:, t].to_numpy(dtype=np.float64)
+        enough = len(healthy) >= 2
+        if enough:
+            per_task.append(summarize(preds[:, :, t], y))
+        else:
+            per_task.append(summary_without_pd(preds, t, y, len(healthy)))
+    summary = per_task[0]
+    if len(per_task) > 1:  # multitask: the top-level keys are the first task's
+        summary["tasks"] = {
+            str(name): {k: v for k, v in doc.items() if k != "schema_version"}
+            for name, doc in zip(labels.columns, per_task, strict=True)
+        }
     return {
         "schema_version": 1,
         "kind": KIND,

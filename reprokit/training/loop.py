@@ -2,6 +2,19 @@
 
 Every random choice draws from a generator owned by one nondeterminism source, so a replica differs
 from another in exactly the sources that were varied.
+
+One step: forward → loss → backward → gradient norm (logged before any clipping) → the optimizer's
+gradient transform, if it has one (`adagrad+gradclip`, `adagrad+agc`, ...) → optimizer step. The
+optimizer comes from `reprokit.optim.make_optimizer` (every name of `OPTIMIZER_NAMES`).
+
+The loss of a multitask model is the **mean** over tasks of each task's mean binary cross-entropy
+(so one task gives the plain BCE, and the learning rate means the same whatever the task count);
+the log also has one `loss_<label>` column per task when there are several.
+
+`train_log` columns: step, epoch, loss, grad_norm (the run store adds `event`: the divergence events
+of the step, '' if none; see `reprokit.training.divergence`), plus `sigma_min` / `sigma_mean` — the smallest and the mean
+clipping factor σ over the dense parameter tensors in that step — for optimizers that clip
+(Clippy's σ; the gradient-clipping baselines' scale), and `loss_<label>` per task for multitask runs.
 """
 
 from __future__ import annotations
@@ -19,10 +32,27 @@ import torch
 import torch.nn.functional as F
 
 from reprokit.config import RunConfig
-from reprokit.errors import ReprokitError
-from reprokit.nn.models import CTRModel
+from reprokit.nn.models import create_model
+from reprokit.optim import ClippyAdagrad, OptimizerBundle, make_optimizer
+from reprokit.training.divergence import SpikeDetector
 
 EVAL_BATCH = 16384
+
+#: Optimizers that update `nn.Embedding(sparse=True)` tables from sparse gradients (the rows of the
+#: batch only). Adam and the LAMB baseline need dense gradients, so their tables are dense.
+SPARSE_GRAD_OPTIMIZERS = (
+    "adagrad",
+    "sgd",
+    "clippy",
+    "clippy-paper",
+    "clippy-tfrs",
+    "adagrad+gradclip",
+    "adagrad+gradclip-layer",
+    "adagrad+agc",
+    "adagrad+agc-unitwise",
+)
+#: Optimizers with an Adagrad accumulator (`optim.initial_accumulator_value` applies to them).
+ACCUMULATOR_OPTIMIZERS = (*SPARSE_GRAD_OPTIMIZERS[:1], *SPARSE_GRAD_OPTIMIZERS[2:], "adagrad+lamb")
 
 
 @dataclass
@@ -33,6 +63,7 @@ class ReplicaOutput:
     diverged: bool
     threads: int
     steps: int
+    detector: SpikeDetector | None = None  # the loop's divergence detector (finished)
 
 
 def threads_for_replica(config: RunConfig, replica: int) -> int:
@@ -59,31 +90,74 @@ def configure_determinism(config: RunConfig) -> None:
     torch.sparse.check_sparse_tensor_invariants.disable()
 
 
-def build_model(config: RunConfig, vocab_sizes: list[int], num_numeric: int, n_tasks: int) -> CTRModel:
-    return CTRModel(
-        vocab_sizes=vocab_sizes,
-        num_numeric=num_numeric,
-        embedding_dim=config.model.embedding_dim,
-        hidden=config.model.hidden,
-        activation=config.model.activation,
-        dropout=config.model.dropout,
-        batch_norm=config.model.batch_norm,
+def sparse_embeddings(config: RunConfig) -> bool:
+    """Sparse embedding gradients: when the optimizer supports them and there is no weight decay
+    (torch's sparse Adagrad/SGD and Clippy's sparse path refuse weight decay)."""
+    return config.optim.name in SPARSE_GRAD_OPTIMIZERS and config.optim.weight_decay == 0
+
+
+def build_model(
+    config: RunConfig, vocab_sizes: list[int], num_numeric: int, n_tasks: int
+) -> torch.nn.Module:
+    """The model `config.model.arch` names (a `CTRModel` for "mlp")."""
+    m = config.model
+    return create_model(
+        m.arch,
+        vocab_sizes,
+        num_numeric,
+        embedding_dim=m.embedding_dim,
+        hidden=m.hidden,
+        tower=m.tower,
+        experts=m.experts,
+        activation=m.activation,
+        dropout=m.dropout,
+        batch_norm=m.batch_norm,
         n_tasks=n_tasks,
-        embedding=config.model.embedding,
-        sparse_embeddings=config.optim.name in ("adagrad", "sgd", "clippy"),
+        embedding=m.embedding,
+        sparse_embeddings=sparse_embeddings(config),
     )
 
 
-def build_optimizer(config: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+def optimizer_kwargs(config: RunConfig) -> dict[str, Any]:
+    """Keyword arguments for `make_optimizer` from the config (see OptimConfig)."""
     opt = config.optim
-    params = list(model.parameters())
-    if opt.name == "adagrad":
-        return torch.optim.Adagrad(params, lr=opt.lr, weight_decay=opt.weight_decay)
-    if opt.name == "sgd":
-        return torch.optim.SGD(params, lr=opt.lr, weight_decay=opt.weight_decay)
-    if opt.name == "adam":
-        return torch.optim.Adam(params, lr=opt.lr, weight_decay=opt.weight_decay)
-    raise ReprokitError(f"optimizer {opt.name!r} is not available in this build")
+    kw: dict[str, Any] = {}
+    if opt.weight_decay:
+        kw["weight_decay"] = opt.weight_decay
+    if opt.name in ACCUMULATOR_OPTIMIZERS:
+        a0 = opt.initial_accumulator_value
+        if a0 is None and opt.name == "adagrad":
+            a0 = 0.0  # torch.optim.Adagrad's default: earlier runs and the vectorized engine
+        if a0 is not None:
+            kw["initial_accumulator_value"] = float(a0)
+    return kw
+
+
+def build_optimizer(config: RunConfig, model: torch.nn.Module) -> OptimizerBundle:
+    """`(optimizer, gradient transform or None)` for `config.optim` via `make_optimizer`."""
+    return make_optimizer(
+        config.optim.name, list(model.parameters()), config.optim.lr, **optimizer_kwargs(config)
+    )
+
+
+def clipping_factors(bundle: OptimizerBundle, params: list[torch.Tensor]) -> torch.Tensor | None:
+    """The clipping factors σ of the last step over dense parameter tensors (1-d), or None.
+
+    Clippy: its per-tensor σ; gradient-clipping transforms: their `scale` statistic.
+    """
+    optimizer, transform = bundle
+    if isinstance(optimizer, ClippyAdagrad):
+        sig = optimizer.last_sigma
+        dense = [sig[i] for i, p in enumerate(params) if i in sig and not _is_sparse(p)]
+        return torch.stack(dense).double() if dense else None
+    if transform is not None:
+        scale = transform.last_stats.get("scale")
+        return None if scale is None else scale.detach().double().reshape(-1)
+    return None
+
+
+def _is_sparse(p: torch.Tensor) -> bool:
+    return p.grad is not None and p.grad.is_sparse
 
 
 def flip_one_weight(model: torch.nn.Module, seed: int) -> tuple[str, int]:
@@ -146,17 +220,19 @@ def _apply(
     optimizer.step()
 
 
-def predict(model: CTRModel, cat: torch.Tensor, num: torch.Tensor) -> np.ndarray:
+def predict(model: torch.nn.Module, cat: torch.Tensor, num: torch.Tensor) -> np.ndarray:
     model.eval()
     out = []
     with torch.no_grad():
         for start in range(0, cat.shape[0], EVAL_BATCH):
             logits = model(cat[start : start + EVAL_BATCH], num[start : start + EVAL_BATCH])
             out.append(torch.sigmoid(logits.double()).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, model.head.out_features))
+    return np.concatenate(out) if out else np.zeros((0, model.n_tasks))
 
 
-def train_replica(encoded: Any, config: RunConfig, replica: int, seeds: dict[str, int]) -> ReplicaOutput:
+def train_replica(
+    encoded: Any, config: RunConfig, replica: int, seeds: dict[str, int]
+) -> ReplicaOutput:
     """Train one replica on `encoded` (reprokit.data.encoding.EncodedData) and predict the eval split."""
     configure_determinism(config)
     threads = threads_for_replica(config, replica)
@@ -164,6 +240,7 @@ def train_replica(encoded: Any, config: RunConfig, replica: int, seeds: dict[str
     device = torch.device(config.device)
 
     n_tasks = encoded.train_y.shape[1]
+    labels = list(getattr(encoded, "label_names", [f"label_{t}" for t in range(n_tasks)]))
     model = build_model(config, encoded.vocab_sizes, encoded.train_num.shape[1], n_tasks)
     model.reset_parameters(torch.Generator().manual_seed(seeds["init"]))
     if "bitflip" in config.vary and replica > 0:
@@ -171,11 +248,15 @@ def train_replica(encoded: Any, config: RunConfig, replica: int, seeds: dict[str
     model.to(device)
     dropout_gen = torch.Generator(device=device).manual_seed(seeds["dropout"])
     model.set_dropout_generator(dropout_gen)
-    optimizer = build_optimizer(config, model)
+    bundle = build_optimizer(config, model)
+    optimizer, transform = bundle
     params = list(model.parameters())
     stale = (
-        StaleGradientQueue(config.async_staleness, seeds["async"]) if "async" in config.vary else None
+        StaleGradientQueue(config.async_staleness, seeds["async"])
+        if "async" in config.vary
+        else None
     )
+    detector = SpikeDetector(config.divergence)
 
     cat = torch.as_tensor(encoded.train_cat, device=device)
     num = torch.as_tensor(encoded.train_num, device=device)
@@ -183,7 +264,7 @@ def train_replica(encoded: Any, config: RunConfig, replica: int, seeds: dict[str
     order_rng = np.random.default_rng(seeds["data-order"])
     bs = config.optim.batch_size
     n = cat.shape[0]
-    log: dict[str, list] = {"step": [], "epoch": [], "loss": [], "grad_norm": []}
+    log: dict[str, list] = defaultdict(list)
     diverged = False
     step = 0
     start = time.perf_counter()
@@ -193,7 +274,9 @@ def train_replica(encoded: Any, config: RunConfig, replica: int, seeds: dict[str
         for lo in range(0, n, bs):
             idx = perm[lo : lo + bs]
             logits = model(cat[idx], num[idx])
-            loss = F.binary_cross_entropy_with_logits(logits, y[idx])
+            target = y[idx]
+            # Mean over batch and tasks = mean over tasks of each task's mean BCE.
+            loss = F.binary_cross_entropy_with_logits(logits, target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             loss_value = float(loss.detach())
@@ -202,21 +285,35 @@ def train_replica(encoded: Any, config: RunConfig, replica: int, seeds: dict[str
             log["epoch"].append(epoch)
             log["loss"].append(loss_value)
             log["grad_norm"].append(grad_norm)
+            if n_tasks > 1:
+                with torch.no_grad():
+                    per_task = F.binary_cross_entropy_with_logits(
+                        logits.detach(), target, reduction="none"
+                    ).mean(0)
+                for name, value in zip(labels, per_task.tolist(), strict=True):
+                    log[f"loss_{name}"].append(value)
+            detector.update(step, loss_value, grad_norm)
             if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
                 diverged = True
+                if "sigma_min" in log:
+                    _pad_sigma(log)
                 break
+            if transform is not None:
+                transform.apply()
             if stale is None:
                 optimizer.step()
             else:
                 stale.push(step, [p.grad for p in params])
                 for grads in stale.due(step):
                     _apply(optimizer, params, grads)
+            _log_sigma(log, clipping_factors(bundle, params))
             step += 1
         if diverged:
             break
     if stale is not None and not diverged:
         for grads in stale.drain():
             _apply(optimizer, params, grads)
+    detector.finish()
     train_seconds = time.perf_counter() - start
 
     ecat = torch.as_tensor(encoded.eval_cat, device=device)
@@ -224,12 +321,55 @@ def train_replica(encoded: Any, config: RunConfig, replica: int, seeds: dict[str
     predictions = predict(model, ecat, enum)
     if not np.isfinite(predictions).all():
         diverged = True
-    frame = pd.DataFrame(
-        {
-            "step": np.asarray(log["step"], dtype=np.int64),
-            "epoch": np.asarray(log["epoch"], dtype=np.int64),
-            "loss": np.asarray(log["loss"], dtype=np.float64),
-            "grad_norm": np.asarray(log["grad_norm"], dtype=np.float64),
-        }
+    frame = _log_frame(log)
+    return ReplicaOutput(
+        predictions, frame, train_seconds, diverged or detector.diverged, threads, step, detector
     )
-    return ReplicaOutput(predictions, frame, train_seconds, diverged, threads, step)
+
+
+def _log_sigma(log: dict[str, list], sigma: torch.Tensor | None) -> None:
+    if sigma is None or sigma.numel() == 0:
+        if "sigma_min" in log:
+            _pad_sigma(log)
+        return
+    lo, mean = torch.stack([sigma.min(), sigma.mean()]).tolist()
+    _pad_sigma(log, lo, mean)
+
+
+def _pad_sigma(log: dict[str, list], lo: float = math.nan, mean: float = math.nan) -> None:
+    """Keep the σ columns as long as the others (NaN where a step has no σ)."""
+    want = len(log["step"]) - 1
+    for key, value in (("sigma_min", lo), ("sigma_mean", mean)):
+        column = log[key]
+        column.extend([math.nan] * (want - len(column)))
+        column.append(value)
+
+
+def _log_frame(log: dict[str, list]) -> pd.DataFrame:
+    """The train_log frame (the `event` column is added when the replica is stored, from the
+    detector's events and the post-training collapse check)."""
+    steps = np.asarray(log["step"], dtype=np.int64)
+    columns: dict[str, Any] = {
+        "step": steps,
+        "epoch": np.asarray(log["epoch"], dtype=np.int64),
+        "loss": np.asarray(log["loss"], dtype=np.float64),
+        "grad_norm": np.asarray(log["grad_norm"], dtype=np.float64),
+    }
+    extra = sorted(k for k in log if k.startswith(("loss_", "sigma_")))
+    for key in extra:
+        values = list(log[key]) + [math.nan] * (len(steps) - len(log[key]))
+        columns[key] = np.asarray(values, dtype=np.float64)
+    return pd.DataFrame(columns)
+
+
+def vectorized_limitation(config: RunConfig) -> str | None:
+    """Why the vectorized engine cannot reproduce this loop for `config` (checked in addition to
+    its own `unsupported_reason`; `auto` then trains one process per replica), or None."""
+    if config.model.arch != "mlp":
+        return f"the {config.model.arch!r} model is not implemented for stacked parameters"
+    a0 = config.optim.initial_accumulator_value
+    if config.optim.name == "adagrad" and a0 not in (None, 0.0):
+        return f"an Adagrad initial accumulator value of {a0} (the stacked Adagrad starts at 0)"
+    if config.optim.weight_decay and config.optim.name in ("adagrad", "sgd"):
+        return "weight decay (this loop then uses dense embedding gradients)"
+    return None
