@@ -51,6 +51,11 @@ PAIR_KEYS = ("abs", "rel", "l2", "flip")
 #: block-wise pairwise pass fast; memory is O(M x chunk_size) per thread.
 DEFAULT_CHUNK = 8192
 
+#: Chunks are never longer than this: row sums use ``np.vecdot`` (BLAS ddot), and OpenBLAS starts
+#: its own threads for vectors longer than 10,000 values, which oversubscribes the CPUs next to
+#: our thread pool and was measured 20x slower on a busy 2-core machine.
+MAX_CHUNK = 8192
+
 #: Chunks handed to one thread-pool task (progress is reported per task).
 _CHUNKS_PER_TASK = 64
 
@@ -222,7 +227,7 @@ def prediction_difference(
         raise ReprokitError(f"chunk_size must be positive, got {chunk_size}")
     m, n = arr.shape
     k = m * (m - 1) // 2
-    chunk_size = min(chunk_size, n)
+    chunk_size = min(chunk_size, n, MAX_CHUNK)
     starts = range(0, n, chunk_size)
     n_chunks = len(starts)
     per_task = _CHUNKS_PER_TASK
