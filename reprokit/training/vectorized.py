@@ -451,15 +451,13 @@ def coalesce_embedding_grad(
 
 
 def grad_sq_norms(flat_grad: torch.Tensor, table_grad: SparseGrad, stack: Stack) -> torch.Tensor:
-    """Per-replica squared gradient norm [R] in float64 over coalesced embedding rows (as loop)."""
-    r = stack.replicas
+    """Per-replica squared gradient norm [R] in float64 over coalesced embedding rows (as loop).
+
+    The embedding rows are added one by one in row order whichever way they were coalesced, so a
+    replica's logged norm does not depend on which other replicas share its stack.
+    """
     f64 = torch.float64
     total = torch.linalg.vector_norm(flat_grad, dim=1, dtype=f64).square()
-    if table_grad.blocked:  # every replica has the same number of rows, in replica order
-        return (
-            total
-            + torch.linalg.vector_norm(table_grad.values.view(r, -1), dim=1, dtype=f64).square()
-        )
     sq = torch.linalg.vector_norm(table_grad.values, dim=1, dtype=f64).square()
     owner = torch.div(table_grad.rows, stack.vocab_total, rounding_mode="floor")
     return total.index_add_(0, owner, sq)
@@ -536,6 +534,12 @@ def _train(
     encoded: Any, config: RunConfig, replicas: list[int], seeds: list[dict[str, int]]
 ) -> list[ReplicaOutput]:
     device = torch.device(config.device)
+    n_real = len(replicas)
+    if n_real == 1:
+        # Batched GEMMs of one matrix take another kernel (gemv for the 1-wide head) than those of
+        # two or more, so a lone replica trains beside a copy of itself: it then gets the same bits
+        # as in any larger stack, which keeps resumed runs consistent.
+        replicas, seeds = replicas * 2, seeds * 2
     stack = build_stack(config, encoded, replicas, seeds)
     n_rep = stack.replicas
     opt = StackedOptimizer(stack, config.optim.name, config.optim.lr, config.optim.weight_decay)
@@ -639,13 +643,13 @@ def _train(
                     opt.step_replica(r, flat_r, table_r)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    share = (time.perf_counter() - start) / n_rep
+    share = (time.perf_counter() - start) / n_real
 
     ecat = torch.as_tensor(encoded.eval_cat, device=device)
     enum = torch.as_tensor(encoded.eval_num, device=device)
     predictions = predict_stack(stack, ecat, enum)
     outputs = []
-    for r in range(n_rep):
+    for r in range(n_real):
         diverged = not alive[r] or not bool(np.isfinite(predictions[r]).all())
         outputs.append(
             ReplicaOutput(
