@@ -44,10 +44,14 @@ def parse_vary(spec: str | Iterable[str], device: str = "cpu") -> tuple[str, ...
 
     `all` expands to every source that applies on `device`; `none` is the control arm (empty tuple).
     """
-    items = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else [*spec]
-    items = [s for s in items if s]
-    if not items:
-        raise ReprokitError("--vary is empty; use 'none' for the control arm")
+    if not isinstance(spec, str):
+        items = [s for s in spec if s]
+        if not items:  # an already-parsed control arm (e.g. a config validated twice)
+            return ()
+    else:
+        items = [s.strip() for s in spec.split(",") if s.strip()]
+        if not items:
+            raise ReprokitError("--vary is empty; use 'none' for the control arm")
     on_cuda = device.startswith("cuda")
     chosen: set[str] = set()
     for item in items:

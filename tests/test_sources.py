@@ -49,3 +49,8 @@ def test_seeds_are_stable_across_processes():
         1, dtype=np.uint64
     )[0]
     assert source_seed(0, "init", 3) == int(expected) & ((1 << 63) - 1)
+
+
+def test_parsed_control_arm_parses_again():
+    assert parse_vary(list(parse_vary("none"))) == ()
+    assert parse_vary(["init", "data-order"]) == ("init", "data-order")
