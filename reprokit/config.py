@@ -74,11 +74,14 @@ class DivergenceConfig:
     """Loss-divergence detection (reprokit.training.divergence; reference/clippy.md §1.1, §5).
 
     A *spike* is a step whose loss has a robust z-score (loss − median) / (1.4826·MAD) above
-    `threshold` against the trailing `window` of normal steps (at least `min_history` of them).
-    It *recovers* when the loss comes back under median + `recover_z`·scale of the pre-spike
-    window within `recovery_steps` steps; otherwise the replica *diverged* (full divergence), as
-    it does on a non-finite loss or gradient, or when every task's evaluation AUC ends within
-    `collapse_auc` of 0.5 (a collapsed model, the paper's "AUC drops to 0.5").
+    `threshold` against the trailing `window` of normal steps (at least `min_history` of them;
+    before that, a loss above `warmup_factor` × the median of the steps so far). It *recovers*
+    when the loss comes back under median + `recover_z`·scale of the pre-spike window within
+    `recovery_steps` steps; otherwise the replica *diverged* (full divergence), as it does on a
+    non-finite loss or gradient, or when it *collapsed*: after a spike (or with constant
+    predictions) every task's evaluation AUC ends within max(`collapse_auc`, 3σ₀) of 0.5, σ₀ the
+    standard deviation of a random ranking's AUC on the evaluation labels (the paper's "AUC drops
+    to 0.5").
     """
 
     window: int = 50
@@ -86,6 +89,7 @@ class DivergenceConfig:
     min_history: int = 20
     recovery_steps: int = 50
     recover_z: float = 3.0
+    warmup_factor: float = 3.0
     collapse_auc: float = 0.01
 
 
@@ -160,6 +164,7 @@ class RunConfig:
             ),
             (self.divergence.recovery_steps >= 1, "recovery_steps must be at least 1"),
             (0 <= self.divergence.collapse_auc < 0.5, "collapse_auc must be in [0, 0.5)"),
+            (self.divergence.warmup_factor > 1, "the warm-up spike factor must be above 1"),
             (
                 self.engine in ("auto", "process", "vectorized"),
                 f"unknown engine {self.engine!r}; choose auto, process or vectorized",

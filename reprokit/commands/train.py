@@ -9,6 +9,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from reprokit.commands.common import cli_errors, err_console, print_json
+from reprokit.errors import ReprokitError
 from reprokit.sources import SOURCE_HELP
 
 VARY_HELP = (
@@ -40,8 +41,75 @@ def run_overrides(**options: Any) -> dict[str, Any]:
         "lr": "optim.lr",
         "batch_size": "optim.batch_size",
         "epochs": "optim.epochs",
+        "model": "model.arch",
+        "experts": "model.experts",
+        "tower": "model.tower",
+        "initial_accumulator": "optim.initial_accumulator_value",
     }
-    return {mapping[k]: v for k, v in options.items() if k in mapping and v is not None}
+    out = {mapping[k]: v for k, v in options.items() if k in mapping and v is not None}
+    out.update(tasks_overrides(options.get("tasks"), options.get("data") is not None))
+    return out
+
+
+OPTIMIZER_HELP = (
+    "Optimizer: adagrad, adam, sgd, clippy (Adagrad + Clippy, paper preset), clippy-tfrs, "
+    "adagrad+gradclip, adagrad+gradclip-layer, adagrad+agc, adagrad+agc-unitwise, adagrad+lamb."
+)
+TASKS_HELP = (
+    "Multitask training: N (built-in synthetic data with N label columns, all trained), 'all' "
+    "(every label column of the dataset) or label names, e.g. label,label_5star. One head per task; "
+    "the loss is the mean of the tasks' BCE."
+)
+MODEL_HELP = "Architecture: mlp, shared-bottom or mmoe (experts, per-task gates and towers)."
+
+
+def tasks_overrides(tasks: str | None, has_data: bool) -> dict[str, Any]:
+    """`--tasks` → config overrides (`data.synth_tasks`, `data.labels`)."""
+    if tasks is None:
+        return {}
+    text = tasks.strip()
+    if text.isdigit():
+        n = int(text)
+        if not 1 <= n <= 16:
+            raise ReprokitError(f"--tasks {text}: the synthetic dataset has 1 to 16 tasks")
+        if has_data:
+            raise ReprokitError(
+                "--tasks N sets the number of synthetic tasks; with --data name the label "
+                "columns (e.g. --tasks label,label_1) or use --tasks all"
+            )
+        return {"data.synth_tasks": n, "data.labels": ["all"] if n > 1 else []}
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise ReprokitError("--tasks names no label column")
+    return {"data.labels": names}
+
+
+def summary_table(summary: dict[str, Any], title: str) -> Any:
+    """The PD / accuracy table of a train-ensemble summary, plus the diverged count and, for a
+    multitask run, each task's AUC and log-loss."""
+    from reprokit.commands.pd import render_summary_table
+
+    table = render_summary_table(summary, title=title)
+    div = summary.get("diverged") or {}
+    count = int(div.get("count") or 0)
+    total = count + int(summary.get("replicas") or 0)
+    table.add_section()
+    which = (
+        f" ({', '.join(map(str, div.get('replicas') or []))}; excluded from PD)" if count else ""
+    )
+    table.add_row("diverged", f"{count} of {total}{which}", "", "", "")
+    for label, doc in (summary.get("tasks") or {}).items():
+        for key, name in (("auc", "AUC"), ("logloss", "log-loss")):
+            entry = doc.get(key) or {}
+            mean, std = entry.get("mean"), entry.get("std")
+            table.add_row(
+                f"{label} {name}",
+                "n/a" if mean is None else f"{mean:.5f}",
+                "",
+                "" if std is None else f"{std:.3f}",
+                "",
+            )
+    return table
 
 
 def make_progress() -> Progress:
@@ -78,7 +146,16 @@ def register(app: typer.Typer) -> None:
         batch_norm: bool | None = typer.Option(
             None, "--batch-norm/--no-batch-norm", help="BatchNorm after each hidden layer."
         ),
-        optimizer: str | None = typer.Option(None, "--optimizer", help="adagrad, adam or sgd."),
+        optimizer: str | None = typer.Option(None, "--optimizer", help=OPTIMIZER_HELP),
+        initial_accumulator: float | None = typer.Option(
+            None,
+            "--initial-accumulator",
+            help="Adagrad-family accumulator start (default: 0 for adagrad, 0.1 for the others).",
+        ),
+        model: str | None = typer.Option(None, "--model", help=MODEL_HELP),
+        experts: int | None = typer.Option(None, "--experts", help="MMoE experts."),
+        tower: str | None = typer.Option(None, "--tower", help="Per-task tower widths, e.g. 16-8."),
+        tasks: str | None = typer.Option(None, "--tasks", help=TASKS_HELP),
         lr: float | None = typer.Option(None, "--lr", help="Learning rate."),
         batch_size: int | None = typer.Option(None, "--batch-size", help="Training batch size."),
         epochs: int | None = typer.Option(None, "--epochs", help="Training epochs."),
@@ -101,8 +178,9 @@ def register(app: typer.Typer) -> None:
         """Train N replicas of one configuration and measure how differently they predict.
 
         Example: reprokit train-ensemble --replicas 4 --vary init,data-order --out runs/base
+
+        Multitask: reprokit train-ensemble --tasks 3 --model mmoe --optimizer clippy
         """
-        from reprokit.commands.pd import render_summary_table
         from reprokit.config import resolve_config
         from reprokit.runners.ensemble import train_ensemble
 
@@ -118,6 +196,11 @@ def register(app: typer.Typer) -> None:
                 dropout=dropout,
                 batch_norm=batch_norm,
                 optimizer=optimizer,
+                initial_accumulator=initial_accumulator,
+                model=model,
+                experts=experts,
+                tower=tower,
+                tasks=tasks,
                 lr=lr,
                 batch_size=batch_size,
                 epochs=epochs,
@@ -144,8 +227,6 @@ def register(app: typer.Typer) -> None:
             summary = train_ensemble(
                 cfg, out=out, workers=workers, force=force, progress=on_progress, encoded=encoded
             )
-        err_console.print(
-            render_summary_table(summary, title=f"train-ensemble: {summary['run_dir']}")
-        )
+        err_console.print(summary_table(summary, title=f"train-ensemble: {summary['run_dir']}"))
         if json_out:
             print_json(summary)

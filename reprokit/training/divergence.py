@@ -9,16 +9,23 @@ Operational versions of the definitions in reference/clippy.md §1.1 (micro- vs 
   `window` (default 50) of *normal* steps: z = (loss − median) / scale with
   scale = max(1.4826·MAD, 1 % of |median|, 1e-12) (1.4826·MAD estimates σ of normal noise; the
   floor keeps an almost constant loss from turning rounding noise into spikes). Only upward jumps
-  count, and only once `min_history` (default 20) normal steps were seen, so the fast fall of the
-  loss at the start of training never counts. While a spike is open, its steps do not enter the
-  trailing window.
+  count, so the fast fall of the loss at the start of training never counts. Before `min_history`
+  (default 20) normal steps exist, a z-score means little; then a step is a spike when its loss is
+  above `warmup_factor` (3) × the median of the steps so far — the typical Adagrad blow-up of the
+  first steps (with a zero accumulator the first update moves every weight by the learning rate).
+  While a spike is open, its steps do not enter the trailing window.
 - **recovered** (micro-divergence): within `recovery_steps` (K, default 50) steps of the spike the
   loss is back under median + `recover_z`·scale (default 3) of the pre-spike window.
 - **diverged** (full divergence): the spike did not recover within K steps, or was still open when
   training ended (the evaluated model is the spiked one). Detection stops there.
-- **collapse**: after training, every task's evaluation AUC is within `collapse_auc` (0.01) of 0.5
-  — the model predicts no better than chance ("binary-classification AUC drops to 0.5"), which also
-  catches a model that blew up in its first steps, before any window existed.
+- **collapse**: after training, every task's evaluation AUC is within max(`collapse_auc`, 3σ₀) of
+  0.5, where σ₀ = sqrt((P+Q+1)/(12·P·Q)) is the standard deviation of the AUC of a random ranking
+  of P positives and Q negatives (Mann-Whitney), *and* the model either predicts a constant, had a
+  spike or a non-finite step, or ended with a higher loss than it started with. That is the paper's
+  full divergence whose loss does not stay high: the model blew up and settled at predicting the
+  base rate (its loss then sits *below* the initial loss, so loss-based recovery cannot see it),
+  with AUC at chance ("binary-classification AUC drops to 0.5"). An under-trained model with an
+  AUC near 0.5 but no blow-up is not flagged.
 
 A replica is `diverged` for any of nonfinite, an unrecovered spike, or collapse; diverged replicas
 are reported (`metrics.json`: `diverged`, `divergence`) and excluded from PD.
@@ -117,10 +124,14 @@ class SpikeDetector:
                     Event(step, "diverged", loss, baseline=spike.median, steps_since_spike=since)
                 )
             return None
-        if len(self._window) >= cfg.min_history:
+        if self._window:
             med, scale = robust_center_scale(np.fromiter(self._window, dtype=np.float64))
             z = (loss - med) / scale
-            if z > cfg.threshold:
+            if len(self._window) >= cfg.min_history:
+                is_spike = z > cfg.threshold
+            else:  # warm-up: too few steps for a z-score
+                is_spike = loss > cfg.warmup_factor * med and z > cfg.threshold
+            if is_spike:
                 self._open = _OpenSpike(step, med, scale)
                 return self._emit(Event(step, "spike", loss, z=z, baseline=med))
         self._window.append(loss)
@@ -145,23 +156,27 @@ class SpikeDetector:
     def check_collapse(
         self,
         aucs: list[float | None],
+        tolerances: list[float] | None = None,
         constant: bool = False,
         loss_rose: bool = False,
         step: int | None = None,
     ) -> Event | None:
-        """Flag a collapsed model: every task's evaluation AUC within `collapse_auc` of 0.5, and
-        the model either predicts a constant (`constant`: dead units) or ended training with a
-        higher loss than it started with (`loss_rose`: saturated outputs). An under-trained model
-        with AUC near 0.5 has varied predictions and a falling loss, so it is not flagged."""
+        """Flag a collapsed model (see the module docstring): every task's AUC within its
+        tolerance of 0.5 (default `collapse_auc`), after a spike / non-finite step, or with
+        constant predictions (`constant`), or a final loss above the initial one (`loss_rose`)."""
         if self.diverged or not aucs:
             return None
         if not all(a is not None and math.isfinite(a) for a in aucs):
             return None
-        near = all(abs(float(a) - 0.5) <= self.config.collapse_auc for a in aucs)  # type: ignore[arg-type]
-        if near and (constant or loss_rose):
+        tols = tolerances or [self.config.collapse_auc] * len(aucs)
+        tols = [max(t, self.config.collapse_auc) for t in tols]
+        near = all(abs(float(a) - 0.5) <= t for a, t in zip(aucs, tols, strict=True))  # type: ignore[arg-type]
+        blew_up = any(e.kind in ("spike", "nonfinite") for e in self.events)
+        if near and (constant or loss_rose or blew_up):
             self.diverged, self.reason = True, "collapse"
             at = step if step is not None else (self._last_step or 0)
-            return self._emit(Event(at, "collapse", value=float(np.mean(aucs))))  # type: ignore[arg-type]
+            mean_auc = float(np.mean([float(a) for a in aucs]))  # type: ignore[arg-type]
+            return self._emit(Event(at, "collapse", value=mean_auc))
         return None
 
     def record(self) -> dict[str, Any]:
@@ -223,12 +238,23 @@ def loss_rose(losses: Any) -> bool:
     return bool(last > first) if math.isfinite(first) and math.isfinite(last) else False
 
 
+def random_auc_sd(labels: Any) -> float:
+    """σ₀ = sqrt((P+Q+1)/(12·P·Q)): the standard deviation of the AUC of a random ranking."""
+    y = np.asarray(labels, dtype=np.float64)
+    p = float(np.count_nonzero(y == 1.0))
+    q = float(len(y) - p)
+    if p == 0 or q == 0:
+        return math.nan
+    return math.sqrt((p + q + 1.0) / (12.0 * p * q))
+
+
 def assess_replica(
     log: pd.DataFrame,
     config: DivergenceConfig,
     aucs: list[float | None],
     detector: SpikeDetector | None = None,
     constant: bool = False,
+    tolerances: list[float] | None = None,
 ) -> dict[str, Any]:
     """The divergence record of one trained replica (engine-independent).
 
@@ -241,7 +267,7 @@ def assess_replica(
         grads = log["grad_norm"] if "grad_norm" in log.columns else None
         detector = detect(log["loss"], config, steps=log["step"], grad_norms=grads)
     last = int(log["step"].iloc[-1]) if len(log) else 0
-    detector.check_collapse(list(aucs), constant, loss_rose(log["loss"]), step=last)
+    detector.check_collapse(list(aucs), tolerances, constant, loss_rose(log["loss"]), step=last)
     return detector.record()
 
 
@@ -274,7 +300,9 @@ def replica_divergence(
     constant = bool((spread <= CONSTANT_SPREAD).all())
     log = out.log.copy()
     detector = getattr(out, "detector", None)
-    record = assess_replica(log, run_config.divergence, aucs, detector, constant)
+    tols = [3.0 * random_auc_sd(encoded.eval_y[:, t]) for t in range(len(names))]
+    tols = [t if math.isfinite(t) else 0.0 for t in tols]
+    record = assess_replica(log, run_config.divergence, aucs, detector, constant, tols)
     if out.diverged and not record["diverged"]:  # non-finite predictions without a bad step
         record["diverged"], record["reason"] = True, "nonfinite"
     diverged = bool(record["diverged"])

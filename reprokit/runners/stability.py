@@ -1,0 +1,417 @@
+"""`run_stability`: a training-stability study, optimizers × learning-rate multipliers × replicas.
+
+Each *cell* (one optimizer at one multiple of the base learning rate) is a train-ensemble run of
+the same configuration in ``RUN_DIR/cells/<slug>/`` (resumed like any train-ensemble run), on data
+encoded once. Per cell the study reports, following reference/clippy.md §5 and the paper's
+Table 2/3 conventions:
+
+- the divergence ratio (diverged / tried replicas) and the reasons (nonfinite, unrecovered spike,
+  collapse; see `reprokit.training.divergence`), loss spikes and how many recovered;
+- final AUC / log-loss per task as mean ± std over the replicas that did not diverge;
+- PD among the replicas that did not diverge (null when fewer than 2 are left);
+- the clipping factor σ (Clippy's σ, or the gradient-clipping baselines' scale): its mean, its
+  minimum and the fraction of steps in which some tensor was clipped (σ < 1).
+
+Run directory (kind ``stability``)::
+
+    RUN_DIR/manifest.json       schema_version, kind, reprokit_version, config (the base config),
+                                study {optimizers, lr_multipliers}, environment, created
+    RUN_DIR/stability.json      the study document (what --json prints): cells, one per
+                                (optimizer, lr multiplier), each with its summary numbers, its
+                                divergence statistics and `run_dir` "cells/<slug>"
+    RUN_DIR/summary.json        the same document (generic run-directory readers look for it)
+    RUN_DIR/loss_curves.png/.svg training loss of every replica per cell, events marked
+    RUN_DIR/cells/<slug>/       a train-ensemble run directory per cell
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import math
+import re
+import shutil
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from reprokit.config import RunConfig
+from reprokit.environment import environment_fingerprint
+from reprokit.errors import ReprokitError
+from reprokit.runners.ensemble import default_run_dir, train_ensemble
+from reprokit.store import MANIFEST, RunStore, atomic_write_bytes, atomic_write_json, read_json
+
+KIND = "stability"
+DOCUMENT = "stability.json"
+CELLS = "cells"
+PLOT = "loss_curves"
+DEFAULT_OPTIMIZERS = ("adagrad", "clippy", "adagrad+gradclip")
+DEFAULT_MULTIPLIERS = (1.0, 2.0, 4.0, 8.0)
+#: Event markers of the loss-curve plots (kind → matplotlib marker, colour).
+EVENT_STYLE = {
+    "spike": ("^", "#d62728"),
+    "recovered": ("o", "#2ca02c"),
+    "diverged": ("X", "#000000"),
+    "nonfinite": ("X", "#9467bd"),
+    "collapse": ("s", "#ff7f0e"),
+}
+
+#: progress(done, total, description) over all replicas of all cells.
+StudyProgress = Callable[[int, int, str], None]
+
+
+# ------------------------------------------------------------------------------------------ inputs
+def parse_optimizers(text: str | list[str]) -> list[str]:
+    """'adagrad,clippy' → ['adagrad', 'clippy'] (names of reprokit.optim.OPTIMIZER_NAMES)."""
+    from reprokit.optim import OPTIMIZER_NAMES
+
+    items = text if isinstance(text, list) else str(text).split(",")
+    names = [str(n).strip().lower() for n in items if str(n).strip()]
+    if not names:
+        raise ReprokitError("--optimizers names no optimizer")
+    for name in names:
+        if name not in OPTIMIZER_NAMES:
+            raise ReprokitError(
+                f"unknown optimizer {name!r} in --optimizers; choose from {', '.join(OPTIMIZER_NAMES)}"
+            )
+    if len(set(names)) != len(names):
+        raise ReprokitError("--optimizers names an optimizer twice")
+    return names
+
+
+def parse_multipliers(text: str | list[float]) -> list[float]:
+    """'1,2,4,8' → [1.0, 2.0, 4.0, 8.0]; each a positive finite number, no repeats."""
+    items = text if isinstance(text, list) else str(text).split(",")
+    out = []
+    for item in items:
+        if isinstance(item, str) and not item.strip():
+            continue
+        try:
+            value = float(item)
+        except (TypeError, ValueError):
+            raise ReprokitError(
+                f"learning-rate multipliers must be numbers like 1,2,4,8, got {item!r}"
+            ) from None
+        if not (math.isfinite(value) and value > 0):
+            raise ReprokitError(f"learning-rate multipliers must be positive, got {item!r}")
+        out.append(value)
+    if not out:
+        raise ReprokitError("--lr-multipliers names no multiplier")
+    if len(set(out)) != len(out):
+        raise ReprokitError("--lr-multipliers repeats a value")
+    return out
+
+
+def cell_slug(optimizer: str, multiplier: float) -> str:
+    """A directory name for a cell: 'adagrad+gradclip', ×4 → 'adagrad-gradclip_x4'."""
+    name = re.sub(r"[^a-z0-9.]+", "-", optimizer.lower()).strip("-")
+    return f"{name}_x{multiplier:g}"
+
+
+def cell_config(base: RunConfig, optimizer: str, multiplier: float) -> RunConfig:
+    cfg = copy.deepcopy(base)
+    cfg.optim.name = optimizer
+    cfg.optim.lr = base.optim.lr * multiplier
+    return cfg.validate()
+
+
+# ----------------------------------------------------------------------------------- cell results
+def _mean_std(values: list[float]) -> dict[str, float]:
+    arr = np.asarray([v for v in values if v is not None], dtype=np.float64)
+    arr = arr[np.isfinite(arr)]
+    if len(arr) == 0:
+        return {"mean": math.nan, "std": math.nan}
+    return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else math.nan}
+
+
+def _sigma_stats(logs: list[pd.DataFrame]) -> dict[str, float] | None:
+    frames = [f for f in logs if "sigma_min" in f.columns]
+    if not frames:
+        return None
+    lo = np.concatenate([f["sigma_min"].to_numpy(np.float64) for f in frames])
+    mean = np.concatenate([f["sigma_mean"].to_numpy(np.float64) for f in frames])
+    ok = np.isfinite(lo) & np.isfinite(mean)
+    if not ok.any():
+        return None
+    return {
+        "mean": float(mean[ok].mean()),
+        "min": float(lo[ok].min()),
+        "clipped_fraction": float((lo[ok] < 1.0).mean()),
+    }
+
+
+def cell_result(store: RunStore, summary: dict[str, Any]) -> dict[str, Any]:
+    """The numbers of one cell from its train-ensemble run directory and summary."""
+    manifest = store.manifest()
+    n = int(manifest["config"]["replicas"])
+    metrics = [store.replica_metrics(r) for r in range(n)]
+    logs = [
+        pd.read_parquet(store.replica_dir(r) / "train_log.parquet") for r in range(n)
+    ]  # small: one row per step
+    records = [m.get("divergence") or {} for m in metrics]
+    diverged = [m["replica"] for m in metrics if m.get("diverged")]
+    reasons: dict[str, int] = {}
+    for m, rec in zip(metrics, records, strict=True):
+        if m.get("diverged"):
+            key = rec.get("reason") or "nonfinite"
+            reasons[key] = reasons.get(key, 0) + 1
+    spikes = [int(rec.get("spikes", 0)) for rec in records]
+    recovered = [int(rec.get("recovered", 0)) for rec in records]
+    labels = list(manifest["data"].get("labels") or ["label"])
+    tasks: dict[str, Any] = {}
+    for label in labels:
+        doc = (summary.get("tasks") or {}).get(label, summary) if len(labels) > 1 else summary
+        tasks[label] = {
+            name: {
+                "mean": (doc.get(name) or {}).get("mean", math.nan),
+                "std": (doc.get(name) or {}).get("std", math.nan),
+            }
+            for name in ("auc", "logloss")
+        }
+        tasks[label]["pd"] = dict(doc.get("pd") or {})
+    return {
+        "replicas": n,
+        "diverged": {
+            "count": len(diverged),
+            "ratio": len(diverged) / n if n else math.nan,
+            "replicas": diverged,
+            "reasons": reasons,
+        },
+        "spikes": {
+            "total": int(sum(spikes)),
+            "recovered": int(sum(recovered)),
+            "replicas_with_spikes": int(sum(1 for s in spikes if s > 0)),
+        },
+        "auc": tasks[labels[0]]["auc"],
+        "logloss": tasks[labels[0]]["logloss"],
+        "pd": dict(summary.get("pd") or {}),
+        "pd_ci": summary.get("pd_ci"),
+        "pd_replicas": summary.get("replicas"),
+        "tasks": tasks,
+        "sigma": _sigma_stats(logs),
+        "final_loss": _mean_std(
+            [float(f["loss"].iloc[-10:].median()) if len(f) else math.nan for f in logs]
+        ),
+        "train_seconds": (summary.get("train_seconds") or {}).get("total"),
+    }
+
+
+# ------------------------------------------------------------------------------------------ the run
+def _study(optimizers: list[str], multipliers: list[float]) -> dict[str, Any]:
+    return {"optimizers": list(optimizers), "lr_multipliers": [float(m) for m in multipliers]}
+
+
+def _prepare(path: Path, manifest: dict[str, Any], force: bool) -> None:
+    """Create or reopen a stability run directory; refuse another study unless `force`."""
+    from reprokit.jsonio import to_json
+
+    if path.exists() and not path.is_dir():
+        raise ReprokitError(f"{path} exists and is not a directory")
+    mpath = path / MANIFEST
+    if mpath.exists():
+        old = read_json(mpath, "manifest")
+        keys = ("kind", "config", "study")
+        same = to_json({k: old.get(k) for k in keys}) == to_json({k: manifest.get(k) for k in keys})
+        if not same:
+            if not force:
+                raise ReprokitError(
+                    f"{path} holds another study or run; choose another --out or pass --force "
+                    "to overwrite it"
+                )
+            shutil.rmtree(path / CELLS, ignore_errors=True)
+            atomic_write_json(mpath, manifest)
+    elif path.exists() and any(path.iterdir()):
+        if not force:
+            raise ReprokitError(
+                f"{path} exists, is not empty and is not a reprokit run directory; "
+                "choose another --out or pass --force"
+            )
+        shutil.rmtree(path / CELLS, ignore_errors=True)
+    path.mkdir(parents=True, exist_ok=True)
+    if not mpath.exists():
+        atomic_write_json(mpath, manifest)
+
+
+def run_stability(
+    config: RunConfig,
+    optimizers: list[str] | str = DEFAULT_OPTIMIZERS[:],
+    lr_multipliers: list[float] | str = DEFAULT_MULTIPLIERS[:],
+    out: str | Path | None = None,
+    workers: int = 1,
+    force: bool = False,
+    progress: StudyProgress | None = None,
+    encoded: Any = None,
+) -> dict[str, Any]:
+    """Train every (optimizer, lr multiplier) cell into `out` (resuming it); return the document."""
+    from reprokit import __version__
+
+    optimizers = parse_optimizers(
+        list(optimizers) if not isinstance(optimizers, str) else optimizers
+    )
+    multipliers = parse_multipliers(
+        list(lr_multipliers) if not isinstance(lr_multipliers, str) else lr_multipliers
+    )
+    config = config.validate()
+    cells_spec = [(o, m) for o in optimizers for m in multipliers]
+    configs = [cell_config(config, o, m) for o, m in cells_spec]  # bad settings fail before work
+    if config.replicas < 2:
+        raise ReprokitError("a stability study needs at least 2 replicas per cell")
+    path = Path(out) if out is not None else default_run_dir(KIND)
+    manifest = {
+        "schema_version": 1,
+        "kind": KIND,
+        "reprokit_version": __version__,
+        "config": config.to_dict(),
+        "study": _study(optimizers, multipliers),
+        "environment": environment_fingerprint(config.device),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    }
+    if encoded is None:
+        from reprokit.data.encoding import load_encoded
+
+        encoded = load_encoded(config.data)
+    _prepare(path, manifest, force)
+
+    total = len(cells_spec) * config.replicas
+    cells = []
+    for i, ((opt, mult), cfg) in enumerate(zip(cells_spec, configs, strict=True)):
+        slug = cell_slug(opt, mult)
+        label = f"{opt} ×{mult:g}"
+        offset = i * config.replicas
+
+        def on_progress(done: int, _total: int, _m: dict[str, Any], offset=offset, label=label):
+            if progress:
+                progress(offset + done, total, label)
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # undefined metrics of collapsed replicas
+            summary = train_ensemble(
+                cfg,
+                out=path / CELLS / slug,
+                workers=workers,
+                force=force,
+                progress=on_progress,
+                encoded=encoded,
+            )
+        result = cell_result(RunStore(path / CELLS / slug), summary)
+        cells.append(
+            {
+                "name": slug,
+                "optimizer": opt,
+                "lr_multiplier": mult,
+                "lr": cfg.optim.lr,
+                "run_dir": f"{CELLS}/{slug}",
+                **result,
+            }
+        )
+    doc = {
+        "schema_version": 1,
+        "kind": KIND,
+        "reprokit_version": __version__,
+        "run_dir": str(path),
+        "optimizers": optimizers,
+        "lr_multipliers": multipliers,
+        "base_lr": config.optim.lr,
+        "replicas": config.replicas,
+        "labels": list(encoded.label_names),
+        "model": {
+            "arch": config.model.arch,
+            "hidden": list(config.model.hidden),
+            "embedding_dim": config.model.embedding_dim,
+        },
+        "initial_accumulator_value": config.optim.initial_accumulator_value,
+        "divergence_rule": vars(config.divergence).copy(),
+        "cells": cells,
+        "pd": {},  # PD is per cell (cells[i].pd); the key keeps generic summary readers working
+        "plots": [f"{PLOT}.png", f"{PLOT}.svg"],
+    }
+    write_plots(path, doc)
+    atomic_write_json(path / DOCUMENT, doc)
+    atomic_write_json(path / "summary.json", doc)
+    return doc
+
+
+# ----------------------------------------------------------------------------------------- plots
+def cell_curves(run_dir: Path, cell: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per replica of a cell: steps, losses, events and the diverged flag (from its files)."""
+    store = RunStore(run_dir / cell["run_dir"])
+    out = []
+    for r in range(int(cell["replicas"])):
+        d = store.replica_dir(r)
+        log = pd.read_parquet(d / "train_log.parquet", columns=None)
+        metrics = store.replica_metrics(r)
+        events = (metrics.get("divergence") or {}).get("events") or []
+        out.append(
+            {
+                "replica": r,
+                "steps": log["step"].to_numpy(np.float64),
+                "loss": log["loss"].to_numpy(np.float64),
+                "events": events,
+                "diverged": bool(metrics.get("diverged")),
+            }
+        )
+    return out
+
+
+def draw_loss_grid(fig: Any, run_dir: Path, doc: dict[str, Any]) -> None:
+    """Rows: optimizers; columns: lr multipliers; each panel every replica's loss, events marked."""
+    opts, mults = doc["optimizers"], doc["lr_multipliers"]
+    axes = fig.subplots(len(opts), len(mults), squeeze=False, sharex=True)
+    by_key = {(c["optimizer"], c["lr_multiplier"]): c for c in doc["cells"]}
+    for i, opt in enumerate(opts):
+        for j, mult in enumerate(mults):
+            ax = axes[i][j]
+            cell = by_key.get((opt, mult))
+            if cell is None:
+                ax.set_visible(False)
+                continue
+            finite_max = []
+            for rep in cell_curves(run_dir, cell):
+                steps, loss = rep["steps"], rep["loss"]
+                style = "--" if rep["diverged"] else "-"
+                ax.plot(steps, loss, style, linewidth=0.8, alpha=0.8)
+                ok = np.isfinite(loss)
+                if ok.any():
+                    finite_max.append(np.quantile(loss[ok], 0.98))
+                for ev in rep["events"]:
+                    marker, colour = EVENT_STYLE.get(ev.get("kind"), ("x", "#000000"))
+                    pos = np.searchsorted(steps, ev.get("step", 0))
+                    y = loss[min(pos, len(loss) - 1)] if len(loss) else 0.0
+                    if not np.isfinite(y):
+                        y = finite_max[-1] if finite_max else 0.0
+                    ax.plot([ev.get("step", 0)], [y], marker, color=colour, markersize=6)
+            if finite_max:
+                top = max(finite_max)
+                ax.set_ylim(bottom=0, top=max(top * 1.1, 1e-3))
+            d = cell["diverged"]
+            ax.set_title(f"{opt} ×{mult:g}: {d['count']}/{cell['replicas']} diverged", fontsize=8)
+            if i == len(opts) - 1:
+                ax.set_xlabel("step")
+            if j == 0:
+                ax.set_ylabel("training loss")
+    handles = [
+        fig.axes[0].plot([], [], m, color=c, linestyle="none", label=k)[0]
+        for k, (m, c) in EVENT_STYLE.items()
+    ]
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8)
+
+
+def write_plots(path: Path, doc: dict[str, Any]) -> None:
+    """loss_curves.png and .svg in the run directory (written atomically)."""
+    import io
+
+    import matplotlib as mpl
+    from matplotlib.figure import Figure
+
+    rows, cols = len(doc["optimizers"]), len(doc["lr_multipliers"])
+    with mpl.rc_context({"font.size": 8, "svg.fonttype": "none", "svg.hashsalt": "reprokit"}):
+        fig = Figure(figsize=(2.8 * cols + 0.6, 2.2 * rows + 0.8), layout="constrained")
+        draw_loss_grid(fig, path, doc)
+        for fmt in ("png", "svg"):
+            buf = io.BytesIO()
+            fig.savefig(buf, format=fmt, dpi=110, metadata={"Date": None} if fmt == "svg" else None)
+            atomic_write_bytes(path / f"{PLOT}.{fmt}", buf.getvalue())
