@@ -132,32 +132,35 @@ def _load_long(df: pd.DataFrame, path: Path) -> PredictionSet:
     label_col = _label_column(df)
     labels = _numeric(df[label_col], "column 'label'", path) if label_col else None
 
-    order = np.lexsort((id_codes, rep_codes))
-    rep_sorted = rep_codes[order]
-    id_sorted = id_codes[order]
-    dup = (rep_sorted[1:] == rep_sorted[:-1]) & (id_sorted[1:] == id_sorted[:-1])
-    if dup.any():
-        first = int(np.flatnonzero(dup)[0])
-        count = int(np.count_nonzero(dup))
+    # Scatter every row to its (replica, example) cell: O(rows), no sort of the long table.
+    n = len(id_values)
+    flat = rep_codes.astype(np.int64) * n + id_codes
+    cells = np.bincount(flat, minlength=m * n).reshape(m, n)
+    extra = np.maximum(cells - 1, 0).sum(axis=1)
+    if extra.any():
+        r = int(np.flatnonzero(extra)[0])
+        example = id_values[int(np.flatnonzero(cells[r] > 1)[0])]
         raise ReprokitError(
-            f"replica {names[rep_sorted[first]]!r} in {path} has {count} duplicate example_id "
-            f"row(s), e.g. example_id {id_values[id_sorted[first]]!r}"
+            f"replica {names[r]!r} in {path} has {int(extra[r])} duplicate example_id "
+            f"row(s), e.g. example_id {example!r}"
         )
-    counts = np.bincount(rep_codes, minlength=m)
-    n_ids = len(id_values)
-    short = np.flatnonzero(counts != n_ids)
+    present = cells.sum(axis=1)
+    short = np.flatnonzero(present != n)
     if short.size:
         r = int(short[0])
         raise ReprokitError(
-            f"replicas cover different examples: replica {names[r]!r} has {int(counts[r])} of the "
-            f"{n_ids} example_ids in {path}"
+            f"replicas cover different examples: replica {names[r]!r} has {int(present[r])} of "
+            f"the {n} example_ids in {path}"
         )
-    n = n_ids
-    preds = pred[order].reshape(m, n)
+    preds = np.empty(m * n)
+    preds[flat] = pred
+    preds = preds.reshape(m, n)
     _check_predictions(preds, names, path)
     if labels is not None:
-        lab = labels[order].reshape(m, n)
-        _check_labels(lab.ravel(), path)
+        _check_labels(labels, path)
+        lab = np.empty(m * n)
+        lab[flat] = labels
+        lab = lab.reshape(m, n)
         disagree = int(np.count_nonzero(np.any(lab != lab[0], axis=0)))
         if disagree:
             raise ReprokitError(
