@@ -369,14 +369,16 @@ def draw_loss_grid(fig: Any, run_dir: Path, doc: dict[str, Any]) -> None:
             if cell is None:
                 ax.set_visible(False)
                 continue
-            finite_max = []
+            finite_max: list[float] = []
+            finite_med: list[float] = []
             for rep in cell_curves(run_dir, cell):
                 steps, loss = rep["steps"], rep["loss"]
                 style = "--" if rep["diverged"] else "-"
                 ax.plot(steps, loss, style, linewidth=0.8, alpha=0.8)
                 ok = np.isfinite(loss)
                 if ok.any():
-                    finite_max.append(np.quantile(loss[ok], 0.98))
+                    finite_max.append(float(loss[ok].max()))
+                    finite_med.append(float(np.median(loss[ok])))
                 for ev in rep["events"]:
                     marker, colour = EVENT_STYLE.get(ev.get("kind"), ("x", "#000000"))
                     pos = np.searchsorted(steps, ev.get("step", 0))
@@ -384,9 +386,8 @@ def draw_loss_grid(fig: Any, run_dir: Path, doc: dict[str, Any]) -> None:
                     if not np.isfinite(y):
                         y = finite_max[-1] if finite_max else 0.0
                     ax.plot([ev.get("step", 0)], [y], marker, color=colour, markersize=6)
-            if finite_max:
-                top = max(finite_max)
-                ax.set_ylim(bottom=0, top=max(top * 1.1, 1e-3))
+            if finite_max and max(finite_max) > 10 * max(min(finite_med), 1e-12):
+                ax.set_yscale("log")  # blow-ups would flatten every other curve
             d = cell["diverged"]
             ax.set_title(f"{opt} ×{mult:g}: {d['count']}/{cell['replicas']} diverged", fontsize=8)
             if i == len(opts) - 1:
