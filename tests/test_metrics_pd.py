@@ -210,3 +210,14 @@ def test_per_example_histogram():
         assert abs(hist["counts"][b] - expected) <= 1  # an edge value may round either way
     zeros = per_example_histogram(np.zeros(10), bins=4)
     assert zeros["counts"] == [10, 0, 0, 0] and zeros["edges"][-1] == 1.0
+
+
+def test_progress_reports_every_example_once():
+    preds = random_predictions(3, 20_000, seed=2)
+    calls: list[tuple[int, int]] = []
+    prediction_difference(
+        preds, chunk_size=1000, threads=2, progress=lambda d, t: calls.append((d, t))
+    )
+    done = [d for d, _ in calls]
+    assert done == sorted(done) and done[-1] == 20_000
+    assert all(t == 20_000 for _, t in calls)
