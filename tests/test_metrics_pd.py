@@ -216,8 +216,8 @@ def test_progress_reports_every_example_once():
     preds = random_predictions(3, 20_000, seed=2)
     calls: list[tuple[int, int]] = []
     prediction_difference(
-        preds, chunk_size=1000, threads=2, progress=lambda d, t: calls.append((d, t))
+        preds, chunk_size=100, threads=2, progress=lambda d, t: calls.append((d, t))
     )
     done = [d for d, _ in calls]
     assert done == sorted(done) and done[-1] == 20_000
-    assert all(t == 20_000 for _, t in calls)
+    assert all(t == 20_000 for _, t in calls) and len(calls) == 4  # 200 chunks, 64 per task
