@@ -20,3 +20,4 @@ __all__ = [
     "twin_path",
     "write_report",
 ]
+from reprokit.report import sections_stability as _sections_stability  # noqa: E402,F401

@@ -20,7 +20,8 @@ Operational versions of the definitions in reference/clippy.md §1.1 (micro- vs 
   training ended (the evaluated model is the spiked one). Detection stops there.
 - **collapse**: after training, every task's evaluation AUC is within max(`collapse_auc`, 3σ₀) of
   0.5, where σ₀ = sqrt((P+Q+1)/(12·P·Q)) is the standard deviation of the AUC of a random ranking
-  of P positives and Q negatives (Mann-Whitney), *and* the model either predicts a constant, had a
+  of P positives and Q negatives (Mann-Whitney), *and* the model either predicts a constant (all
+  evaluation predictions within one percentage point of each other), had a
   spike or a non-finite step, or ended with a higher loss than it started with. That is the paper's
   full divergence whose loss does not stay high: the model blew up and settled at predicting the
   base rate (its loss then sits *below* the initial loss, so loss-based recovery cannot see it),
@@ -223,8 +224,9 @@ def event_column(events: list[Event] | list[dict[str, Any]], steps: Any) -> np.n
 
 #: Steps averaged (median) at the start and at the end of training for the collapse check.
 EDGE_STEPS = 10
-#: Predictions whose max − min over the evaluation set is at most this are "constant".
-CONSTANT_SPREAD = 1e-6
+#: Predictions whose max − min over the evaluation set is at most this (one percentage point) are
+#: "constant": a model that settled at the base rate (healthy models spread over tens of points).
+CONSTANT_SPREAD = 0.01
 
 
 def loss_rose(losses: Any) -> bool:

@@ -1,0 +1,144 @@
+"""Report sections of a `stability` run directory (reprokit.runners.stability).
+
+Registered on import (reprokit.report imports this module): a context whose arms are the study's
+cells, and three sections — verdict, divergence table, loss curves with events marked.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import matplotlib as mpl
+from matplotlib.figure import Figure
+
+from reprokit.errors import ReprokitError
+from reprokit.report import figures
+from reprokit.report.context import Arm, ReportContext, register_context
+from reprokit.report.sections import SectionOutput, fmt, register_section
+from reprokit.rundir import Run, as_float, read_json
+
+KIND = "stability"
+
+
+def _document(run: Run) -> dict[str, Any]:
+    doc = read_json(run.path / "stability.json", "stability.json")
+    cells = doc.get("cells")
+    if not isinstance(cells, list) or not cells:
+        raise ReprokitError(f"{run.path / 'stability.json'} lists no cells")
+    for i, cell in enumerate(cells):
+        for key in ("name", "optimizer", "lr_multiplier", "replicas", "diverged", "run_dir"):
+            if not isinstance(cell, dict) or key not in cell:
+                raise ReprokitError(f"{run.path / 'stability.json'}: cell #{i} lacks {key!r}")
+    return doc
+
+
+@register_context(KIND)
+def _stability_context(run: Run) -> ReportContext:
+    doc = _document(run)
+    arms = [
+        Arm(name=c["name"], label=f"{c['optimizer']} ×{c['lr_multiplier']:g}", summary=c, run=run)
+        for c in doc["cells"]
+    ]
+    ctx = ReportContext(run=run, kind=KIND, title=run.name, arms=arms, pareto=[])
+    ctx.study = doc  # type: ignore[attr-defined]
+    return ctx
+
+
+def _study(ctx: ReportContext) -> dict[str, Any]:
+    return ctx.study  # type: ignore[attr-defined]
+
+
+@register_section(KIND, id="verdict", title="Verdict", order=0, template="verdict.j2")
+def _verdict(ctx: ReportContext) -> SectionOutput:
+    doc = _study(ctx)
+    notes = []
+    worst: dict[str, float] = {}
+    for cell in doc["cells"]:
+        ratio = as_float(cell["diverged"].get("ratio"))
+        worst[cell["optimizer"]] = max(worst.get(cell["optimizer"], 0.0), ratio)
+    for opt in doc["optimizers"]:
+        tolerated = [
+            c["lr_multiplier"]
+            for c in doc["cells"]
+            if c["optimizer"] == opt and c["diverged"]["count"] == 0
+        ]
+        diverged = sum(c["diverged"]["count"] for c in doc["cells"] if c["optimizer"] == opt)
+        tried = sum(c["replicas"] for c in doc["cells"] if c["optimizer"] == opt)
+        top = f"up to ×{max(tolerated):g}" if tolerated else "at none of the multipliers"
+        notes.append(f"{opt}: {diverged}/{tried} replicas diverged; no divergence {top}.")
+    total = sum(c["diverged"]["count"] for c in doc["cells"])
+    tried = sum(c["replicas"] for c in doc["cells"])
+    status = "warning" if total else "ok"
+    headline = (
+        f"{total} of {tried} replicas diverged over {len(doc['cells'])} cells "
+        f"({len(doc['optimizers'])} optimizers × {len(doc['lr_multipliers'])} learning rates)"
+    )
+    return SectionOutput(data={"headline": headline, "notes": notes, "status": status})
+
+
+@register_section(
+    KIND, id="divergence", title="Divergence", order=10, template="stability-divergence.j2"
+)
+def _divergence(ctx: ReportContext) -> SectionOutput:
+    doc = _study(ctx)
+    labels = doc.get("labels") or ["label"]
+    rows = []
+    for cell in doc["cells"]:
+        sigma = cell.get("sigma") or {}
+        tasks = cell.get("tasks") or {}
+        reasons = cell["diverged"].get("reasons") or {}
+        rows.append(
+            {
+                "name": cell["name"],
+                "optimizer": cell["optimizer"],
+                "lr_multiplier": cell["lr_multiplier"],
+                "lr": cell.get("lr"),
+                "replicas": cell["replicas"],
+                "diverged": cell["diverged"]["count"],
+                "why": ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())) or "",
+                "spikes": (cell.get("spikes") or {}).get("total"),
+                "recovered": (cell.get("spikes") or {}).get("recovered"),
+                "aucs": [(tasks.get(lab) or {}).get("auc") for lab in labels],
+                "logloss": cell.get("logloss"),
+                "pd_rel": (cell.get("pd") or {}).get("rel"),
+                "sigma_mean": sigma.get("mean"),
+                "sigma_min": sigma.get("min"),
+                "clipped": sigma.get("clipped_fraction"),
+            }
+        )
+    rule = doc.get("divergence_rule") or {}
+    notes = [
+        "AUC and log-loss: mean ± std over the replicas that did not diverge; PD among them "
+        "(n/a when fewer than 2 are left).",
+        "A spike is a loss with robust z-score > "
+        f"{fmt(rule.get('threshold'))} against the trailing {rule.get('window')} steps; it "
+        f"recovers when the loss returns within {rule.get('recovery_steps')} steps. Diverged: "
+        "non-finite loss/gradient, an unrecovered spike, or a collapse (AUC at chance after a "
+        "blow-up).",
+        "σ: the clipping factor (Clippy) or gradient-clipping scale per step, over dense "
+        "tensors; 'steps clipped' is the fraction of steps with some σ < 1.",
+    ]
+    return SectionOutput(data={"labels": labels, "rows": rows}, notes=notes)
+
+
+@register_section(
+    KIND, id="loss-curves", title="Loss curves and events", order=20, template="stability-loss.j2"
+)
+def _loss_curves(ctx: ReportContext) -> SectionOutput:
+    from reprokit.runners.stability import draw_loss_grid
+
+    doc = _study(ctx)
+    rows, cols = len(doc["optimizers"]), len(doc["lr_multipliers"])
+    with mpl.rc_context(figures._RC):
+        fig = Figure(figsize=(2.8 * cols + 0.6, 2.2 * rows + 0.8), layout="constrained")
+        draw_loss_grid(fig, ctx.run.path, doc)
+    events: dict[str, int] = {}
+    for cell in doc["cells"]:
+        for kind, n in (cell["diverged"].get("reasons") or {}).items():
+            events[kind] = events.get(kind, 0) + int(n)
+    data = {
+        "cells": [c["name"] for c in doc["cells"]],
+        "diverged_by_reason": events,
+        "spikes": sum(int((c.get("spikes") or {}).get("total", 0)) for c in doc["cells"]),
+    }
+    return SectionOutput(data=data, figure=figures.to_svg(fig, "stability-loss"))
