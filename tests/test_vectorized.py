@@ -95,6 +95,19 @@ def test_replica_k_matches_the_process_engine(encoded, vary, extra):
         assert not np.array_equal(out[0].predictions, out[1].predictions)
 
 
+def test_multitask_matches_the_process_engine():
+    cfg = _config("init,dropout", **{"data.synth_tasks": 2, "data.labels": ["all"]})
+    cfg.model.dropout = 0.1
+    enc = load_encoded(cfg.data)
+    ref, out = _both(enc, cfg, n=2)
+    assert out[0].predictions.shape == (enc.n_eval, 2)
+    for a, b in zip(ref, out, strict=True):
+        assert b.log.columns.tolist() == a.log.columns.tolist()  # loss_<label> per task
+        np.testing.assert_allclose(b.log.iloc[:, 2:], a.log.iloc[:, 2:], rtol=1e-4, atol=1e-6)
+        assert np.abs(a.predictions - b.predictions).max() < TOLERANCE
+        assert b.detector is not None and b.detector.diverged == a.detector.diverged
+
+
 def test_bitflip_matches_reference_differences(encoded):
     # A one-ULP flip either vanishes or survives; whichever the reference loop sees, this engine
     # must see the same (no positional noise of its own on top of the flip).

@@ -42,6 +42,7 @@ from reprokit.config import RunConfig
 from reprokit.errors import ReprokitError
 from reprokit.nn.embeddings import FieldEmbeddings
 from reprokit.nn.models import CTRModel, SeededDropout
+from reprokit.training.divergence import SpikeDetector
 from reprokit.training.loop import (
     EVAL_BATCH,
     ReplicaOutput,
@@ -302,6 +303,7 @@ class StackedOptimizer:
     name: str
     lr: float
     weight_decay: float
+    initial_accumulator: float = 0.0  # Adagrad's state start (torch's initial_accumulator_value)
     state: dict[str, list[torch.Tensor]] = field(default_factory=dict)
     steps: list[int] = field(default_factory=list)
 
@@ -309,7 +311,7 @@ class StackedOptimizer:
         params = [self.stack.table, self.stack.flat]  # state lists follow this order
         self.steps = [0] * self.stack.replicas
         if self.name == "adagrad":
-            self.state["sum"] = [torch.zeros_like(p) for p in params]
+            self.state["sum"] = [torch.full_like(p, self.initial_accumulator) for p in params]
         elif self.name == "adam":
             self.state["exp_avg"] = [torch.zeros_like(p) for p in params]
             self.state["exp_avg_sq"] = [torch.zeros_like(p) for p in params]
@@ -468,20 +470,26 @@ def grad_sq_norms(flat_grad: torch.Tensor, table_grad: SparseGrad, stack: Stack)
 # --------------------------------------------------------------------------------------------------
 @dataclass
 class _Log:
+    """One replica's train_log columns, as the reference loop writes them (per-task losses
+    `loss_<label>` for multitask models) plus its divergence detector."""
+
+    detector: SpikeDetector
     step: list[int] = field(default_factory=list)
     epoch: list[int] = field(default_factory=list)
     loss: list[float] = field(default_factory=list)
     grad_norm: list[float] = field(default_factory=list)
+    task_loss: dict[str, list[float]] = field(default_factory=dict)
 
     def frame(self) -> pd.DataFrame:
-        return pd.DataFrame(
-            {
-                "step": np.asarray(self.step, dtype=np.int64),
-                "epoch": np.asarray(self.epoch, dtype=np.int64),
-                "loss": np.asarray(self.loss, dtype=np.float64),
-                "grad_norm": np.asarray(self.grad_norm, dtype=np.float64),
-            }
-        )
+        columns = {
+            "step": np.asarray(self.step, dtype=np.int64),
+            "epoch": np.asarray(self.epoch, dtype=np.int64),
+            "loss": np.asarray(self.loss, dtype=np.float64),
+            "grad_norm": np.asarray(self.grad_norm, dtype=np.float64),
+        }
+        for name in sorted(self.task_loss):
+            columns[f"loss_{name}"] = np.asarray(self.task_loss[name], dtype=np.float64)
+        return pd.DataFrame(columns)
 
 
 def _pad_rows(t: torch.Tensor, size: int, dim: int) -> torch.Tensor:
@@ -542,7 +550,10 @@ def _train(
         replicas, seeds = replicas * 2, seeds * 2
     stack = build_stack(config, encoded, replicas, seeds)
     n_rep = stack.replicas
-    opt = StackedOptimizer(stack, config.optim.name, config.optim.lr, config.optim.weight_decay)
+    a0 = getattr(config.optim, "initial_accumulator_value", None)
+    opt = StackedOptimizer(
+        stack, config.optim.name, config.optim.lr, config.optim.weight_decay, float(a0 or 0.0)
+    )
     replica_base = torch.arange(n_rep, device=device).view(n_rep, 1, 1) * stack.vocab_total
 
     order = SharedDraws([s["data-order"] for s in seeds])
@@ -566,7 +577,9 @@ def _train(
     n = cat.shape[0]
     bs = config.optim.batch_size
 
-    logs = [_Log() for _ in range(n_rep)]
+    div_config = getattr(config, "divergence", None)
+    logs = [_Log(SpikeDetector(div_config) if div_config else SpikeDetector()) for _ in seeds]
+    labels = list(getattr(encoded, "label_names", [f"label_{t}" for t in range(n_tasks)]))
     alive = [True] * n_rep
     steps = [0] * n_rep
     start = time.perf_counter()
@@ -595,6 +608,7 @@ def _train(
             if b_pad != b:
                 per_row = per_row * (torch.arange(b_pad, device=device) < b).view(1, b_pad, 1)
             loss = per_row.sum(dim=(1, 2)) / (b * n_tasks)  # per-replica mean over real rows
+            task_v = per_row.detach().sum(dim=1).div(b).tolist() if n_tasks > 1 else None
             grads = torch.autograd.grad(loss.sum(), [emb, *stack.dense])
             shared = rows[0] if cat_b.shape[0] == 1 else None
             table_grad = coalesce_embedding_grad(rows, grads[0], shared, stack)
@@ -612,6 +626,10 @@ def _train(
                 log.epoch.append(epoch)
                 log.loss.append(float(loss_v[r]))
                 log.grad_norm.append(float(gn_v[r]))
+                if task_v is not None:
+                    for name, value in zip(labels, task_v[r], strict=True):
+                        log.task_loss.setdefault(name, []).append(value)
+                log.detector.update(steps[r], float(loss_v[r]), float(gn_v[r]))
                 if not (math.isfinite(loss_v[r]) and math.isfinite(gn_v[r])):
                     alive[r] = False  # frozen: no update from this gradient on
             if queues is None:
@@ -650,15 +668,18 @@ def _train(
     predictions = predict_stack(stack, ecat, enum)
     outputs = []
     for r in range(n_real):
+        detector = logs[r].detector
+        detector.finish()
         diverged = not alive[r] or not bool(np.isfinite(predictions[r]).all())
         outputs.append(
             ReplicaOutput(
                 predictions=np.ascontiguousarray(predictions[r]),
                 log=logs[r].frame(),
                 train_seconds=share,
-                diverged=diverged,
+                diverged=diverged or detector.diverged,
                 threads=config.threads,
                 steps=steps[r],
+                detector=detector,
             )
         )
     return outputs
