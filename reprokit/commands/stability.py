@@ -47,14 +47,14 @@ def render_stability_table(doc: dict[str, Any]) -> Table:
             "mean ± std and PD over the replicas that did not diverge"
         ),
     )
-    table.add_column("optimizer", no_wrap=True)
+    table.add_column("optimizer", overflow="fold")
     for name in ("lr×", "diverged", "why", "spikes/rec"):
-        table.add_column(name, justify="right", no_wrap=True)
+        table.add_column(name, justify="right", overflow="fold")
     for label in labels:
-        table.add_column(f"AUC {label}", justify="right", no_wrap=True)
-    table.add_column("log-loss", justify="right", no_wrap=True)
-    table.add_column("PD rel", justify="right", no_wrap=True)
-    table.add_column("σ mean/clip", justify="right", no_wrap=True)
+        table.add_column(f"AUC {label}", justify="right", overflow="fold")
+    table.add_column("log-loss", justify="right", overflow="fold")
+    table.add_column("PD rel", justify="right", overflow="fold")
+    table.add_column("σ mean/clip", justify="right", overflow="fold")
     for cell in doc["cells"]:
         div = cell["diverged"]
         reasons = " ".join(f"{k}:{v}" for k, v in sorted(div.get("reasons", {}).items()))
@@ -148,6 +148,7 @@ def register(app: typer.Typer) -> None:
         from reprokit.config import resolve_config
         from reprokit.data.encoding import load_encoded
         from reprokit.runners.stability import (
+            check_study,
             parse_multipliers,
             parse_optimizers,
             run_stability,
@@ -180,6 +181,7 @@ def register(app: typer.Typer) -> None:
                 threads=threads,
             ),
         )
+        check_study(cfg, opts, mults)
         encoded = load_encoded(cfg.data)  # bad data fails before any progress output
         total = len(opts) * len(mults) * cfg.replicas
         with make_progress() as bar:

@@ -119,6 +119,15 @@ def cell_config(base: RunConfig, optimizer: str, multiplier: float) -> RunConfig
     return cfg.validate()
 
 
+def check_study(
+    config: RunConfig, optimizers: list[str], multipliers: list[float]
+) -> list[RunConfig]:
+    """Every cell's config, in study order; bad settings fail here, before any work."""
+    if config.replicas < 2:
+        raise ReprokitError("a stability study needs at least 2 replicas per cell")
+    return [cell_config(config, o, m) for o in optimizers for m in multipliers]
+
+
 # ----------------------------------------------------------------------------------- cell results
 def _mean_std(values: list[float]) -> dict[str, float]:
     arr = np.asarray([v for v in values if v is not None], dtype=np.float64)
@@ -257,9 +266,7 @@ def run_stability(
     )
     config = config.validate()
     cells_spec = [(o, m) for o in optimizers for m in multipliers]
-    configs = [cell_config(config, o, m) for o, m in cells_spec]  # bad settings fail before work
-    if config.replicas < 2:
-        raise ReprokitError("a stability study needs at least 2 replicas per cell")
+    configs = check_study(config, optimizers, multipliers)
     path = Path(out) if out is not None else default_run_dir(KIND)
     manifest = {
         "schema_version": 1,
