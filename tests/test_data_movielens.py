@@ -50,7 +50,7 @@ def test_full_copy_facts(movielens_full):
         "release_year",
         "genres",
     ]
-    assert schema.numeric == [] and schema.labels == ["label"]
+    assert schema.numeric == [] and schema.labels == ["label", "label_5star"]
     assert schema.timestamp == "timestamp" and schema.example_id == "example_id"
     nunique = frame.nunique()
     assert nunique["user_id"] == 943 and nunique["item_id"] == 1682

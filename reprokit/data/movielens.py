@@ -24,8 +24,10 @@ The resulting dataset (one row per rating, in the order of the ratings file):
   in ml-100k) |
 | ``timestamp`` | timestamp | seconds since the epoch |
 | ``label`` | label | 1 when the rating is >= 4, else 0 (int8) |
+| ``label_5star`` | label | second task for multitask runs: 1 when the rating is 5, else 0 (int8) |
 
-The rating itself is not kept, since the label is derived from it.
+The rating itself is not kept, since the labels are derived from it. Single-task runs train on
+``label`` (the first label); ``--tasks all`` trains both.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ GENRES = (
 )
 AGE_BUCKETS = (1, 18, 25, 35, 45, 50, 56)  # MovieLens-1M buckets: lower bounds
 LABEL_MIN_RATING = 4
+FIVE_STAR_RATING = 5  # the second task, `label_5star`
 CATEGORICAL = (
     "user_id",
     "item_id",
@@ -246,12 +249,13 @@ def load_movielens(path: str | os.PathLike) -> Dataset:
             "genres": item_attr(items["genres"].astype(str), "unknown").astype(str),
             "timestamp": timestamp.to_numpy(),
             "label": (rating.to_numpy() >= LABEL_MIN_RATING).astype(np.int8),
+            "label_5star": (rating.to_numpy() >= FIVE_STAR_RATING).astype(np.int8),
         }
     )
     schema = DatasetSchema(
         categorical=list(CATEGORICAL),
         numeric=[],
-        labels=["label"],
+        labels=["label", "label_5star"],
         example_id="example_id",
         timestamp="timestamp",
         name="movielens-100k",
