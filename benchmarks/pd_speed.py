@@ -3,7 +3,8 @@
 Both sides compute every PD key (abs, rel, abs_mean, rel_mean, l2, rel_std, flip), the per-pair
 values and the bootstrap CI over replicas, on the same random predictions. reprokit's side is the
 full `summarize` (which also adds PD buckets and the per-example histogram). Prints one JSON
-document: seconds, speedup, peak traced memory, and whether the results agree.
+document: wall and CPU seconds, speedup, peak traced memory, and whether the results agree.
+CPU seconds sum over threads; on a shared machine they are steadier than wall time.
 
     python benchmarks/pd_speed.py                      # 10 million examples x 16 replicas
     python benchmarks/pd_speed.py --examples 1000000 --replicas 8 --dtype float64
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import sys
@@ -70,12 +72,14 @@ def reference(preds: np.ndarray, threshold: float, seed: int) -> dict:
 def timed(fn, *args, **kwargs):
     tracemalloc.start()
     tracemalloc.reset_peak()
+    cpu0 = time.process_time()
     t0 = time.perf_counter()
     out = fn(*args, **kwargs)
     seconds = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    return out, seconds, peak
+    return out, seconds, cpu, peak
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     preds = make_predictions(args.replicas, args.examples, args.dtype, args.seed)
-    ours, ours_s, ours_peak = timed(
+    load_before = os.getloadavg()[0]  # the machines here are shared: read timings with this
+    ours, ours_s, ours_cpu, ours_peak = timed(
         summarize, preds, None, flip_threshold=args.threshold, seed=args.seed, threads=args.threads
     )
     doc: dict = {
@@ -103,11 +108,13 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads or default_threads(),
         "python": platform.python_version(),
         "numpy": np.__version__,
+        "load_average_before": round(load_before, 2),
         "reprokit_seconds": round(ours_s, 3),
+        "reprokit_cpu_seconds": round(ours_cpu, 3),
         "reprokit_peak_traced_mb": round(ours_peak / 2**20, 1),
     }
     if not args.skip_reference:
-        ref, ref_s, ref_peak = timed(reference, preds, args.threshold, args.seed)
+        ref, ref_s, ref_cpu, ref_peak = timed(reference, preds, args.threshold, args.seed)
         max_rel = 0.0
         for key in PD_KEYS:
             a, b = ours["pd"][key], ref["pd"][key]
@@ -121,8 +128,10 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "reference": "numpy loop over pairs i<j on full float64 arrays",
                 "reference_seconds": round(ref_s, 3),
+                "reference_cpu_seconds": round(ref_cpu, 3),
                 "reference_peak_traced_mb": round(ref_peak / 2**20, 1),
                 "speedup": round(ref_s / ours_s, 2),
+                "cpu_time_ratio": round(ref_cpu / ours_cpu, 2),
                 "max_relative_difference": max_rel,
                 "agree": bool(max_rel < 1e-9),
             }

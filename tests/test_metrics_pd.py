@@ -220,4 +220,4 @@ def test_progress_reports_every_example_once():
     )
     done = [d for d, _ in calls]
     assert done == sorted(done) and done[-1] == 20_000
-    assert all(t == 20_000 for _, t in calls) and len(calls) == 4  # 200 chunks, 64 per task
+    assert all(t == 20_000 for _, t in calls) and len(calls) == 13  # 200 chunks, 16 per task

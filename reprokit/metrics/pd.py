@@ -57,7 +57,7 @@ DEFAULT_CHUNK = 8192
 MAX_CHUNK = 8192
 
 #: Chunks handed to one thread-pool task (progress is reported per task).
-_CHUNKS_PER_TASK = 64
+_CHUNKS_PER_TASK = 16
 
 ProgressCallback = Callable[[int, int], None]
 
