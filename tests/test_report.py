@@ -67,8 +67,9 @@ def _section_ids(html: str) -> list[str]:
 def test_registry_lists_sections_per_kind():
     assert [s.id for s in sections_for("train-ensemble")] == ENSEMBLE_SECTIONS
     assert [s.id for s in sections_for("compare-activations")] == COMPARE_SECTIONS
-    with pytest.raises(ReprokitError, match="no sections for 'stability'"):
-        sections_for("stability")
+    assert [s.id for s in sections_for("stability")] == ["verdict", "divergence", "loss-curves"]
+    with pytest.raises(ReprokitError, match="no sections for 'online'"):
+        sections_for("online")
 
 
 def test_compare_report_has_every_section_and_plot(compare_run: Path):
@@ -234,8 +235,8 @@ def test_cli_bad_inputs_exit_2_with_one_line(tmp_path: Path):
 
     run3 = make_train_ensemble(tmp_path / "ens3", replicas=2, examples=100)
     manifest = json.loads((run3 / "manifest.json").read_text())
-    (run3 / "manifest.json").write_text(json.dumps({**manifest, "kind": "stability"}))
-    assert "does not support 'stability' runs" in _bad(["report", str(run3)])
+    (run3 / "manifest.json").write_text(json.dumps({**manifest, "kind": "online"}))
+    assert "does not support 'online' runs" in _bad(["report", str(run3)])
 
     cmp = make_compare(tmp_path / "cmp", replicas=2, examples=100)
     import shutil
