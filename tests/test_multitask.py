@@ -134,7 +134,7 @@ def test_engine_choice_for_models_the_stacked_engine_lacks():
     clippy = resolve_config(None, {"optim.name": "clippy"})
     assert choose_engine(clippy) == "process"
     a0 = resolve_config(None, {"optim.initial_accumulator_value": 0.1})
-    assert choose_engine(a0) == "process"
+    assert choose_engine(a0) == "vectorized"  # the stacked Adagrad takes A0 too
     assert choose_engine(resolve_config(None, {})) == "vectorized"
 
 

@@ -367,9 +367,6 @@ def vectorized_limitation(config: RunConfig) -> str | None:
     its own `unsupported_reason`; `auto` then trains one process per replica), or None."""
     if config.model.arch != "mlp":
         return f"the {config.model.arch!r} model is not implemented for stacked parameters"
-    a0 = config.optim.initial_accumulator_value
-    if config.optim.name == "adagrad" and a0 not in (None, 0.0):
-        return f"an Adagrad initial accumulator value of {a0} (the stacked Adagrad starts at 0)"
     if config.optim.weight_decay and config.optim.name in ("adagrad", "sgd"):
         return "weight decay (this loop then uses dense embedding gradients)"
     return None
