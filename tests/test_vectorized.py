@@ -56,6 +56,7 @@ def _both(encoded, cfg, n=3):
         {"model.activation": "gelu", "model.dropout": 0.1},  # transcendental activation
         {"optim.name": "adam", "model.activation": "smelu"},
         {"optim.name": "sgd", "optim.epochs": 2},
+        {"threads": 2, "model.activation": "gelu", "model.hidden": "64-32"},
     ],
 )
 def test_control_arm_is_bitwise_identical(encoded, extra):

@@ -14,14 +14,19 @@ to floating-point reduction order:
   formulas; embedding tables of sparse optimizers (adagrad, sgd) are updated only in the rows a
   batch used, with the optimizer state updated in those rows only.
 
-Layout: every field's table is a slice of one stacked table [R, V_total, dim] (field f starts at
-row `offsets[f]`), so one gather serves all fields of all replicas; dense layers are [R, out, in]
-weights and [R, 1, out] biases used through `torch.baddbmm`. Replicas whose seeds coincide (a
-source that is not varied) share one generator draw, which keeps the control arm bitwise identical
-and saves work.
+Layout: every field's table is a slice of one stacked table [R, V_pad, dim] (field f starts at
+row `offsets[f]`), so one gather serves all fields of all replicas; the dense layers are views
+[R, in, out] / [R, 1, out] of one flat [R, P_pad] buffer, used through `torch.baddbmm`, and the
+optimizer updates that buffer with a handful of kernels. Every per-replica block an elementwise
+kernel sees is a multiple of ALIGN elements (batches are padded with zero-weight rows), so a
+replica's bits never depend on its slot in the stack or on which replicas share it: the control
+arm is bitwise identical and a resumed subset reproduces the replicas of a full run. Replicas
+whose seeds coincide (a source that is not varied) share one generator draw.
 
-A replica whose loss or gradient norm goes non-finite is frozen (logged at that step, never updated
-again, excluded from the stale-gradient drain) without disturbing the others, as in the reference.
+Per replica, as in the reference: the train log (step, epoch, loss, grad_norm, `loss_<label>` per
+task), a `SpikeDetector`, and divergence handling: a replica whose loss or gradient norm goes
+non-finite is frozen (logged at that step, never updated again, excluded from the stale-gradient
+drain) without disturbing the others. One host sync per step (loss and grad-norm of all replicas).
 """
 
 from __future__ import annotations
@@ -81,7 +86,7 @@ def _model_structure_problem(model: nn.Module) -> str | None:
         elif isinstance(module, SeededDropout):
             continue
         elif any(True for _ in module.parameters()) or any(True for _ in module.buffers()):
-            return f"the activation {type(module).__name__} has parameters or buffers"
+            return f"the MLP has a {type(module).__name__} layer with parameters or buffers"
         else:
             expected_linear = True
     known = {f"embeddings.tables.{f}.weight" for f in range(len(model.embeddings.tables))}
@@ -279,7 +284,6 @@ class SparseGrad:
 
     rows: torch.Tensor  # [U] int64, sorted, rows of table_flat (replica r owns r*V .. (r+1)*V-1)
     values: torch.Tensor  # [U, dim]
-    blocked: bool = False  # U = R * u: replica r owns rows r*u .. (r+1)*u-1
 
     def for_replica(self, r: int, vocab_total: int) -> SparseGrad:
         lo, hi = torch.searchsorted(
@@ -445,7 +449,7 @@ def coalesce_embedding_grad(
         values = grad.new_zeros((r, uniq.numel(), dim))
         values.index_add_(1, inverse, grad.reshape(r, b * n_fields, dim))
         base = torch.arange(r, device=uniq.device).unsqueeze(1) * stack.vocab_total
-        return SparseGrad((uniq.unsqueeze(0) + base).reshape(-1), values.view(-1, dim), True)
+        return SparseGrad((uniq.unsqueeze(0) + base).reshape(-1), values.view(-1, dim))
     uniq, inverse = torch.unique(flat_rows.reshape(-1), return_inverse=True)
     values = grad.new_zeros((uniq.numel(), dim))
     values.index_add_(0, inverse, grad.reshape(-1, dim))
