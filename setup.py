@@ -1,0 +1,46 @@
+"""Build step for reprokit's one compiled piece; all metadata lives in pyproject.toml.
+
+``reprokit.nn._fused._smelu`` (reprokit/nn/_fused/smelu.c) holds fused CPU kernels for SmeLU and
+gSmeLU. It is an *optional* extension: where no C compiler (or no pthreads) is available the build
+prints a warning and reprokit installs without it, using its torch-ops path, which gives bitwise
+the same results, only slower.
+
+Floating-point flags: the kernels must perform exactly the IEEE operations the torch-ops path does,
+so floating-point contraction (``a*b + c`` fused into one FMA, a different rounding) is switched
+off, and no fast-math option may be used. ``-O3`` vectorises the loops.
+"""
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+UNIX_FLAGS = ["-O3", "-ffp-contract=off", "-fno-fast-math", "-std=gnu11"]
+# Flags that would change float results; refused even if the environment's CFLAGS carry them.
+UNSAFE_FLAGS = ("-ffast-math", "-Ofast", "-ffp-contract=fast", "-funsafe-math-optimizations")
+
+
+class BuildExt(build_ext):
+    def build_extensions(self):
+        if self.compiler.compiler_type == "unix":
+            for part in ("compiler", "compiler_so"):
+                cmd = getattr(self.compiler, part, None)
+                if cmd:
+                    setattr(self.compiler, part, [a for a in cmd if a not in UNSAFE_FLAGS])
+            for ext in self.extensions:
+                ext.extra_compile_args = UNIX_FLAGS + list(ext.extra_compile_args)
+        else:  # MSVC and others: strict floating point, no contraction
+            for ext in self.extensions:
+                ext.extra_compile_args = ["/O2", "/fp:strict"] + list(ext.extra_compile_args)
+        super().build_extensions()
+
+
+setup(
+    ext_modules=[
+        Extension(
+            "reprokit.nn._fused._smelu",
+            sources=["reprokit/nn/_fused/smelu.c"],
+            libraries=["pthread"],
+            optional=True,
+        )
+    ],
+    cmdclass={"build_ext": BuildExt},
+)
