@@ -103,17 +103,26 @@ def _train_vectorized(payload: ReplicaPayload, replicas: list[int]) -> Iterator[
 
 
 # --- engine selection ---------------------------------------------------------------------------
+#: Sources that the vectorized engine trains correctly but whose PD depends on last-bit rounding
+#: of the first updates (a one-ULP flip is absorbed or amplified), so `auto` keeps the reference loop.
+ROUNDING_SENSITIVE_SOURCES = frozenset({"bitflip"})
+
+
 def choose_engine(config: RunConfig, encoded: Any = None) -> str:
-    """`process` or `vectorized` for `config.engine`: auto = vectorized unless it cannot run."""
-    from reprokit.training.loop import vectorized_limitation
+    """`process` or `vectorized` for `config.engine`: auto = vectorized unless it cannot run, or
+    unless a rounding-sensitive source makes its PD incomparable with the reference loop."""
     from reprokit.training.vectorized import unsupported_reason
 
     if config.engine == "process":
         return "process"
-    reason = vectorized_limitation(config) or unsupported_reason(config, encoded)
-    if config.engine == "vectorized" and reason is not None:
-        raise ReprokitError(f"--engine vectorized cannot train this configuration: {reason}")
-    return "process" if reason is not None else "vectorized"
+    reason = unsupported_reason(config, encoded)
+    if config.engine == "vectorized":
+        if reason is not None:
+            raise ReprokitError(f"--engine vectorized cannot train this configuration: {reason}")
+        return "vectorized"
+    if reason is not None or ROUNDING_SENSITIVE_SOURCES & set(config.vary):
+        return "process"
+    return "vectorized"
 
 
 def _resume_engine(store: RunStore, config: RunConfig, engine: str, finished: list[int]) -> str:

@@ -360,13 +360,3 @@ def _log_frame(log: dict[str, list]) -> pd.DataFrame:
         values = list(log[key]) + [math.nan] * (len(steps) - len(log[key]))
         columns[key] = np.asarray(values, dtype=np.float64)
     return pd.DataFrame(columns)
-
-
-def vectorized_limitation(config: RunConfig) -> str | None:
-    """Why the vectorized engine cannot reproduce this loop for `config` (checked in addition to
-    its own `unsupported_reason`; `auto` then trains one process per replica), or None."""
-    if config.model.arch != "mlp":
-        return f"the {config.model.arch!r} model is not implemented for stacked parameters"
-    if config.optim.weight_decay and config.optim.name in ("adagrad", "sgd"):
-        return "weight decay (this loop then uses dense embedding gradients)"
-    return None

@@ -110,6 +110,10 @@ def unsupported_reason(config: RunConfig, encoded: Any = None) -> str | None:
         return "the 'gpu-kernels' source needs a separate process per replica"
     if config.optim.name not in OPTIMIZERS:
         return f"the {config.optim.name!r} optimizer is not implemented for stacked parameters"
+    if config.model.arch != "mlp":
+        return f"the {config.model.arch!r} model is not implemented for stacked parameters"
+    if config.optim.weight_decay and config.optim.name in ("adagrad", "sgd"):
+        return "weight decay (the reference loop then uses dense embedding gradients)"
     if config.model.embedding != "table":
         return f"the {config.model.embedding!r} embedding is not implemented for stacked parameters"
     vocab = list(encoded.vocab_sizes) if encoded is not None else [2]
