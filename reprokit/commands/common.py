@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -16,7 +17,11 @@ from reprokit.jsonio import to_json
 F = TypeVar("F", bound=Callable[..., Any])
 
 #: Tables, progress bars and messages go to stderr so that `--json` output on stdout stays parseable.
-err_console = Console(stderr=True)
+err_console = Console(
+    stderr=True,
+    # Piped or captured stderr (CI logs) has no terminal width; 80 columns would wrap wide tables.
+    width=None if sys.stderr.isatty() or os.environ.get("COLUMNS") else 160,
+)
 
 
 def print_json(doc: Any) -> None:
