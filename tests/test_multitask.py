@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reprokit.commands.train import tasks_overrides
+from reprokit.commands.options import tasks_overrides
 from reprokit.config import resolve_config
 from reprokit.data.encoding import load_encoded
 from reprokit.errors import ReprokitError

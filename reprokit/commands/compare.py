@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from reprokit.commands import options as opt
 from reprokit.commands.common import cli_errors, err_console, print_json
-from reprokit.commands.train import VARY_HELP, make_progress, run_overrides
+from reprokit.commands.train import make_progress
 
 #: Replicas per arm when neither --replicas nor the config file says: 8 is the smallest N for which
 #: a paired test on 4 non-baseline arms can reach p(Holm) < 0.05 (exact sign-flip: 2/2^8 × 4).
@@ -150,53 +151,59 @@ def register(app: typer.Typer) -> None:
     @app.command("compare-activations")
     @cli_errors
     def compare_activations_command(
-        arms: list[str] | None = typer.Option(None, "--arms", "--arm", help=ARMS_HELP),
-        baseline: str | None = typer.Option(
-            None, "--baseline", help="Reference arm (default: the first arm); added if not listed."
-        ),
-        sweep: list[str] | None = typer.Option(None, "--sweep", help=SWEEP_HELP),
-        test: str = typer.Option(
-            "permutation",
-            "--test",
-            help="Paired test: permutation (sign-flip, exact for <= 13 replicas) or wilcoxon.",
-        ),
-        data: Path | None = typer.Option(
-            None,
-            "--data",
-            help="Dataset in reprokit's parquet layout (default: built-in synthetic).",
-        ),
-        config: Path | None = typer.Option(
-            None, "--config", help="TOML config; options override it."
-        ),
-        replicas: int | None = typer.Option(
-            None, "--replicas", "-n", help=f"Replicas per arm (default {DEFAULT_REPLICAS})."
-        ),
-        vary: str | None = typer.Option(None, "--vary", help=VARY_HELP),
-        embedding_dim: int | None = typer.Option(None, "--embedding-dim", help="Embedding width."),
-        hidden: str | None = typer.Option(None, "--hidden", help="MLP widths, e.g. 256-128-64."),
-        dropout: float | None = typer.Option(None, "--dropout", help="Dropout probability."),
-        batch_norm: bool | None = typer.Option(
-            None, "--batch-norm/--no-batch-norm", help="BatchNorm after each hidden layer."
-        ),
-        optimizer: str | None = typer.Option(None, "--optimizer", help="adagrad, adam or sgd."),
-        lr: float | None = typer.Option(None, "--lr", help="Learning rate."),
-        batch_size: int | None = typer.Option(None, "--batch-size", help="Training batch size."),
-        epochs: int | None = typer.Option(None, "--epochs", help="Training epochs."),
-        split: str | None = typer.Option(None, "--split", help="random or temporal."),
-        label: str | None = typer.Option(None, "--label", help="Label column to train on."),
-        synth_rows: int | None = typer.Option(
-            None, "--synth-rows", help="Rows of the built-in synthetic dataset."
-        ),
-        seed: int | None = typer.Option(None, "--seed", help="Base seed of every source."),
-        device: str | None = typer.Option(None, "--device", help="cpu or cuda[:N]."),
-        engine: str | None = typer.Option(None, "--engine", help="auto, process or vectorized."),
-        threads: int | None = typer.Option(None, "--threads", help="Intra-op threads per replica."),
-        workers: int = typer.Option(1, "--workers", "-j", help="Parallel worker processes."),
-        out: Path | None = typer.Option(
-            None, "--out", "-o", help="Run directory (re-running resumes every arm)."
-        ),
-        force: bool = typer.Option(False, "--force", help="Overwrite arms of another config."),
-        json_out: bool = typer.Option(False, "--json", help="Print compare.json on stdout."),
+        ctx: typer.Context,
+        arms: Annotated[list[str] | None, typer.Option("--arms", "--arm", help=ARMS_HELP)] = None,
+        baseline: Annotated[
+            str | None,
+            typer.Option(
+                "--baseline", help="Reference arm (default: the first arm); added if not listed."
+            ),
+        ] = None,
+        sweep: Annotated[list[str] | None, typer.Option("--sweep", help=SWEEP_HELP)] = None,
+        test: Annotated[
+            str,
+            typer.Option(
+                "--test",
+                help="Paired test: permutation (sign-flip, exact for <= 13 replicas) or wilcoxon.",
+            ),
+        ] = "permutation",
+        data: opt.DataPath = None,
+        config: opt.ConfigFile = None,
+        replicas: Annotated[
+            int | None,
+            typer.Option(
+                "--replicas", "-n", help=f"Replicas per arm (default {DEFAULT_REPLICAS})."
+            ),
+        ] = None,
+        vary: opt.Vary = None,
+        embedding_dim: opt.EmbeddingDim = None,
+        hidden: opt.Hidden = None,
+        dropout: opt.Dropout = None,
+        batch_norm: opt.BatchNorm = None,
+        optimizer: Annotated[
+            str | None, typer.Option("--optimizer", help="adagrad, adam or sgd.")
+        ] = None,
+        lr: opt.LearningRate = None,
+        batch_size: opt.BatchSize = None,
+        epochs: opt.Epochs = None,
+        split: opt.Split = None,
+        label: opt.Label = None,
+        synth_rows: opt.SynthRows = None,
+        seed: opt.Seed = None,
+        device: opt.Device = None,
+        engine: opt.Engine = None,
+        threads: opt.Threads = None,
+        workers: opt.Workers = 1,
+        out: Annotated[
+            Path | None,
+            typer.Option("--out", "-o", help="Run directory (re-running resumes every arm)."),
+        ] = None,
+        force: Annotated[
+            bool, typer.Option("--force", help="Overwrite arms of another config.")
+        ] = False,
+        json_out: Annotated[
+            bool, typer.Option("--json", help="Print compare.json on stdout.")
+        ] = False,
     ) -> None:
         """Train the same ensemble once per activation and compare PD against AUC.
 
@@ -214,29 +221,7 @@ def register(app: typer.Typer) -> None:
 
         if replicas is None and not _replicas_in_file(config):
             replicas = DEFAULT_REPLICAS
-        cfg = resolve_config(
-            config,
-            run_overrides(
-                data=str(data) if data else None,
-                replicas=replicas,
-                vary=vary,
-                embedding_dim=embedding_dim,
-                hidden=hidden,
-                dropout=dropout,
-                batch_norm=batch_norm,
-                optimizer=optimizer,
-                lr=lr,
-                batch_size=batch_size,
-                epochs=epochs,
-                split=split,
-                label=label,
-                synth_rows=synth_rows,
-                seed=seed,
-                device=device,
-                engine=engine,
-                threads=threads,
-            ),
-        )
+        cfg = resolve_config(config, opt.run_overrides(**{**ctx.params, "replicas": replicas}))
         # Fail on bad arms, sweeps, test or --out before the progress bar starts.
         specs, _, out = check_inputs(
             cfg, arms or None, baseline, out, sweep=sweep or None, force=force, test=test

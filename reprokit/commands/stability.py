@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
+from reprokit.commands import options as opt
 from reprokit.commands.common import cli_errors, err_console, print_json
-from reprokit.commands.train import (
-    MODEL_HELP,
-    TASKS_HELP,
-    VARY_HELP,
-    make_progress,
-    run_overrides,
-)
+from reprokit.commands.train import make_progress
 
 
 def _pm(entry: dict[str, Any] | None, digits: int = 4) -> str:
@@ -83,56 +78,65 @@ def register(app: typer.Typer) -> None:
     @app.command("stability")
     @cli_errors
     def stability_command(
-        optimizers: str = typer.Option(
-            "adagrad,clippy,adagrad+gradclip",
-            "--optimizers",
-            help="Comma-separated optimizers (names of train-ensemble --optimizer).",
-        ),
-        lr_multipliers: str = typer.Option(
-            "1,2,4,8", "--lr-multipliers", help="Comma-separated multiples of the base --lr."
-        ),
-        data: Path | None = typer.Option(
-            None,
-            "--data",
-            help="Dataset in reprokit's parquet layout (default: built-in synthetic).",
-        ),
-        config: Path | None = typer.Option(
-            None, "--config", help="TOML config; options override it."
-        ),
-        replicas: int | None = typer.Option(None, "--replicas", "-n", help="Replicas per cell."),
-        vary: str | None = typer.Option(None, "--vary", help=VARY_HELP),
-        model: str | None = typer.Option(None, "--model", help=MODEL_HELP),
-        tasks: str | None = typer.Option(None, "--tasks", help=TASKS_HELP),
-        experts: int | None = typer.Option(None, "--experts", help="MMoE experts."),
-        tower: str | None = typer.Option(None, "--tower", help="Per-task tower widths, e.g. 16-8."),
-        activation: str | None = typer.Option(None, "--activation", help="Activation spec."),
-        embedding_dim: int | None = typer.Option(None, "--embedding-dim", help="Embedding width."),
-        hidden: str | None = typer.Option(None, "--hidden", help="MLP widths, e.g. 256-128-64."),
-        dropout: float | None = typer.Option(None, "--dropout", help="Dropout probability."),
-        batch_norm: bool | None = typer.Option(
-            None, "--batch-norm/--no-batch-norm", help="BatchNorm after each hidden layer."
-        ),
-        lr: float | None = typer.Option(None, "--lr", help="Base learning rate (multiplied)."),
-        initial_accumulator: float | None = typer.Option(
-            None,
-            "--initial-accumulator",
-            help="Accumulator start of every Adagrad-family optimizer (default: 0 for adagrad, "
-            "0.1 for clippy and adagrad+*).",
-        ),
-        batch_size: int | None = typer.Option(None, "--batch-size", help="Training batch size."),
-        epochs: int | None = typer.Option(None, "--epochs", help="Training epochs."),
-        synth_rows: int | None = typer.Option(
-            None, "--synth-rows", help="Rows of the built-in synthetic dataset."
-        ),
-        seed: int | None = typer.Option(None, "--seed", help="Base seed of every source."),
-        engine: str | None = typer.Option(None, "--engine", help="auto, process or vectorized."),
-        threads: int | None = typer.Option(None, "--threads", help="Intra-op threads per replica."),
-        workers: int = typer.Option(1, "--workers", "-j", help="Parallel worker processes."),
-        out: Path | None = typer.Option(
-            None, "--out", "-o", help="Run directory (re-running resumes it, cell by cell)."
-        ),
-        force: bool = typer.Option(False, "--force", help="Overwrite a run of another study."),
-        json_out: bool = typer.Option(False, "--json", help="Print stability.json on stdout."),
+        ctx: typer.Context,
+        optimizers: Annotated[
+            str,
+            typer.Option(
+                "--optimizers",
+                help="Comma-separated optimizers (names of train-ensemble --optimizer).",
+            ),
+        ] = "adagrad,clippy,adagrad+gradclip",
+        lr_multipliers: Annotated[
+            str,
+            typer.Option("--lr-multipliers", help="Comma-separated multiples of the base --lr."),
+        ] = "1,2,4,8",
+        data: opt.DataPath = None,
+        config: opt.ConfigFile = None,
+        replicas: Annotated[
+            int | None, typer.Option("--replicas", "-n", help="Replicas per cell.")
+        ] = None,
+        vary: opt.Vary = None,
+        model: opt.Model = None,
+        tasks: opt.Tasks = None,
+        experts: opt.Experts = None,
+        tower: opt.Tower = None,
+        activation: Annotated[
+            str | None, typer.Option("--activation", help="Activation spec.")
+        ] = None,
+        embedding_dim: opt.EmbeddingDim = None,
+        hidden: opt.Hidden = None,
+        dropout: opt.Dropout = None,
+        batch_norm: opt.BatchNorm = None,
+        lr: Annotated[
+            float | None, typer.Option("--lr", help="Base learning rate (multiplied).")
+        ] = None,
+        initial_accumulator: Annotated[
+            float | None,
+            typer.Option(
+                "--initial-accumulator",
+                help="Accumulator start of every Adagrad-family optimizer (default: 0 for "
+                "adagrad, 0.1 for clippy and adagrad+*).",
+            ),
+        ] = None,
+        batch_size: opt.BatchSize = None,
+        epochs: opt.Epochs = None,
+        synth_rows: opt.SynthRows = None,
+        seed: opt.Seed = None,
+        engine: opt.Engine = None,
+        threads: opt.Threads = None,
+        workers: opt.Workers = 1,
+        out: Annotated[
+            Path | None,
+            typer.Option(
+                "--out", "-o", help="Run directory (re-running resumes it, cell by cell)."
+            ),
+        ] = None,
+        force: Annotated[
+            bool, typer.Option("--force", help="Overwrite a run of another study.")
+        ] = False,
+        json_out: Annotated[
+            bool, typer.Option("--json", help="Print stability.json on stdout.")
+        ] = False,
     ) -> None:
         """Training stability: how often each optimizer diverges as the learning rate grows.
 
@@ -156,31 +160,7 @@ def register(app: typer.Typer) -> None:
 
         opts = parse_optimizers(optimizers)
         mults = parse_multipliers(lr_multipliers)
-        cfg = resolve_config(
-            config,
-            run_overrides(
-                data=str(data) if data else None,
-                replicas=replicas,
-                vary=vary,
-                model=model,
-                tasks=tasks,
-                experts=experts,
-                tower=tower,
-                activation=activation,
-                embedding_dim=embedding_dim,
-                hidden=hidden,
-                dropout=dropout,
-                batch_norm=batch_norm,
-                lr=lr,
-                initial_accumulator=initial_accumulator,
-                batch_size=batch_size,
-                epochs=epochs,
-                synth_rows=synth_rows,
-                seed=seed,
-                engine=engine,
-                threads=threads,
-            ),
-        )
+        cfg = resolve_config(config, opt.run_overrides(**ctx.params))
         check_study(cfg, opts, mults)
         encoded = load_encoded(cfg.data)  # bad data fails before any progress output
         total = len(opts) * len(mults) * cfg.replicas

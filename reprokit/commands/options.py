@@ -1,0 +1,130 @@
+"""The training options that train-ensemble, compare-activations and stability declare alike.
+
+Each option is a `typing.Annotated` alias (Typer reads the option from the annotation), so the
+commands declare it as `epochs: Epochs = None` and its flag and help text live here once. Options
+whose help differs per command stay in that command. `CONFIG_KEYS` maps every training option to its
+config key and `run_overrides` applies it to a command's parsed parameters (`ctx.params`), so adding
+a training option means one alias and one row here, plus the parameter in each command that takes it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from reprokit.errors import ReprokitError
+from reprokit.sources import SOURCE_HELP
+
+VARY_HELP = (
+    "Comma-separated sources to vary: "
+    + "; ".join(f"{name} ({text})" for name, text in SOURCE_HELP.items())
+    + "; all; none (control arm: replicas must be bitwise identical)."
+)
+TASKS_HELP = (
+    "Multitask training: N (built-in synthetic data with N label columns, all trained), 'all' "
+    "(every label column of the dataset) or label names, e.g. label,label_5star. One head per task; "
+    "the loss is the mean of the tasks' BCE."
+)
+MODEL_HELP = "Architecture: mlp, shared-bottom or mmoe (experts, per-task gates and towers)."
+
+DataPath = Annotated[
+    Path | None,
+    typer.Option(
+        "--data", help="Dataset in reprokit's parquet layout (default: built-in synthetic)."
+    ),
+]
+ConfigFile = Annotated[
+    Path | None, typer.Option("--config", help="TOML config; options override it.")
+]
+Vary = Annotated[str | None, typer.Option("--vary", help=VARY_HELP)]
+EmbeddingDim = Annotated[int | None, typer.Option("--embedding-dim", help="Embedding width.")]
+Hidden = Annotated[str | None, typer.Option("--hidden", help="MLP widths, e.g. 256-128-64.")]
+Dropout = Annotated[float | None, typer.Option("--dropout", help="Dropout probability.")]
+BatchNorm = Annotated[
+    bool | None,
+    typer.Option("--batch-norm/--no-batch-norm", help="BatchNorm after each hidden layer."),
+]
+Model = Annotated[str | None, typer.Option("--model", help=MODEL_HELP)]
+Experts = Annotated[int | None, typer.Option("--experts", help="MMoE experts.")]
+Tower = Annotated[str | None, typer.Option("--tower", help="Per-task tower widths, e.g. 16-8.")]
+Tasks = Annotated[str | None, typer.Option("--tasks", help=TASKS_HELP)]
+LearningRate = Annotated[float | None, typer.Option("--lr", help="Learning rate.")]
+BatchSize = Annotated[int | None, typer.Option("--batch-size", help="Training batch size.")]
+Epochs = Annotated[int | None, typer.Option("--epochs", help="Training epochs.")]
+Split = Annotated[str | None, typer.Option("--split", help="random or temporal.")]
+Label = Annotated[str | None, typer.Option("--label", help="Label column to train on.")]
+SynthRows = Annotated[
+    int | None, typer.Option("--synth-rows", help="Rows of the built-in synthetic dataset.")
+]
+Seed = Annotated[int | None, typer.Option("--seed", help="Base seed of every source.")]
+Device = Annotated[str | None, typer.Option("--device", help="cpu or cuda[:N].")]
+Engine = Annotated[str | None, typer.Option("--engine", help="auto, process or vectorized.")]
+Threads = Annotated[int | None, typer.Option("--threads", help="Intra-op threads per replica.")]
+Workers = Annotated[int, typer.Option("--workers", "-j", help="Parallel worker processes.")]
+
+#: Command parameter → dotted config key, for every training option a command may declare.
+#: `tasks` is not here: one `--tasks` value sets several keys (`tasks_overrides`).
+CONFIG_KEYS: dict[str, str] = {
+    "data": "data.path",
+    "split": "data.split",
+    "label": "data.label",
+    "synth_rows": "data.synth_rows",
+    "replicas": "replicas",
+    "vary": "vary",
+    "seed": "seed",
+    "device": "device",
+    "engine": "engine",
+    "threads": "threads",
+    "activation": "model.activation",
+    "embedding_dim": "model.embedding_dim",
+    "hidden": "model.hidden",
+    "dropout": "model.dropout",
+    "batch_norm": "model.batch_norm",
+    "optimizer": "optim.name",
+    "lr": "optim.lr",
+    "batch_size": "optim.batch_size",
+    "epochs": "optim.epochs",
+    "model": "model.arch",
+    "experts": "model.experts",
+    "tower": "model.tower",
+    "initial_accumulator": "optim.initial_accumulator_value",
+}
+
+
+def run_overrides(**options: Any) -> dict[str, Any]:
+    """Map CLI option values (None = not given) to dotted config keys.
+
+    Other parameters (`--out`, `--workers`, ...) are ignored, so a command passes all of
+    `ctx.params`. Paths become strings, as a TOML config would hold them.
+    """
+    out = {
+        CONFIG_KEYS[k]: os.fspath(v) if isinstance(v, os.PathLike) else v
+        for k, v in options.items()
+        if k in CONFIG_KEYS and v is not None
+    }
+    out.update(tasks_overrides(options.get("tasks"), options.get("data") is not None))
+    return out
+
+
+def tasks_overrides(tasks: str | None, has_data: bool) -> dict[str, Any]:
+    """`--tasks` → config overrides (`data.synth_tasks`, `data.labels`)."""
+    if tasks is None:
+        return {}
+    text = tasks.strip()
+    if text.isdigit():
+        n = int(text)
+        if not 1 <= n <= 16:
+            raise ReprokitError(f"--tasks {text}: the synthetic dataset has 1 to 16 tasks")
+        if has_data:
+            raise ReprokitError(
+                "--tasks N sets the number of synthetic tasks; with --data name the label "
+                "columns (e.g. --tasks label,label_1) or use --tasks all"
+            )
+        return {"data.synth_tasks": n, "data.labels": ["all"] if n > 1 else []}
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise ReprokitError("--tasks names no label column")
+    return {"data.labels": names}
