@@ -1,4 +1,7 @@
-"""JSON as reprokit writes it everywhere: numpy scalars allowed, NaN/Inf written as null."""
+"""JSON as reprokit writes it everywhere: numpy scalars allowed, NaN/Inf written as null.
+
+`as_float` reads such a number back, null as NaN.
+"""
 
 from __future__ import annotations
 
@@ -31,3 +34,13 @@ def _finite(value: Any) -> Any:
 def to_json(doc: Any) -> str:
     """Serialise a result document the same way for stdout and for files."""
     return json.dumps(_finite(doc), indent=2, default=_json_default, allow_nan=False)
+
+
+def as_float(value: Any) -> float:
+    """A document number (null → NaN) as float; non-numbers are NaN too, so tables show n/a."""
+    if value is None:
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan

@@ -20,7 +20,6 @@ replica files.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -32,6 +31,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from reprokit.errors import ReprokitError
+
+# Re-exported: report, gate and users' scripts read document numbers with `rundir.as_float`.
+from reprokit.jsonio import as_float as as_float
 from reprokit.store import MANIFEST, REPLICAS, SUMMARY
 
 #: Newest document schema this reader understands.
@@ -88,16 +90,6 @@ def check_summary(doc: dict[str, Any], where: str) -> dict[str, Any]:
     if not isinstance(doc["pd"], dict):
         raise ReprokitError(f"{where} has a 'pd' entry that is not an object")
     return doc
-
-
-def as_float(value: Any) -> float:
-    """A document number (null → NaN) as float."""
-    if value is None:
-        return math.nan
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
 
 
 # ----------------------------------------------------------------------------------------- replicas

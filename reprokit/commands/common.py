@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -12,7 +13,7 @@ import typer
 from rich.console import Console
 
 from reprokit.errors import ReprokitError
-from reprokit.jsonio import to_json
+from reprokit.jsonio import as_float, to_json
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -27,6 +28,12 @@ err_console = Console(
 def print_json(doc: Any) -> None:
     sys.stdout.write(to_json(doc) + "\n")
     sys.stdout.flush()
+
+
+def fmt_significant(value: Any, digits: int) -> str:
+    """A document number with `digits` significant digits for a table cell; 'n/a' when missing."""
+    v = as_float(value)
+    return "n/a" if not math.isfinite(v) else f"{v:.{digits}g}"
 
 
 def fail(message: str, code: int = 2) -> None:

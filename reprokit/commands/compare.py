@@ -16,8 +16,9 @@ from rich.console import Console
 from rich.table import Table
 
 from reprokit.commands import options as opt
-from reprokit.commands.common import cli_errors, err_console, print_json
+from reprokit.commands.common import cli_errors, err_console, fmt_significant, print_json
 from reprokit.commands.train import make_progress
+from reprokit.jsonio import as_float
 
 #: Replicas per arm when neither --replicas nor the config file says: 8 is the smallest N for which
 #: a paired test on 4 non-baseline arms can reach p(Holm) < 0.05 (exact sign-flip: 2/2^8 × 4).
@@ -38,27 +39,13 @@ SWEEP_HELP = (
 )
 
 
-def _num(value: Any) -> float:
-    if value is None:
-        return math.nan
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def _fmt(value: Any, digits: int = 4) -> str:
-    v = _num(value)
-    return "n/a" if not math.isfinite(v) else f"{v:.{digits}g}"
-
-
 def _fix(value: Any, decimals: int = 4) -> str:
-    v = _num(value)
+    v = as_float(value)
     return "n/a" if not math.isfinite(v) else f"{v:.{decimals}f}"
 
 
 def _fmt_p(value: Any) -> str:
-    v = _num(value)
+    v = as_float(value)
     if not math.isfinite(v):
         return "n/a"
     return "<0.001" if v < 0.001 else f"{v:.3f}"
@@ -66,7 +53,7 @@ def _fmt_p(value: Any) -> str:
 
 def _power_note(doc: dict[str, Any]) -> str:
     test = doc.get("test") or {}
-    smallest = _num(test.get("smallest_p_holm"))
+    smallest = as_float(test.get("smallest_p_holm"))
     if not (math.isfinite(smallest) and smallest > 0.05):
         return ""
     return (
@@ -82,7 +69,7 @@ def render_compare_table(doc: dict[str, Any]) -> Table:
     pareto = set(doc.get("pareto") or [])
     level = 0.95
     for arm in doc["arms"]:
-        level = _num((arm.get("pd_ci") or {}).get("level", level))
+        level = as_float((arm.get("pd_ci") or {}).get("level", level))
         break
     table = Table(
         title=f"compare-activations: {doc.get('run_dir', '')}",
@@ -120,18 +107,18 @@ def render_compare_table(doc: dict[str, Any]) -> Table:
             if is_base:
                 return "baseline"
             test = tests.get(metric) or {}
-            stat = _num(test.get("statistic"))
+            stat = as_float(test.get("statistic"))
             sign = "" if not math.isfinite(stat) or stat == 0 else ("−" if stat < 0 else "+")
             return f"{sign} {_fmt_p(test.get('p_holm'))}".strip()
 
         table.add_row(
             spec,
-            f"{_fmt(pd.get('rel'), 3)} [{_fmt(ci[0], 3)}, {_fmt(ci[1], 3)}]",
-            _fmt(pd.get("abs"), 3),
+            f"{fmt_significant(pd.get('rel'), 3)} [{fmt_significant(ci[0], 3)}, {fmt_significant(ci[1], 3)}]",
+            fmt_significant(pd.get("abs"), 3),
             f"{_fix(auc.get('mean'))}±{_fix(auc.get('std'))}",
             _fix(auc.get("ensemble")),
             _fix(logloss.get("mean")),
-            f"{_num(arm.get('train_seconds')):.1f}",
+            f"{as_float(arm.get('train_seconds')):.1f}",
             p_cell("rel"),
             p_cell("auc"),
             "✓" if spec in pareto else "",

@@ -15,27 +15,13 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from reprokit.commands.common import cli_errors, err_console, print_json
+from reprokit.commands.common import cli_errors, err_console, fmt_significant, print_json
 from reprokit.errors import ReprokitError
+from reprokit.jsonio import as_float
 
 __all__ = ["render_summary_table", "register", "run_pd"]
 
 KIND = "pd"
-
-
-def _num(value: Any) -> float:
-    """A document value as float; None (JSON null) and non-numbers become NaN."""
-    if value is None:
-        return math.nan
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def _fmt(value: Any, digits: int = 6) -> str:
-    v = _num(value)
-    return "n/a" if not math.isfinite(v) else f"{v:.{digits}g}"
 
 
 def _fmt_count(value: Any) -> str:
@@ -49,7 +35,7 @@ def render_summary_table(summary: dict[str, Any], title: str | None = None) -> T
     """
     counts = f"{summary.get('replicas')} replicas x {_fmt_count(summary.get('examples'))} examples"
     ci = summary.get("pd_ci") or {}
-    level = _num(ci.get("level", 0.95))
+    level = as_float(ci.get("level", 0.95))
     ci_head = f"{level * 100:g}% CI" if math.isfinite(level) else "CI"
     table = Table(
         title=title or "prediction difference",
@@ -62,16 +48,20 @@ def render_summary_table(summary: dict[str, Any], title: str | None = None) -> T
     table.add_column("± std", justify="right")
     table.add_column("ensemble", justify="right")
 
-    threshold = _num(summary.get("flip_threshold", 0.5))
+    threshold = as_float(summary.get("flip_threshold", 0.5))
     for key, value in (summary.get("pd") or {}).items():
         interval = ""
         bounds = ci.get(key)
         if isinstance(bounds, list | tuple) and len(bounds) == 2:
-            lo, hi = _num(bounds[0]), _num(bounds[1])
+            lo, hi = as_float(bounds[0]), as_float(bounds[1])
             finite = math.isfinite(lo) and math.isfinite(hi)
-            interval = f"{_fmt(lo, 4)} – {_fmt(hi, 4)}" if finite else "n/a (< 3 replicas)"
+            interval = (
+                f"{fmt_significant(lo, 4)} – {fmt_significant(hi, 4)}"
+                if finite
+                else "n/a (< 3 replicas)"
+            )
         name = f"flip (t={threshold:g})" if key == "flip" else key
-        table.add_row(name, _fmt(value, 5), interval, "", "")
+        table.add_row(name, fmt_significant(value, 5), interval, "", "")
 
     names = {"auc": "AUC", "logloss": "log-loss", "calibration": "calibration"}
     first = True
@@ -82,9 +72,15 @@ def render_summary_table(summary: dict[str, Any], title: str | None = None) -> T
         if first:
             table.add_section()
             first = False
-        std = _num(entry.get("std"))
-        spread = _fmt(std, 3) if math.isfinite(std) else ""
-        table.add_row(label, _fmt(entry.get("mean"), 5), "", spread, _fmt(entry.get("ensemble"), 5))
+        std = as_float(entry.get("std"))
+        spread = fmt_significant(std, 3) if math.isfinite(std) else ""
+        table.add_row(
+            label,
+            fmt_significant(entry.get("mean"), 5),
+            "",
+            spread,
+            fmt_significant(entry.get("ensemble"), 5),
+        )
     return table
 
 
