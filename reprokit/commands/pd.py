@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +86,24 @@ def render_summary_table(summary: dict[str, Any], title: str | None = None) -> T
     return table
 
 
+@contextmanager
+def _progress_callback(show: bool, examples: int) -> Iterator[Callable[[int, int], Any] | None]:
+    """`summarize`'s progress callback drawing a transient bar on stderr; None when hidden."""
+    if not show:
+        yield None
+        return
+    with Progress(
+        TextColumn("computing PD"),
+        BarColumn(),
+        TextColumn("{task.completed:,}/{task.total:,} examples"),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("pd", total=examples)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
 def run_pd(
     file: Path,
     *,
@@ -106,27 +126,7 @@ def run_pd(
     messages: list[str] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UndefinedMetricWarning)
-        if show_progress:
-            with Progress(
-                TextColumn("computing PD"),
-                BarColumn(),
-                TextColumn("{task.completed:,}/{task.total:,} examples"),
-                TimeElapsedColumn(),
-                console=err_console,
-                transient=True,
-            ) as bar:
-                task = bar.add_task("pd", total=data.predictions.shape[1])
-                summary = summarize(
-                    data.predictions,
-                    data.labels,
-                    flip_threshold=threshold,
-                    n_resamples=resamples,
-                    seed=seed,
-                    kind=KIND,
-                    replica_names=data.replicas,
-                    progress=lambda done, total: bar.update(task, completed=done, total=total),
-                )
-        else:
+        with _progress_callback(show_progress, data.predictions.shape[1]) as progress:
             summary = summarize(
                 data.predictions,
                 data.labels,
@@ -135,6 +135,7 @@ def run_pd(
                 seed=seed,
                 kind=KIND,
                 replica_names=data.replicas,
+                progress=progress,
             )
     for w in caught:
         msg = str(w.message)
