@@ -38,60 +38,6 @@ class SeededDropout(nn.Module):
         return x * (noise >= self.p).to(x.dtype) / (1.0 - self.p)
 
 
-class CTRModel(nn.Module):
-    """Embeddings of every categorical field, concatenated with numeric features, into an MLP."""
-
-    def __init__(
-        self,
-        vocab_sizes: list[int],
-        num_numeric: int,
-        embedding_dim: int = 8,
-        hidden: list[int] | tuple[int, ...] = (64, 32),
-        activation: str = "relu",
-        dropout: float = 0.0,
-        batch_norm: bool = False,
-        n_tasks: int = 1,
-        embedding: str = "table",
-        sparse_embeddings: bool = False,
-    ) -> None:
-        super().__init__()
-        self.embeddings = create_embeddings(
-            embedding, vocab_sizes, embedding_dim, sparse_embeddings
-        )
-        width = self.embeddings.output_dim + num_numeric
-        layers: list[nn.Module] = []
-        for h in hidden:
-            layers.append(nn.Linear(width, h))
-            if batch_norm:
-                layers.append(nn.BatchNorm1d(h))
-            layers.append(create_activation(activation))
-            if dropout > 0:
-                layers.append(SeededDropout(dropout))
-            width = h
-        self.mlp = nn.Sequential(*layers)
-        self.head = nn.Linear(width, n_tasks)
-        self.n_tasks = int(n_tasks)
-
-    def reset_parameters(self, generator: torch.Generator) -> None:
-        """Deterministic initialisation from one generator (Xavier-uniform weights, zero biases)."""
-        self.embeddings.reset_parameters(generator)
-        for module in [*self.mlp, self.head]:
-            if isinstance(module, nn.Linear):
-                bound = math.sqrt(6.0 / (module.in_features + module.out_features))
-                nn.init.uniform_(module.weight, -bound, bound, generator=generator)
-                nn.init.zeros_(module.bias)
-
-    def set_dropout_generator(self, generator: torch.Generator) -> None:
-        for module in self.modules():
-            if isinstance(module, SeededDropout):
-                module.generator = generator
-
-    def forward(self, cat: torch.Tensor, num: torch.Tensor) -> torch.Tensor:
-        """Logits [batch, n_tasks]."""
-        x = torch.cat([self.embeddings(cat), num], dim=1)
-        return self.head(self.mlp(x))
-
-
 def _mlp(
     width: int,
     hidden: list[int] | tuple[int, ...],
@@ -113,6 +59,7 @@ def _mlp(
 
 
 def _init_linears(modules: list[nn.Module], generator: torch.Generator) -> None:
+    """Xavier-uniform weights and zero biases, drawn from `generator` (the `init` source)."""
     for module in modules:
         if isinstance(module, nn.Linear):
             bound = math.sqrt(6.0 / (module.in_features + module.out_features))
@@ -120,7 +67,68 @@ def _init_linears(modules: list[nn.Module], generator: torch.Generator) -> None:
             nn.init.zeros_(module.bias)
 
 
-class _MultiTaskBase(nn.Module):
+class _EmbeddedInput(nn.Module):
+    """What every architecture shares: the embedded input and its seeded dropout."""
+
+    def __init__(
+        self,
+        vocab_sizes: list[int],
+        num_numeric: int,
+        embedding_dim: int,
+        n_tasks: int,
+        embedding: str,
+        sparse_embeddings: bool,
+    ) -> None:
+        super().__init__()
+        self.embeddings = create_embeddings(
+            embedding, vocab_sizes, embedding_dim, sparse_embeddings
+        )
+        self.input_dim = self.embeddings.output_dim + num_numeric
+        self.n_tasks = int(n_tasks)
+
+    def set_dropout_generator(self, generator: torch.Generator) -> None:
+        for module in self.modules():
+            if isinstance(module, SeededDropout):
+                module.generator = generator
+
+    def _input(self, cat: torch.Tensor, num: torch.Tensor) -> torch.Tensor:
+        """Embedded categorical fields, then the numeric features: [batch, input_dim]."""
+        return torch.cat([self.embeddings(cat), num], dim=1)
+
+
+class CTRModel(_EmbeddedInput):
+    """Embeddings of every categorical field, concatenated with numeric features, into an MLP."""
+
+    def __init__(
+        self,
+        vocab_sizes: list[int],
+        num_numeric: int,
+        embedding_dim: int = 8,
+        hidden: list[int] | tuple[int, ...] = (64, 32),
+        activation: str = "relu",
+        dropout: float = 0.0,
+        batch_norm: bool = False,
+        n_tasks: int = 1,
+        embedding: str = "table",
+        sparse_embeddings: bool = False,
+    ) -> None:
+        super().__init__(
+            vocab_sizes, num_numeric, embedding_dim, n_tasks, embedding, sparse_embeddings
+        )
+        self.mlp, width = _mlp(self.input_dim, hidden, activation, dropout, batch_norm)
+        self.head = nn.Linear(width, n_tasks)
+
+    def reset_parameters(self, generator: torch.Generator) -> None:
+        """Deterministic initialisation from one generator (Xavier-uniform weights, zero biases)."""
+        self.embeddings.reset_parameters(generator)
+        _init_linears([*self.mlp, self.head], generator)
+
+    def forward(self, cat: torch.Tensor, num: torch.Tensor) -> torch.Tensor:
+        """Logits [batch, n_tasks]."""
+        return self.head(self.mlp(self._input(cat, num)))
+
+
+class _MultiTaskBase(_EmbeddedInput):
     """Embeddings, per-task towers and heads; subclasses define the shared part (`_shared`)."""
 
     def __init__(
@@ -135,12 +143,9 @@ class _MultiTaskBase(nn.Module):
         embedding: str,
         sparse_embeddings: bool,
     ) -> None:
-        super().__init__()
-        self.embeddings = create_embeddings(
-            embedding, vocab_sizes, embedding_dim, sparse_embeddings
+        super().__init__(
+            vocab_sizes, num_numeric, embedding_dim, n_tasks, embedding, sparse_embeddings
         )
-        self.input_dim = self.embeddings.output_dim + num_numeric
-        self.n_tasks = int(n_tasks)
         self._mlp_args = (activation, dropout, batch_norm)
 
     def _build_towers(self, width: int, tower: list[int] | tuple[int, ...]) -> None:
@@ -157,18 +162,12 @@ class _MultiTaskBase(nn.Module):
         self.embeddings.reset_parameters(generator)
         _init_linears([m for m in self.modules() if m is not self.embeddings], generator)
 
-    def set_dropout_generator(self, generator: torch.Generator) -> None:
-        for module in self.modules():
-            if isinstance(module, SeededDropout):
-                module.generator = generator
-
     def _shared(self, x: torch.Tensor) -> list[torch.Tensor]:
         raise NotImplementedError
 
     def forward(self, cat: torch.Tensor, num: torch.Tensor) -> torch.Tensor:
         """Logits [batch, n_tasks]."""
-        x = torch.cat([self.embeddings(cat), num], dim=1)
-        inputs = self._shared(x)
+        inputs = self._shared(self._input(cat, num))
         logits = [
             head(tower(z)) for z, tower, head in zip(inputs, self.towers, self.heads, strict=True)
         ]
