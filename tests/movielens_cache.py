@@ -23,30 +23,11 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from reprokit.data.movielens import GENRES  # the u.item flag order the GroupLens reader expects
+
 RECBOLE_VERSION = "1.2.1"
 FILES = ("ml-100k.inter", "ml-100k.user", "ml-100k.item")
 _PREFIX = "recbole/dataset_example/ml-100k/"
-GENRES = (
-    "unknown",
-    "Action",
-    "Adventure",
-    "Animation",
-    "Children's",
-    "Comedy",
-    "Crime",
-    "Documentary",
-    "Drama",
-    "Fantasy",
-    "Film-Noir",
-    "Horror",
-    "Musical",
-    "Mystery",
-    "Romance",
-    "Sci-Fi",
-    "Thriller",
-    "War",
-    "Western",
-)
 
 #: Why the last attempt failed (shown as the skip reason).
 last_error: str | None = None
