@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -32,6 +33,23 @@ def check_number(name: str, value: object, *, minimum: float = 0.0, strict: bool
     if (value <= minimum) if strict else (value < minimum):
         relation = ">" if strict else ">="
         raise OptimizerArgumentError(f"{name} must be {relation} {minimum}, got {value!r}")
+
+
+def closure_loss(closure: Callable[[], Any] | None) -> Any:
+    """``closure()``'s loss, or None; with autograd on, since ``step`` runs under ``no_grad``."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
+def adagrad_accumulator(state: dict[str, Any], p: Tensor, initial_value: float) -> Tensor:
+    """The parameter's Adagrad accumulator, created on its first step filled with ``initial_value``."""
+    if "accumulator" not in state:
+        state["accumulator"] = torch.full_like(
+            p, initial_value, memory_format=torch.preserve_format
+        )
+    return state["accumulator"]
 
 
 def flatten_params(params: Iterable) -> list[Tensor]:

@@ -32,7 +32,13 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from reprokit.optim._common import OptimizerArgumentError, check_number, flatten_params
+from reprokit.optim._common import (
+    OptimizerArgumentError,
+    adagrad_accumulator,
+    check_number,
+    closure_loss,
+    flatten_params,
+)
 
 __all__ = [
     "AdaptiveGradClip",
@@ -208,10 +214,7 @@ class LambAdagrad(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             lr, mu, eps, wd = group["lr"], group["mu"], group["eps"], group["weight_decay"]
             for p in group["params"]:
@@ -223,11 +226,7 @@ class LambAdagrad(Optimizer):
                         "or another optimizer for sparse embedding tables)"
                     )
                 state = self.state[p]
-                if "accumulator" not in state:
-                    state["accumulator"] = torch.full_like(
-                        p, group["initial_accumulator_value"], memory_format=torch.preserve_format
-                    )
-                acc = state["accumulator"]
+                acc = adagrad_accumulator(state, p, group["initial_accumulator_value"])
                 g = p.grad.add(p, alpha=wd) if wd != 0 else p.grad
                 acc.addcmul_(g, g)
                 r = (acc.rsqrt() if eps == 0 else acc.add(eps).rsqrt_()).mul_(g)

@@ -452,10 +452,7 @@ class ClippyAdagrad(Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One optimisation step; returns ``closure()``'s loss when a closure is given."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _common.closure_loss(closure)
         for group in self.param_groups:
             plan = _plan(group)
             buckets: dict[tuple[torch.device, torch.dtype], list[tuple[Tensor, Tensor, dict]]] = {}
@@ -463,10 +460,7 @@ class ClippyAdagrad(Optimizer):
                 if p.grad is None:
                     continue
                 state = self.state[p]
-                if "accumulator" not in state:
-                    state["accumulator"] = torch.full_like(
-                        p, group["initial_accumulator_value"], memory_format=torch.preserve_format
-                    )
+                _common.adagrad_accumulator(state, p, group["initial_accumulator_value"])
                 if p.grad.is_sparse:
                     self._sparse_step(p, p.grad, state, group, plan)
                 elif p.numel() == 0:
