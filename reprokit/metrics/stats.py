@@ -19,17 +19,24 @@ from reprokit.errors import ReprokitError
 CI_METHOD = "bootstrap over replicas"
 
 
-def _pair_matrix(pair_values: np.ndarray, replicas: int) -> np.ndarray:
+def _checked_pair_matrix(pair_values: np.ndarray, replicas: int) -> np.ndarray:
+    """`pair_matrix`, after checking that there is exactly one value per pair."""
     vals = np.asarray(pair_values, dtype=np.float64)
     k = replicas * (replicas - 1) // 2
     if vals.shape != (k,):
         raise ReprokitError(
             f"expected {k} per-pair values for {replicas} replicas, got shape {vals.shape}"
         )
+    return pair_matrix(vals, replicas)
+
+
+def pair_matrix(pair_values: np.ndarray, replicas: int) -> np.ndarray:
+    """The symmetric [M, M] matrix (zero diagonal) of M(M-1)/2 pairwise values in (0,1), (0,2), ..
+    order, so per-replica sums and resampled pairs are plain matrix products."""
     mat = np.zeros((replicas, replicas))
     i, j = np.triu_indices(replicas, k=1)
-    mat[i, j] = vals
-    mat[j, i] = vals
+    mat[i, j] = pair_values
+    mat[j, i] = pair_values
     return mat
 
 
@@ -47,7 +54,7 @@ def resampled_pair_means(
     if idx.ndim == 1:
         idx = idx[None, :]
     b = idx.shape[0]
-    mat = _pair_matrix(pair_values, replicas)
+    mat = _checked_pair_matrix(pair_values, replicas)
     offsets = (np.arange(b) * replicas)[:, None]
     w = np.bincount((idx + offsets).ravel(), minlength=b * replicas).reshape(b, replicas)
     w = w.astype(np.float64)
@@ -81,7 +88,7 @@ def replica_bootstrap_ci(
     if n_resamples < 1:
         raise ReprokitError(f"bootstrap resamples must be a positive number, got {n_resamples}")
     if replicas >= 2:
-        _pair_matrix(pair_values, replicas)  # validates the number of values
+        _checked_pair_matrix(pair_values, replicas)  # validates the number of values
     if replicas < 3:
         return (math.nan, math.nan)
     vals = np.asarray(pair_values, dtype=np.float64)

@@ -43,7 +43,7 @@ import numpy as np
 
 from reprokit.config import RunConfig
 from reprokit.errors import ReprokitError
-from reprokit.metrics.stats import holm, paired_test, pareto_front
+from reprokit.metrics.stats import holm, pair_matrix, paired_test, pareto_front
 from reprokit.nn.registry import create_activation, parse_spec
 from reprokit.runners.ensemble import default_run_dir, train_ensemble
 from reprokit.store import _comparable, _first_difference, atomic_write_json, read_json
@@ -245,10 +245,7 @@ def per_replica_pd(
         raise ReprokitError(
             f"summary lists {values.size} pairwise values for {m} replicas; it is inconsistent"
         )
-    mat = np.zeros((m, m))
-    i, j = np.triu_indices(m, k=1)
-    mat[i, j] = values
-    mat[j, i] = values
+    mat = pair_matrix(values, m)
     pos = [index[r] for r in replicas]
     if len(pos) < 2:
         return np.full(len(pos), np.nan)
