@@ -119,3 +119,15 @@ def test_malformed_config_and_foreign_run_dir(tmp_path):
     code, _, err = _run("--replicas", "2", "--vary", "none", "--lr", "0.2", "--out", out, *TINY)
     assert code == 2 and "another configuration" in err and "optim.lr" in err
     assert (tmp_path / "r" / "summary.json").read_bytes() == before  # nothing lost
+
+
+def test_worker_processes_match_in_process_training(tmp_path):
+    """Spawned workers (threads pinned per replica) give the same bytes as training in-process."""
+    args = ["--replicas", "2", "--vary", "init", "--engine", "process", *TINY]
+    code, one, err = _run(*args, "--workers", "1", "--out", str(tmp_path / "one"))
+    assert code == 0, err
+    code, two, err = _run(*args, "--workers", "2", "--out", str(tmp_path / "two"))
+    assert code == 0, err
+    assert one["pd"] == two["pd"]
+    for a, b in zip(_predictions(tmp_path / "one"), _predictions(tmp_path / "two"), strict=True):
+        assert np.array_equal(a, b)
