@@ -131,3 +131,11 @@ def test_worker_processes_match_in_process_training(tmp_path):
     assert one["pd"] == two["pd"]
     for a, b in zip(_predictions(tmp_path / "one"), _predictions(tmp_path / "two"), strict=True):
         assert np.array_equal(a, b)
+
+
+def test_manifest_fingerprint_records_the_deterministic_flags(tmp_path):
+    code, _, err = _run("--replicas", "2", "--vary", "none", "--out", str(tmp_path / "r"), *TINY)
+    assert code == 0, err
+    env = json.loads((tmp_path / "r" / "manifest.json").read_text())["environment"]
+    assert env["deterministic_algorithms"] is True
+    assert env["torch"].startswith("2.") and env["device"] == "cpu"

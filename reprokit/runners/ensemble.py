@@ -55,7 +55,9 @@ def build_manifest(
     config: RunConfig, encoded: Any, data_name: str, engine: str = "process"
 ) -> dict[str, Any]:
     from reprokit import __version__
+    from reprokit.training.loop import configure_determinism
 
+    configure_determinism(config)  # so the fingerprint records the flags training runs under
     return {
         "schema_version": 1,
         "kind": KIND,
