@@ -52,3 +52,14 @@ def test_unknown_key_and_malformed_toml(tmp_path):
         resolve_config(broken)
     with pytest.raises(ReprokitError, match="not found"):
         resolve_config(tmp_path / "missing.toml")
+
+
+def test_example_config_in_the_repository_loads():
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "examples" / "configs" / "ctr-baseline.toml"
+    cfg = resolve_config(path, {"replicas": 3})
+    assert cfg.replicas == 3  # the CLI wins
+    assert cfg.vary == ["init", "data-order"]
+    assert cfg.model.hidden == [256, 128, 64] and cfg.model.activation == "smelu:beta=1"
+    assert cfg.data.synth_rows == 50000 and cfg.optim.name == "adagrad"
