@@ -31,7 +31,6 @@ drain) without disturbing the others. One host sync per step (loss and grad-norm
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ from torch import nn
 
 from reprokit.config import RunConfig
 from reprokit.errors import ReprokitError
+from reprokit.nn.activations import ReLU
 from reprokit.nn.embeddings import FieldEmbeddings
 from reprokit.nn.models import CTRModel, SeededDropout
 from reprokit.training.divergence import SpikeDetector
@@ -438,26 +438,148 @@ def _flat_rows(stack: Stack, cat_rows: torch.Tensor, replica_base: torch.Tensor)
     return cat_rows + stack.offsets + replica_base
 
 
-def coalesce_embedding_grad(
-    flat_rows: torch.Tensor, grad: torch.Tensor, shared: torch.Tensor | None, stack: Stack
-) -> SparseGrad:
-    """Sum the per-occurrence embedding gradient [R, b, F*dim] into unique rows of the flat table.
+class EmbeddingGradAccumulator:
+    """Sums per-occurrence embedding gradients into the unique rows of the flat stacked table.
 
-    `shared` [b, F] (replica 0's rows) when every replica used the same batch rows: the
-    unique/inverse computation is then done once and reused for all replicas.
+    No sort: occurrences are index_added (in occurrence order, as a unique/inverse index_add would)
+    into a dense [R*V_pad, dim] buffer, a touched-row mask marks the rows, and `nonzero` lists
+    them in row order. Only the touched rows are read and zeroed again, so a step costs O(batch).
     """
-    r, b, n_fields = flat_rows.shape
-    dim = stack.dim
-    if shared is not None:
-        uniq, inverse = torch.unique(shared.reshape(-1), return_inverse=True)
-        values = grad.new_zeros((r, uniq.numel(), dim))
-        values.index_add_(1, inverse, grad.reshape(r, b * n_fields, dim))
-        base = torch.arange(r, device=uniq.device).unsqueeze(1) * stack.vocab_total
-        return SparseGrad((uniq.unsqueeze(0) + base).reshape(-1), values.view(-1, dim))
-    uniq, inverse = torch.unique(flat_rows.reshape(-1), return_inverse=True)
-    values = grad.new_zeros((uniq.numel(), dim))
-    values.index_add_(0, inverse, grad.reshape(-1, dim))
-    return SparseGrad(uniq, values)
+
+    def __init__(self, stack: Stack) -> None:
+        rows = stack.replicas * stack.vocab_total
+        self.sums = stack.table.new_zeros((rows, stack.dim))
+        self.touched = torch.zeros(rows, dtype=torch.bool, device=stack.table.device)
+
+    def __call__(self, flat_rows: torch.Tensor, grad: torch.Tensor) -> SparseGrad:
+        index = flat_rows.reshape(-1)
+        self.sums.index_add_(0, index, grad.reshape(index.numel(), -1))
+        self.touched.index_fill_(0, index, True)
+        rows = self.touched.nonzero().squeeze(1)
+        values = self.sums.index_select(0, rows)
+        self.sums.index_fill_(0, rows, 0.0)
+        self.touched.index_fill_(0, rows, False)
+        return SparseGrad(rows, values)
+
+
+def _is_relu(module: nn.Module) -> bool:
+    return isinstance(module, (ReLU, nn.ReLU))
+
+
+@dataclass
+class _Batch:
+    """One step's inputs: table rows [R, b_pad, F], numeric features [R or 1, b_pad, K], labels
+    [R or 1, b_pad, T], dropout keep-masks per hidden layer (or None), real rows b."""
+
+    rows: torch.Tensor
+    num: torch.Tensor
+    y: torch.Tensor
+    masks: list[torch.Tensor] | None
+    b: int
+
+
+class _Stepper:
+    """Forward, loss and hand-written backward of one training step for all replicas.
+
+    The same arithmetic as autograd on `forward` + the mean BCE (torch's backward formulas, in the
+    same order), without the graph: the GEMMs take the fastest layouts (the 1-wide head as a row
+    times a matrix, its input gradient an exact broadcast product), layer 0's input gradient is
+    computed for the embedding columns only, and parameter gradients are written straight into the
+    views of one zero-padded [R, P_pad] buffer (`Stack.flat`'s layout).
+    """
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        r = stack.replicas
+        self.flat_grad = torch.zeros_like(stack.flat)
+        self.w_grads: list[torch.Tensor] = []
+        self.b_grads: list[torch.Tensor] = []
+        start = 0
+        for w, bias in zip(stack.weights, stack.biases, strict=True):
+            k = w.shape[1] * w.shape[2]
+            self.w_grads.append(self.flat_grad[:, start : start + k].view(r, *w.shape[1:]))
+            start += k
+            self.b_grads.append(self.flat_grad[:, start : start + bias.shape[2]].view(r, 1, -1))
+            start += bias.shape[2]
+        head = stack.weights[-1]
+        # the head's weight gradient [R, in, 1] has the memory layout of [R, 1, in]
+        self.head_row = head.shape[2] == 1
+        self.relu = [_is_relu(a) for a in stack.activations]
+        self.accumulate = EmbeddingGradAccumulator(stack)
+
+    def __call__(
+        self, batch: _Batch
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, SparseGrad]:
+        """(loss [R], per-task mean losses [R, T] or None, flat gradient, embedding gradient)."""
+        stack, rows, masks, b = self.stack, batch.rows, batch.masks, batch.b
+        r, b_pad, n_fields = rows.shape
+        emb_width = n_fields * stack.dim
+        last = len(stack.weights) - 1
+        p = stack.dropout
+        emb = stack.table_flat.index_select(0, rows.reshape(-1)).view(r, b_pad, emb_width)
+        x = torch.cat([emb, batch.num.expand(r, -1, -1)], dim=2) if batch.num.shape[2] else emb
+        inputs, saved = [x], []
+        for i in range(last):
+            z = torch.baddbmm(stack.biases[i], x, stack.weights[i])
+            if self.relu[i]:
+                x = z.relu_()
+                saved.append(x)
+            else:
+                with torch.enable_grad():
+                    leaf = z.requires_grad_(True)
+                    x = stack.activations[i](leaf)
+                saved.append((leaf, x))
+                x = x.detach()
+            if masks is not None:
+                # SeededDropout's expression and evaluation order, so the rounding is the same
+                x = x * masks[i] / (1.0 - p)
+            inputs.append(x)
+        w_head, b_head = stack.weights[last], stack.biases[last]
+        if self.head_row:
+            logits = torch.bmm(w_head.transpose(1, 2), x.transpose(1, 2)).add_(b_head)
+            logits = logits.view(r, b_pad, 1)
+        else:
+            logits = torch.baddbmm(b_head, x, w_head)
+        n_tasks = logits.shape[2]
+        y = batch.y.expand_as(logits)
+        per_row = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
+        # d(sum of the per-replica mean losses)/d logits, as autograd forms it: (σ(x) - y) · g
+        # with g = 1 / (b·T) (times the 0/1 weight of padding rows)
+        scale = torch.ones((), device=rows.device) / (b * n_tasks)
+        grad = torch.sigmoid(logits).sub_(y)
+        if b_pad != b:
+            real = (torch.arange(b_pad, device=rows.device) < b).view(1, b_pad, 1)
+            per_row = per_row * real
+            grad.mul_(scale.expand(1, b_pad, 1) * real)
+        else:
+            grad.mul_(scale)
+        loss = per_row.sum(dim=(1, 2)) / (b * n_tasks)
+        task = per_row.sum(dim=1).div(b) if n_tasks > 1 else None
+
+        # head
+        if self.head_row:
+            torch.bmm(grad.view(r, 1, b_pad), x, out=self.w_grads[last].view(r, 1, -1))
+        else:
+            torch.bmm(x.transpose(1, 2), grad, out=self.w_grads[last])
+        torch.sum(grad, dim=1, keepdim=True, out=self.b_grads[last])
+        if self.head_row:
+            grad = grad * w_head.transpose(1, 2)  # a k=1 GEMM: one exact product per element
+        else:
+            grad = torch.bmm(grad, w_head.transpose(1, 2))
+        for i in range(last - 1, -1, -1):
+            if masks is not None:
+                grad = grad / (1.0 - p) * masks[i]
+            if self.relu[i]:
+                grad = torch.ops.aten.threshold_backward(grad, saved[i], 0)
+            else:
+                leaf, out = saved[i]
+                (grad,) = torch.autograd.grad(out, leaf, grad)
+            torch.bmm(inputs[i].transpose(1, 2), grad, out=self.w_grads[i])
+            torch.sum(grad, dim=1, keepdim=True, out=self.b_grads[i])
+            w = stack.weights[i] if i else stack.weights[0][:, :emb_width]
+            grad = torch.bmm(grad, w.transpose(1, 2))
+        table_grad = self.accumulate(rows, grad)
+        return loss, task, self.flat_grad, table_grad
 
 
 def grad_sq_norms(flat_grad: torch.Tensor, table_grad: SparseGrad, stack: Stack) -> torch.Tensor:
@@ -500,6 +622,35 @@ class _Log:
         return pd.DataFrame(columns)
 
 
+def _write_logs(
+    logs: list[_Log],
+    labels: list[str],
+    epochs: list[int],
+    losses: list[np.ndarray],
+    gn2: list[np.ndarray],
+    tasks: list[np.ndarray],
+    last: list[int],
+) -> None:
+    """Each replica's log and detector from the per-iteration history: iterations 0..last[r]
+    (its steps while alive, and the step it froze at), values as the per-step logging wrote them."""
+    if not epochs:
+        return
+    loss_all = np.stack(losses)  # [iterations, R]
+    gn_all = np.sqrt(np.stack(gn2))
+    task_all = np.stack(tasks) if tasks else None  # [iterations, R, T]
+    for r, log in enumerate(logs):
+        k = last[r] + 1
+        log.step = list(range(k))
+        log.epoch = epochs[:k]
+        log.loss = loss_all[:k, r].tolist()
+        log.grad_norm = gn_all[:k, r].tolist()
+        if task_all is not None:
+            for t, name in enumerate(labels):
+                log.task_loss[name] = task_all[:k, r, t].tolist()
+        for step, (loss, norm) in enumerate(zip(log.loss, log.grad_norm, strict=True)):
+            log.detector.update(step, loss, norm)
+
+
 def _pad_rows(t: torch.Tensor, size: int, dim: int) -> torch.Tensor:
     """Pad dimension `dim` of `t` to `size` repeating its first entry (rows that get weight 0)."""
     missing = size - t.shape[dim]
@@ -539,11 +690,16 @@ def train_replicas(
         raise ReprokitError("the vectorized engine needs one seed set per replica and at least one")
     configure_determinism(config)
     saved_threads = torch.get_num_threads()
+    saved_fill = torch.utils.deterministic.fill_uninitialized_memory
     torch.set_num_threads(config.threads)
+    # Deterministic mode NaN-fills every fresh tensor (a full write pass per allocation); this
+    # engine never reads memory it has not written, so the fill only costs time.
+    torch.utils.deterministic.fill_uninitialized_memory = False
     try:
         return _train(encoded, config, list(replicas), list(seeds))
     finally:
         torch.set_num_threads(saved_threads)
+        torch.utils.deterministic.fill_uninitialized_memory = saved_fill
 
 
 def _train(
@@ -584,91 +740,91 @@ def _train(
     y = torch.as_tensor(encoded.train_y, device=device)
     n = cat.shape[0]
     bs = config.optim.batch_size
+    row_base = stack.offsets + replica_base  # [R, 1, F]: local field id → row of the flat table
+    stepper = _Stepper(stack)
 
     div_config = getattr(config, "divergence", None)
     logs = [_Log(SpikeDetector(div_config) if div_config else SpikeDetector()) for _ in seeds]
     labels = list(getattr(encoded, "label_names", [f"label_{t}" for t in range(n_tasks)]))
     alive = [True] * n_rep
+    alive_np = np.ones(n_rep, dtype=bool)
     steps = [0] * n_rep
+    # Per-iteration history [R] of every replica (losses, squared gradient norms, task losses);
+    # each replica's log is its prefix up to the iteration it froze at (written after the loop).
+    hist_epoch: list[int] = []
+    hist_loss: list[np.ndarray] = []
+    hist_gn2: list[np.ndarray] = []
+    hist_task: list[np.ndarray] = []
+    last_logged = [-1] * n_rep
+    it = 0
     start = time.perf_counter()
-    for epoch in range(config.optim.epochs):
-        perms = torch.as_tensor(np.stack([g.permutation(n) for g in order_rngs]), device=device)
-        for lo in range(0, n, bs):
-            idx = perms[:, lo : lo + bs]  # [G, b]
-            b = idx.shape[1]
-            b_pad = _round_up(b)  # aligned per-replica blocks (see ALIGN); pad rows weigh 0
-            idx = _pad_rows(idx, b_pad, 1)
-            cat_b, num_b, y_b = (order.expand(t[idx], order_index) for t in (cat, num, y))
-            rows = _flat_rows(stack, cat_b, replica_base)
-            masks = None
-            if p > 0:
-                masks = []
-                for h in hidden:  # the reference's draws: one [b, h] per dropout layer per step
-                    noise = torch.stack(
-                        [torch.rand((b, h), generator=g, device=device) for g in drop_gens]
-                    )
-                    keep = _pad_rows((noise >= p).to(noise.dtype), b_pad, 1)
-                    masks.append(drop.expand(keep, drop_index))
-            logits, emb = forward(stack, rows, num_b, masks, emb_leaf=True)
-            per_row = F.binary_cross_entropy_with_logits(
-                logits, y_b.expand_as(logits), reduction="none"
-            )
-            if b_pad != b:
-                per_row = per_row * (torch.arange(b_pad, device=device) < b).view(1, b_pad, 1)
-            loss = per_row.sum(dim=(1, 2)) / (b * n_tasks)  # per-replica mean over real rows
-            task_v = per_row.detach().sum(dim=1).div(b).tolist() if n_tasks > 1 else None
-            grads = torch.autograd.grad(loss.sum(), [emb, *stack.dense])
-            shared = rows[0] if cat_b.shape[0] == 1 else None
-            table_grad = coalesce_embedding_grad(rows, grads[0], shared, stack)
-            flat_grad = stack.flat_grad(grads[1:])
-            stats = torch.stack(
-                [loss.detach().double(), grad_sq_norms(flat_grad, table_grad, stack)]
-            )
-            loss_v, gn2_v = stats.cpu().numpy()  # the one host sync of a step
-            gn_v = np.sqrt(gn2_v)
-            for r in range(n_rep):
-                if not alive[r]:
-                    continue
-                log = logs[r]
-                log.step.append(steps[r])
-                log.epoch.append(epoch)
-                log.loss.append(float(loss_v[r]))
-                log.grad_norm.append(float(gn_v[r]))
-                if task_v is not None:
-                    for name, value in zip(labels, task_v[r], strict=True):
-                        log.task_loss.setdefault(name, []).append(value)
-                log.detector.update(steps[r], float(loss_v[r]), float(gn_v[r]))
-                if not (math.isfinite(loss_v[r]) and math.isfinite(gn_v[r])):
+    with torch.no_grad():
+        for epoch in range(config.optim.epochs):
+            perms = torch.as_tensor(np.stack([g.permutation(n) for g in order_rngs]), device=device)
+            for lo in range(0, n, bs):
+                idx = perms[:, lo : lo + bs]  # [G, b]
+                g_n, b = idx.shape
+                b_pad = _round_up(b)  # aligned per-replica blocks (see ALIGN); pad rows weigh 0
+                flat_idx = _pad_rows(idx, b_pad, 1).reshape(-1)
+                cat_b, num_b, y_b = (
+                    order.expand(t.index_select(0, flat_idx).view(g_n, b_pad, -1), order_index)
+                    for t in (cat, num, y)
+                )
+                masks = None
+                if p > 0:
+                    masks = []
+                    for h in hidden:  # the reference's draws: one [b, h] per dropout layer per step
+                        noise = torch.stack(
+                            [torch.rand((b, h), generator=g, device=device) for g in drop_gens]
+                        )
+                        keep = _pad_rows((noise >= p).to(noise.dtype), b_pad, 1)
+                        masks.append(drop.expand(keep, drop_index))
+                batch = _Batch(cat_b + row_base, num_b, y_b, masks, b)
+                loss, task, flat_grad, table_grad = stepper(batch)
+                stats = torch.stack([loss.double(), grad_sq_norms(flat_grad, table_grad, stack)])
+                loss_v, gn2_v = stats.cpu().numpy()  # the one host transfer of a step
+                hist_epoch.append(epoch)
+                hist_loss.append(loss_v)
+                hist_gn2.append(gn2_v)
+                if task is not None:
+                    hist_task.append(task.cpu().numpy())
+                for r in np.flatnonzero(alive_np):
+                    last_logged[r] = it
+                bad = alive_np & ~(np.isfinite(loss_v) & np.isfinite(gn2_v))
+                for r in np.flatnonzero(bad):
                     alive[r] = False  # frozen: no update from this gradient on
-            if queues is None:
-                if all(alive):
-                    opt.step_all(flat_grad, table_grad)
+                    alive_np[r] = False
+                it += 1
+                if queues is None:
+                    if all(alive):
+                        opt.step_all(flat_grad, table_grad)
+                    else:
+                        for r in range(n_rep):
+                            if alive[r]:
+                                mine = table_grad.for_replica(r, stack.vocab_total)
+                                opt.step_replica(r, flat_grad[r], mine)
                 else:
                     for r in range(n_rep):
-                        if alive[r]:
-                            mine = table_grad.for_replica(r, stack.vocab_total)
-                            opt.step_replica(r, flat_grad[r], mine)
-            else:
+                        if not alive[r]:
+                            continue
+                        mine = (flat_grad[r].clone(), table_grad.for_replica(r, stack.vocab_total))
+                        queues[r].push(steps[r], mine)  # type: ignore[arg-type]
+                        for flat_r, table_r in queues[r].due(steps[r]):
+                            opt.step_replica(r, flat_r, table_r)
                 for r in range(n_rep):
-                    if not alive[r]:
-                        continue
-                    mine = (flat_grad[r], table_grad.for_replica(r, stack.vocab_total))
-                    queues[r].push(steps[r], mine)  # type: ignore[arg-type]
-                    for flat_r, table_r in queues[r].due(steps[r]):
-                        opt.step_replica(r, flat_r, table_r)
-            for r in range(n_rep):
-                steps[r] += int(alive[r])
+                    steps[r] += int(alive[r])
+                if not any(alive):
+                    break
             if not any(alive):
                 break
-        if not any(alive):
-            break
-    if queues is not None:
-        for r in range(n_rep):
-            if alive[r]:
-                for flat_r, table_r in queues[r].drain():
-                    opt.step_replica(r, flat_r, table_r)
+        if queues is not None:
+            for r in range(n_rep):
+                if alive[r]:
+                    for flat_r, table_r in queues[r].drain():
+                        opt.step_replica(r, flat_r, table_r)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    _write_logs(logs[:n_real], labels, hist_epoch, hist_loss, hist_gn2, hist_task, last_logged)
     share = (time.perf_counter() - start) / n_real
 
     ecat = torch.as_tensor(encoded.eval_cat, device=device)
