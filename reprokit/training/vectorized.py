@@ -314,6 +314,7 @@ class StackedOptimizer:
     initial_accumulator: float = 0.0  # Adagrad's state start (torch's initial_accumulator_value)
     state: dict[str, list[torch.Tensor]] = field(default_factory=dict)
     steps: list[int] = field(default_factory=list)
+    _buffers: dict[tuple, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         params = [self.stack.table, self.stack.flat]  # state lists follow this order
@@ -323,6 +324,14 @@ class StackedOptimizer:
         elif self.name == "adam":
             self.state["exp_avg"] = [torch.zeros_like(p) for p in params]
             self.state["exp_avg_sq"] = [torch.zeros_like(p) for p in params]
+
+    def _scratch(self, like: torch.Tensor) -> torch.Tensor:
+        """A reused buffer shaped like `like` (one per shape: no allocation per step)."""
+        key = (tuple(like.shape), like.dtype)
+        buf = self._buffers.get(key)
+        if buf is None:
+            buf = self._buffers[key] = torch.empty_like(like, memory_format=torch.contiguous_format)
+        return buf
 
     @property
     def sparse_embeddings(self) -> bool:
@@ -339,7 +348,7 @@ class StackedOptimizer:
         elif self.name == "adagrad":
             sums = states["sum"]
             torch._foreach_addcmul_(sums, grads, grads, value=1)
-            std = torch._foreach_sqrt(sums)
+            std = [torch.sqrt(t, out=self._scratch(t)) for t in sums]
             torch._foreach_add_(std, ADAGRAD_EPS)
             torch._foreach_addcdiv_(params, grads, std, value=-self.lr)
         else:  # adam
@@ -350,7 +359,7 @@ class StackedOptimizer:
             torch._foreach_addcmul_(v, grads, grads, value=1 - beta2)
             bias1 = 1 - beta1**step
             bias2_sqrt = (1 - beta2**step) ** 0.5
-            denom = torch._foreach_sqrt(v)
+            denom = [torch.sqrt(t, out=self._scratch(t)) for t in v]
             torch._foreach_div_(denom, bias2_sqrt)
             torch._foreach_add_(denom, ADAM_EPS)
             torch._foreach_addcdiv_(params, m, denom, value=-(self.lr / bias1))
@@ -506,6 +515,28 @@ class _Stepper:
         self.head_row = head.shape[2] == 1
         self.relu = [_is_relu(a) for a in stack.activations]
         self.accumulate = EmbeddingGradAccumulator(stack)
+        self.workspaces: dict[int, dict[str, Any]] = {}
+
+    def _workspace(self, b_pad: int, n_fields: int) -> dict[str, Any]:
+        """Buffers of one padded batch size, reused every step (fresh large tensors cost page
+        faults on every step)."""
+        ws = self.workspaces.get(b_pad)
+        if ws is None:
+            stack, r = self.stack, self.stack.replicas
+            empty = stack.flat.new_empty
+            emb_width = n_fields * stack.dim
+            widths = [w.shape[2] for w in stack.weights[:-1]]
+            ws = self.workspaces[b_pad] = {
+                "emb": empty((r * b_pad * n_fields, stack.dim)),
+                "x0": empty((r, b_pad, stack.weights[0].shape[1])),
+                "z": [empty((r, b_pad, h)) for h in widths],
+                "drop": [empty((r, b_pad, h)) for h in widths],
+                "grad": [empty((r, b_pad, h)) for h in widths],
+                "gdrop": [empty((r, b_pad, h)) for h in widths],
+                "gemb": empty((r, b_pad, emb_width)),
+                "logits": empty((r, stack.weights[-1].shape[2], b_pad)),
+            }
+        return ws
 
     def __call__(
         self, batch: _Batch
@@ -513,14 +544,18 @@ class _Stepper:
         """(loss [R], per-task mean losses [R, T] or None, flat gradient, embedding gradient)."""
         stack, rows, masks, b = self.stack, batch.rows, batch.masks, batch.b
         r, b_pad, n_fields = rows.shape
+        ws = self._workspace(b_pad, n_fields)
         emb_width = n_fields * stack.dim
         last = len(stack.weights) - 1
         p = stack.dropout
-        emb = stack.table_flat.index_select(0, rows.reshape(-1)).view(r, b_pad, emb_width)
-        x = torch.cat([emb, batch.num.expand(r, -1, -1)], dim=2) if batch.num.shape[2] else emb
+        emb = torch.index_select(stack.table_flat, 0, rows.reshape(-1), out=ws["emb"])
+        emb = emb.view(r, b_pad, emb_width)
+        x = emb
+        if batch.num.shape[2]:
+            x = torch.cat([emb, batch.num.expand(r, -1, -1)], dim=2, out=ws["x0"])
         inputs, saved = [x], []
         for i in range(last):
-            z = torch.baddbmm(stack.biases[i], x, stack.weights[i])
+            z = torch.baddbmm(stack.biases[i], x, stack.weights[i], out=ws["z"][i])
             if self.relu[i]:
                 x = z.relu_()
                 saved.append(x)
@@ -532,12 +567,12 @@ class _Stepper:
                 x = x.detach()
             if masks is not None:
                 # SeededDropout's expression and evaluation order, so the rounding is the same
-                x = x * masks[i] / (1.0 - p)
+                x = torch.mul(x, masks[i], out=ws["drop"][i]).div_(1.0 - p)
             inputs.append(x)
         w_head, b_head = stack.weights[last], stack.biases[last]
         if self.head_row:
-            logits = torch.bmm(w_head.transpose(1, 2), x.transpose(1, 2)).add_(b_head)
-            logits = logits.view(r, b_pad, 1)
+            logits = torch.bmm(w_head.transpose(1, 2), x.transpose(1, 2), out=ws["logits"])
+            logits = logits.add_(b_head).view(r, b_pad, 1)
         else:
             logits = torch.baddbmm(b_head, x, w_head)
         n_tasks = logits.shape[2]
@@ -562,34 +597,53 @@ class _Stepper:
         else:
             torch.bmm(x.transpose(1, 2), grad, out=self.w_grads[last])
         torch.sum(grad, dim=1, keepdim=True, out=self.b_grads[last])
-        if self.head_row:
-            grad = grad * w_head.transpose(1, 2)  # a k=1 GEMM: one exact product per element
-        else:
-            grad = torch.bmm(grad, w_head.transpose(1, 2))
+        if last:
+            out = ws["grad"][last - 1]
+            if self.head_row:  # a k=1 GEMM: one exact product per element
+                grad = torch.mul(grad, w_head.transpose(1, 2), out=out)
+            else:
+                grad = torch.bmm(grad, w_head.transpose(1, 2), out=out)
         for i in range(last - 1, -1, -1):
             if masks is not None:
-                grad = grad / (1.0 - p) * masks[i]
+                grad = torch.div(grad, 1.0 - p, out=ws["gdrop"][i]).mul_(masks[i])
             if self.relu[i]:
-                grad = torch.ops.aten.threshold_backward(grad, saved[i], 0)
+                grad = torch.ops.aten.threshold_backward.grad_input(
+                    grad, saved[i], 0, grad_input=grad
+                )
             else:
                 leaf, out = saved[i]
                 (grad,) = torch.autograd.grad(out, leaf, grad)
             torch.bmm(inputs[i].transpose(1, 2), grad, out=self.w_grads[i])
             torch.sum(grad, dim=1, keepdim=True, out=self.b_grads[i])
-            w = stack.weights[i] if i else stack.weights[0][:, :emb_width]
-            grad = torch.bmm(grad, w.transpose(1, 2))
+            if i:
+                grad = torch.bmm(grad, stack.weights[i].transpose(1, 2), out=ws["grad"][i - 1])
+            else:
+                w = stack.weights[0][:, :emb_width]
+                grad = torch.bmm(grad, w.transpose(1, 2), out=ws["gemb"])
+        if not last:  # no hidden layer: the head is layer 0
+            w = w_head[:, :emb_width]
+            grad = torch.bmm(grad, w.transpose(1, 2), out=ws["gemb"])
         table_grad = self.accumulate(rows, grad)
         return loss, task, self.flat_grad, table_grad
 
 
-def grad_sq_norms(flat_grad: torch.Tensor, table_grad: SparseGrad, stack: Stack) -> torch.Tensor:
+def grad_sq_norms(
+    flat_grad: torch.Tensor,
+    table_grad: SparseGrad,
+    stack: Stack,
+    scratch: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Per-replica squared gradient norm [R] in float64 over coalesced embedding rows (as loop).
 
     The embedding rows are added one by one in row order whichever way they were coalesced, so a
-    replica's logged norm does not depend on which other replicas share its stack.
+    replica's logged norm does not depend on which other replicas share its stack. `scratch`: a
+    float64 buffer shaped like `flat_grad` to cast into (saves an allocation per step).
     """
     f64 = torch.float64
-    total = torch.linalg.vector_norm(flat_grad, dim=1, dtype=f64).square()
+    if scratch is None:
+        total = torch.linalg.vector_norm(flat_grad, dim=1, dtype=f64).square()
+    else:  # the same cast and reduction, into a reused float64 buffer
+        total = torch.linalg.vector_norm(scratch.copy_(flat_grad), dim=1).square()
     sq = torch.linalg.vector_norm(table_grad.values, dim=1, dtype=f64).square()
     owner = torch.div(table_grad.rows, stack.vocab_total, rounding_mode="floor")
     return total.index_add_(0, owner, sq)
@@ -740,8 +794,12 @@ def _train(
     y = torch.as_tensor(encoded.train_y, device=device)
     n = cat.shape[0]
     bs = config.optim.batch_size
-    row_base = stack.offsets + replica_base  # [R, 1, F]: local field id → row of the flat table
+    # rows of a replica's table (field offsets added), int32 when they fit (half the bytes to copy)
+    local_rows = cat + stack.offsets
+    if stack.vocab_total * n_rep < 2**31:
+        local_rows = local_rows.to(torch.int32)
     stepper = _Stepper(stack)
+    norm_scratch = torch.empty_like(stack.flat, dtype=torch.float64)
 
     div_config = getattr(config, "divergence", None)
     logs = [_Log(SpikeDetector(div_config) if div_config else SpikeDetector()) for _ in seeds]
@@ -761,14 +819,18 @@ def _train(
     with torch.no_grad():
         for epoch in range(config.optim.epochs):
             perms = torch.as_tensor(np.stack([g.permutation(n) for g in order_rngs]), device=device)
+            # the epoch's rows in each order at once: a step then reads a contiguous slice instead
+            # of gathering scattered rows (cache misses on every step)
+            epoch_data = [
+                t.index_select(0, perms.reshape(-1)).view(len(order_rngs), n, -1)
+                for t in (local_rows, num, y)
+            ]
             for lo in range(0, n, bs):
-                idx = perms[:, lo : lo + bs]  # [G, b]
-                g_n, b = idx.shape
+                b = min(bs, n - lo)
                 b_pad = _round_up(b)  # aligned per-replica blocks (see ALIGN); pad rows weigh 0
-                flat_idx = _pad_rows(idx, b_pad, 1).reshape(-1)
-                cat_b, num_b, y_b = (
-                    order.expand(t.index_select(0, flat_idx).view(g_n, b_pad, -1), order_index)
-                    for t in (cat, num, y)
+                rows_b, num_b, y_b = (
+                    order.expand(_pad_rows(t[:, lo : lo + b], b_pad, 1), order_index)
+                    for t in epoch_data
                 )
                 masks = None
                 if p > 0:
@@ -779,9 +841,11 @@ def _train(
                         )
                         keep = _pad_rows((noise >= p).to(noise.dtype), b_pad, 1)
                         masks.append(drop.expand(keep, drop_index))
-                batch = _Batch(cat_b + row_base, num_b, y_b, masks, b)
+                batch = _Batch(rows_b + replica_base, num_b, y_b, masks, b)
                 loss, task, flat_grad, table_grad = stepper(batch)
-                stats = torch.stack([loss.double(), grad_sq_norms(flat_grad, table_grad, stack)])
+                stats = torch.stack(
+                    [loss.double(), grad_sq_norms(flat_grad, table_grad, stack, norm_scratch)]
+                )
                 loss_v, gn2_v = stats.cpu().numpy()  # the one host transfer of a step
                 hist_epoch.append(epoch)
                 hist_loss.append(loss_v)
