@@ -450,24 +450,31 @@ def _flat_rows(stack: Stack, cat_rows: torch.Tensor, replica_base: torch.Tensor)
 class EmbeddingGradAccumulator:
     """Sums per-occurrence embedding gradients into the unique rows of the flat stacked table.
 
-    No sort: occurrences are index_added (in occurrence order, as a unique/inverse index_add would)
-    into a dense [R*V_pad, dim] buffer, a touched-row mask marks the rows, and `nonzero` lists
-    them in row order. Only the touched rows are read and zeroed again, so a step costs O(batch).
+    No sort: a touched-row mask over the flat table marks the batch's rows and `nonzero` lists them
+    in row order; a slot map gives each occurrence its unique row's position, and the occurrences
+    are index_added (in occurrence order, as a unique/inverse index_add would) into a compact
+    [U, dim] buffer. Every buffer a step touches at random is small (a bool and an int64 per
+    table row, U rows of values), so the scattered accesses stay in cache.
     """
 
     def __init__(self, stack: Stack) -> None:
         rows = stack.replicas * stack.vocab_total
-        self.sums = stack.table.new_zeros((rows, stack.dim))
-        self.touched = torch.zeros(rows, dtype=torch.bool, device=stack.table.device)
+        device = stack.table.device
+        self.dim = stack.dim
+        self.touched = torch.zeros(rows, dtype=torch.bool, device=device)
+        # int64: index_add_ with an int32 index takes a path several times slower
+        self.slot = torch.zeros(rows, dtype=torch.long, device=device)
+        self.positions = torch.arange(rows, device=device)
 
     def __call__(self, flat_rows: torch.Tensor, grad: torch.Tensor) -> SparseGrad:
         index = flat_rows.reshape(-1)
-        self.sums.index_add_(0, index, grad.reshape(index.numel(), -1))
         self.touched.index_fill_(0, index, True)
         rows = self.touched.nonzero().squeeze(1)
-        values = self.sums.index_select(0, rows)
-        self.sums.index_fill_(0, rows, 0.0)
         self.touched.index_fill_(0, rows, False)
+        self.slot.index_copy_(0, rows, self.positions[: rows.numel()])
+        inverse = self.slot.index_select(0, index)
+        values = grad.new_zeros((rows.numel(), self.dim))
+        values.index_add_(0, inverse, grad.reshape(index.numel(), self.dim))
         return SparseGrad(rows, values)
 
 
