@@ -17,7 +17,10 @@ to floating-point reduction order:
 Layout: every field's table is a slice of one stacked table [R, V_pad, dim] (field f starts at
 row `offsets[f]`), so one gather serves all fields of all replicas; the dense layers are views
 [R, in, out] / [R, 1, out] of one flat [R, P_pad] buffer, used through `torch.baddbmm`, and the
-optimizer updates that buffer with a handful of kernels. Every per-replica block an elementwise
+optimizer updates that buffer with a handful of kernels. The backward pass is written out by hand
+(`_Stepper`: torch's backward formulas without the autograd graph, into reused buffers, the
+gradient straight into a flat [R, P_pad] buffer), and embedding gradients are coalesced without a
+sort (`EmbeddingGradAccumulator`). Every per-replica block an elementwise
 kernel sees is a multiple of ALIGN elements (batches are padded with zero-weight rows), so a
 replica's bits never depend on its slot in the stack or on which replicas share it: the control
 arm is bitwise identical and a resumed subset reproduces the replicas of a full run. Replicas
@@ -26,7 +29,9 @@ whose seeds coincide (a source that is not varied) share one generator draw.
 Per replica, as in the reference: the train log (step, epoch, loss, grad_norm, `loss_<label>` per
 task), a `SpikeDetector`, and divergence handling: a replica whose loss or gradient norm goes
 non-finite is frozen (logged at that step, never updated again, excluded from the stale-gradient
-drain) without disturbing the others. One host sync per step (loss and grad-norm of all replicas).
+drain) without disturbing the others. One host transfer per step (loss and grad-norm of all
+replicas: the freezing decision needs them); the logs and detectors are written from the collected
+values after the loop, with the values and order the per-step logging had.
 """
 
 from __future__ import annotations
