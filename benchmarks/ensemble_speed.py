@@ -34,6 +34,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
+#: The vectorized engine and its two references: reprokit's reference loop and a bare torch loop.
+ENGINES = ["sequential", "plain", "vectorized"]
+
+
 def _config(args: argparse.Namespace) -> Any:
     from reprokit.config import resolve_config
 
@@ -62,6 +66,40 @@ def _peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def plain_replica(encoded: Any, config: Any, seeds: dict[str, int]) -> tuple[np.ndarray, float]:
+    """Ordinary torch training code for one replica: no logging, grad norms or divergence checks.
+
+    The second reference: what a user's own loop costs, so the speedup is not flattered by the
+    reference loop's per-step bookkeeping.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from reprokit.training.loop import build_model, configure_determinism, predict
+
+    configure_determinism(config)
+    model = build_model(config, encoded.vocab_sizes, encoded.train_num.shape[1], 1)
+    model.reset_parameters(torch.Generator().manual_seed(seeds["init"]))
+    optimizer = torch.optim.Adagrad(model.parameters(), lr=config.optim.lr)
+    cat = torch.as_tensor(encoded.train_cat)
+    num = torch.as_tensor(encoded.train_num)
+    y = torch.as_tensor(encoded.train_y[:, :1])
+    rng = np.random.default_rng(seeds["data-order"])
+    start = time.perf_counter()
+    for _ in range(config.optim.epochs):
+        model.train()
+        perm = torch.as_tensor(rng.permutation(cat.shape[0]))
+        for lo in range(0, cat.shape[0], config.optim.batch_size):
+            idx = perm[lo : lo + config.optim.batch_size]
+            loss = F.binary_cross_entropy_with_logits(model(cat[idx], num[idx]), y[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    seconds = time.perf_counter() - start
+    preds = predict(model, torch.as_tensor(encoded.eval_cat), torch.as_tensor(encoded.eval_num))
+    return preds, seconds
+
+
 def child(args: argparse.Namespace) -> None:
     """Train N replicas with one engine, print a JSON line, save predictions (parity check)."""
     import torch
@@ -77,15 +115,23 @@ def child(args: argparse.Namespace) -> None:
     seeds = [replica_seeds(config.seed, config.vary, r) for r in range(n)]
     rss_data = _peak_memory_mb("cpu")
     wall0, cpu0 = time.perf_counter(), time.process_time()
-    if args.child == "sequential":
-        outs = [train_replica(encoded, config, r, seeds[r]) for r in range(n)]
+    if args.child == "plain":
+        plain = [plain_replica(encoded, config, seeds[r]) for r in range(n)]
+        predictions = [p for p, _ in plain]
+        train_wall = float(sum(t for _, t in plain))
+        steps, diverged = -1, 0
     else:
-        outs = train_replicas(encoded, config, list(range(n)), seeds)
+        if args.child == "sequential":
+            outs = [train_replica(encoded, config, r, seeds[r]) for r in range(n)]
+        else:
+            outs = train_replicas(encoded, config, list(range(n)), seeds)
+        predictions = [o.predictions for o in outs]
+        train_wall = float(sum(o.train_seconds for o in outs))
+        steps, diverged = int(outs[0].steps), int(sum(o.diverged for o in outs))
     if config.device.startswith("cuda"):
         torch.cuda.synchronize()
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-    train_wall = float(sum(o.train_seconds for o in outs))
-    np.save(args.predictions, np.stack([o.predictions for o in outs]))
+    np.save(args.predictions, np.stack(predictions))
     doc = {
         "engine": args.child,
         "replicas": n,
@@ -95,8 +141,8 @@ def child(args: argparse.Namespace) -> None:
         "examples_per_second": n * encoded.n_train * config.optim.epochs / train_wall,
         "peak_memory_mb": _peak_memory_mb(config.device),
         "rss_after_data_mb": rss_data,
-        "steps": int(outs[0].steps),
-        "diverged": int(sum(o.diverged for o in outs)),
+        "steps": steps,
+        "diverged": diverged,
     }
     print(json.dumps(doc))
 
@@ -128,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--replicas", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4, 8, 16]
     )
-    parser.add_argument("--child", choices=["sequential", "vectorized"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=ENGINES, help=argparse.SUPPRESS)
     parser.add_argument("--child-replicas", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--predictions", help=argparse.SUPPRESS)
@@ -149,17 +195,19 @@ def main(argv: list[str] | None = None) -> None:
         for i, n in enumerate(args.replicas):
             runs: dict[str, dict] = {}
             # Alternate which engine goes first, so drifting machine load favours neither.
-            order = ["sequential", "vectorized"] if i % 2 == 0 else ["vectorized", "sequential"]
+            order = ENGINES if i % 2 == 0 else ENGINES[::-1]
             for engine in order:
                 runs[engine] = _run_child(args, engine, n, data, f"{tmp}/{engine}-{n}.npy")
                 print(f"N={n} {engine}: {runs[engine]['train_seconds']:.2f}s", file=sys.stderr)
-            seq, vec = runs["sequential"], runs["vectorized"]
+            seq, plain, vec = runs["sequential"], runs["plain"], runs["vectorized"]
             p_seq, p_vec = (np.load(f"{tmp}/{e}-{n}.npy") for e in ("sequential", "vectorized"))
             results.append(
                 {
                     "replicas": n,
                     "sequential": seq,
+                    "plain": plain,
                     "vectorized": vec,
+                    "speedup_vs_plain_train": plain["train_seconds"] / vec["train_seconds"],
                     "speedup_train": seq["train_seconds"] / vec["train_seconds"],
                     "speedup_total_wall": seq["total_seconds"] / vec["total_seconds"],
                     "speedup_total_cpu": seq["total_cpu_seconds"] / vec["total_cpu_seconds"],
@@ -169,6 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     doc = {
         "benchmark": "ensemble_speed",
         "reference": "reprokit.training.loop.train_replica, one replica after another",
+        "plain_reference": "bare torch loop (forward, BCE, backward, Adagrad step), one replica after another",
         "data": {
             "rows": args.rows,
             "train_rows": int(encoded.n_train),
