@@ -167,9 +167,7 @@ def register(app: typer.Typer) -> None:
         hidden: opt.Hidden = None,
         dropout: opt.Dropout = None,
         batch_norm: opt.BatchNorm = None,
-        optimizer: Annotated[
-            str | None, typer.Option("--optimizer", help="adagrad, adam or sgd.")
-        ] = None,
+        optimizer: opt.Optimizer = None,
         lr: opt.LearningRate = None,
         batch_size: opt.BatchSize = None,
         epochs: opt.Epochs = None,

@@ -28,6 +28,10 @@ TASKS_HELP = (
     "(every label column of the dataset) or label names, e.g. label,label_5star. One head per task; "
     "the loss is the mean of the tasks' BCE."
 )
+OPTIMIZER_HELP = (
+    "Optimizer: adagrad, adam, sgd, clippy (Adagrad + Clippy, paper preset), clippy-tfrs, "
+    "adagrad+gradclip, adagrad+gradclip-layer, adagrad+agc, adagrad+agc-unitwise, adagrad+lamb."
+)
 MODEL_HELP = "Architecture: mlp, shared-bottom or mmoe (experts, per-task gates and towers)."
 
 DataPath = Annotated[
@@ -47,6 +51,7 @@ BatchNorm = Annotated[
     bool | None,
     typer.Option("--batch-norm/--no-batch-norm", help="BatchNorm after each hidden layer."),
 ]
+Optimizer = Annotated[str | None, typer.Option("--optimizer", help=OPTIMIZER_HELP)]
 Model = Annotated[str | None, typer.Option("--model", help=MODEL_HELP)]
 Experts = Annotated[int | None, typer.Option("--experts", help="MMoE experts.")]
 Tower = Annotated[str | None, typer.Option("--tower", help="Per-task tower widths, e.g. 16-8.")]

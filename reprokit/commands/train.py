@@ -11,11 +11,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from reprokit.commands import options as opt
 from reprokit.commands.common import cli_errors, err_console, print_json
 
-OPTIMIZER_HELP = (
-    "Optimizer: adagrad, adam, sgd, clippy (Adagrad + Clippy, paper preset), clippy-tfrs, "
-    "adagrad+gradclip, adagrad+gradclip-layer, adagrad+agc, adagrad+agc-unitwise, adagrad+lamb."
-)
-
 
 def summary_table(summary: dict[str, Any], title: str) -> Any:
     """The PD / accuracy table of a train-ensemble summary, plus the diverged count and, for a
@@ -75,7 +70,7 @@ def register(app: typer.Typer) -> None:
         hidden: opt.Hidden = None,
         dropout: opt.Dropout = None,
         batch_norm: opt.BatchNorm = None,
-        optimizer: Annotated[str | None, typer.Option("--optimizer", help=OPTIMIZER_HELP)] = None,
+        optimizer: opt.Optimizer = None,
         initial_accumulator: Annotated[
             float | None,
             typer.Option(
