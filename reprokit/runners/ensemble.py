@@ -184,19 +184,17 @@ def prediction_columns(label_names: list[str]) -> list[str]:
 def summarize_run(store: RunStore, config: RunConfig) -> dict[str, Any]:
     """Summary document of a finished run directory; diverged replicas are excluded from PD."""
     from reprokit.metrics.summary import summarize
+    from reprokit.training.divergence import summary_without_pd
 
     metrics = [store.replica_metrics(r) for r in range(config.replicas)]
     healthy = [m["replica"] for m in metrics if not m.get("diverged")]
     diverged = [m["replica"] for m in metrics if m.get("diverged")]
-    from reprokit.training.divergence import summary_without_pd
-
     # PD needs 2 replicas that did not diverge; with fewer the summary has null PD (never a crash).
     _, labels, preds = store.load_predictions(healthy or list(range(config.replicas)))
     per_task = []
     for t in range(preds.shape[2]):
         y = labels.iloc[:, t].to_numpy(dtype=np.float64)
-        enough = len(healthy) >= 2
-        if enough:
+        if len(healthy) >= 2:
             per_task.append(summarize(preds[:, :, t], y))
         else:
             per_task.append(summary_without_pd(preds, t, y, len(healthy)))
