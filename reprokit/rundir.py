@@ -19,7 +19,6 @@ replica files.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -34,39 +33,15 @@ from reprokit.errors import ReprokitError
 
 # Re-exported: report, gate and users' scripts read document numbers with `rundir.as_float`.
 from reprokit.jsonio import as_float as as_float
-from reprokit.store import MANIFEST, REPLICAS, SUMMARY
+from reprokit.store import MANIFEST, REPLICAS, SUMMARY, read_json
 
 #: Newest document schema this reader understands.
-SUPPORTED_SCHEMA = 1
 
 TRAIN_ENSEMBLE = "train-ensemble"
 COMPARE = "compare-activations"
 
 
 # -------------------------------------------------------------------------------------------- files
-def read_json(path: str | Path, what: str | None = None) -> dict[str, Any]:
-    """Read a JSON object; a missing, unreadable or non-object file is a one-sentence error."""
-    path = Path(path)
-    what = what or path.name
-    if not path.is_file():
-        raise ReprokitError(f"{what} not found: {path}")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ReprokitError(f"{what} is corrupt ({path}: {exc})") from None
-    except OSError as exc:
-        raise ReprokitError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
-    if not isinstance(doc, dict):
-        raise ReprokitError(f"{what} is corrupt ({path}: expected a JSON object)")
-    version = doc.get("schema_version")
-    if version is not None and (not isinstance(version, int) or version > SUPPORTED_SCHEMA):
-        raise ReprokitError(
-            f"{path} has schema_version {version!r}; this reprokit reads up to {SUPPORTED_SCHEMA}, "
-            "upgrade reprokit"
-        )
-    return doc
-
-
 def read_table(path: str | Path, what: str, columns: list[str] | None = None) -> pd.DataFrame:
     """Read a parquet file (optionally some columns) with a clear error when missing or corrupt."""
     path = Path(path)

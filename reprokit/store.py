@@ -24,6 +24,9 @@ from reprokit.data.layout import atomic_write_table
 from reprokit.errors import ReprokitError
 from reprokit.jsonio import to_json
 
+#: The newest run-directory schema this version reads (and the one it writes).
+SUPPORTED_SCHEMA = 1
+
 MANIFEST = "manifest.json"
 SUMMARY = "summary.json"
 REPLICAS = "replicas"
@@ -55,28 +58,40 @@ def atomic_write_frame(path: str | os.PathLike, frame: pd.DataFrame) -> None:
     atomic_write_table(pa.Table.from_pandas(frame, preserve_index=False), path)
 
 
-def read_json(path: Path, what: str) -> dict[str, Any]:
-    if not path.exists():
+def read_json(path: str | os.PathLike, what: str | None = None) -> dict[str, Any]:
+    """Read a JSON object of a run directory; a missing, unreadable, corrupt or too-new file is a
+    one-sentence error (every reader of run directories, report and gate included, comes here)."""
+    path = Path(path)
+    what = what or path.name
+    if not path.is_file():
         raise ReprokitError(f"{what} not found: {path}")
     try:
-        doc = json.loads(path.read_text())
+        doc = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ReprokitError(f"{what} {path} is not valid JSON ({exc.__class__.__name__})") from None
+        raise ReprokitError(f"{what} is corrupt ({path} is not valid JSON: {exc})") from None
+    except OSError as exc:
+        raise ReprokitError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
     if not isinstance(doc, dict):
-        raise ReprokitError(f"{what} {path} is not a JSON object")
+        raise ReprokitError(f"{what} is corrupt ({path}: expected a JSON object)")
+    version = doc.get("schema_version")
+    if version is not None and (not isinstance(version, int) or version > SUPPORTED_SCHEMA):
+        raise ReprokitError(
+            f"{path} has schema_version {version!r}; this reprokit reads up to {SUPPORTED_SCHEMA}, "
+            "upgrade reprokit"
+        )
     return doc
 
 
-def _comparable(doc: dict[str, Any]) -> dict[str, Any]:
+def comparable_manifest(doc: dict[str, Any]) -> dict[str, Any]:
     # Round-trip through JSON so tuples/lists and numpy scalars compare the way they are stored.
     return json.loads(to_json({k: doc.get(k) for k in RESUME_KEYS}))
 
 
-def _first_difference(old: Any, new: Any, where: str = "") -> str:
+def first_difference(old: Any, new: Any, where: str = "") -> str:
     if isinstance(old, dict) and isinstance(new, dict):
         for key in sorted(set(old) | set(new)):
             if old.get(key) != new.get(key):
-                return _first_difference(
+                return first_difference(
                     old.get(key), new.get(key), f"{where}.{key}" if where else key
                 )
     return f"{where} is {old!r} there but {new!r} now"
@@ -115,9 +130,9 @@ class RunStore:
             raise ReprokitError(f"{self.path} exists and is not a directory")
         if self.manifest_path.exists():
             old = read_json(self.manifest_path, "manifest")
-            if _comparable(old) != _comparable(manifest):
+            if comparable_manifest(old) != comparable_manifest(manifest):
                 if not force:
-                    diff = _first_difference(_comparable(old), _comparable(manifest))
+                    diff = first_difference(comparable_manifest(old), comparable_manifest(manifest))
                     raise ReprokitError(
                         f"{self.path} holds a run of another configuration ({diff}); "
                         "choose another --out or pass --force to overwrite it"

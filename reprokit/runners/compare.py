@@ -46,7 +46,7 @@ from reprokit.errors import ReprokitError
 from reprokit.metrics.stats import holm, pair_matrix, paired_test, pareto_front
 from reprokit.nn.registry import create_activation, parse_spec
 from reprokit.runners.ensemble import default_run_dir, train_ensemble
-from reprokit.store import _comparable, _first_difference, atomic_write_json, read_json
+from reprokit.store import atomic_write_json, comparable_manifest, first_difference, read_json
 
 KIND = "compare-activations"
 COMPARE_FILE = "compare.json"
@@ -496,12 +496,12 @@ def _check_arm_config(arm_dir: Path, config: RunConfig) -> None:
     manifest = arm_dir / "manifest.json"
     if not manifest.exists():
         return
-    stored = _comparable({"config": read_json(manifest, "manifest").get("config")})
-    wanted = _comparable({"config": config.to_dict()})
+    stored = comparable_manifest({"config": read_json(manifest, "manifest").get("config")})
+    wanted = comparable_manifest({"config": config.to_dict()})
     if stored != wanted:
         raise ReprokitError(
             f"{arm_dir} holds a run of another configuration "
-            f"({_first_difference(stored, wanted)}); choose another --out or pass --force"
+            f"({first_difference(stored, wanted)}); choose another --out or pass --force"
         )
 
 
