@@ -1,9 +1,10 @@
-"""Build step for reprokit's one compiled piece; all metadata lives in pyproject.toml.
+"""Build step for reprokit's compiled pieces; all metadata lives in pyproject.toml.
 
 ``reprokit.nn._fused._smelu`` (reprokit/nn/_fused/smelu.c) holds fused CPU kernels for SmeLU and
-gSmeLU. It is an *optional* extension: where no C compiler (or no pthreads) is available the build
-prints a warning and reprokit installs without it, using its torch-ops path, which gives bitwise
-the same results, only slower.
+gSmeLU; ``reprokit.nn._fused._engine`` (engine_kernels.c) the vectorized engine's sparse
+embedding-gradient step. Both are *optional* extensions: where no C compiler (or no pthreads) is
+available the build prints a warning and reprokit installs without them, using the torch-ops
+paths, which give bitwise the same results, only slower.
 
 Floating-point flags: the kernels must perform exactly the IEEE operations the torch-ops path does,
 so floating-point contraction (``a*b + c`` fused into one FMA, a different rounding) is switched
@@ -40,7 +41,12 @@ setup(
             sources=["reprokit/nn/_fused/smelu.c"],
             libraries=["pthread"],
             optional=True,
-        )
+        ),
+        Extension(
+            "reprokit.nn._fused._engine",
+            sources=["reprokit/nn/_fused/engine_kernels.c"],
+            optional=True,
+        ),
     ],
     cmdclass={"build_ext": BuildExt},
 )

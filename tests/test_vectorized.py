@@ -216,3 +216,29 @@ def test_threads_setting_is_restored(encoded):
     cfg = _config("init", threads=1)
     vec.train_replicas(encoded, cfg, [0], _seeds(cfg, [0]))
     assert torch.get_num_threads() == before
+
+
+def test_grad_sq_norms_against_float64_and_overflow():
+    """The logged squared norm: dense part + embedding rows per replica, against a float64 sum;
+    a replica whose float32 sum of squares overflows still gets its finite float64 value, and the
+    other replicas keep theirs bit for bit."""
+
+    class _Stack:
+        vocab_total = 10
+
+    g = torch.Generator().manual_seed(0)
+    flat = torch.randn((3, 128), generator=g)
+    rows = torch.tensor([1, 4, 12, 25, 29])  # replica 0: rows 1, 4; replica 1: 12; replica 2: 25, 29
+    values = torch.randn((5, 4), generator=g)
+    sparse = vec.SparseGrad(rows, values)
+    got = vec.grad_sq_norms(flat, sparse, _Stack())
+    expected = flat.double().square().sum(1)
+    expected.index_add_(0, rows // 10, values.double().square().sum(1))
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=0)
+
+    big = flat.clone()
+    big[1, 7] = 3e19  # (3e19)² overflows float32, not float64
+    got_big = vec.grad_sq_norms(big, sparse, _Stack())
+    assert torch.isfinite(got_big).all()
+    assert got_big[1].item() == pytest.approx(9e38, rel=1e-6)
+    assert torch.equal(got_big[[0, 2]], got[[0, 2]])

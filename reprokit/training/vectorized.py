@@ -49,6 +49,7 @@ from torch import nn
 
 from reprokit.config import RunConfig
 from reprokit.errors import ReprokitError
+from reprokit.nn import _fused
 from reprokit.nn.activations import ReLU
 from reprokit.nn.embeddings import FieldEmbeddings
 from reprokit.nn.models import CTRModel, SeededDropout
@@ -294,6 +295,9 @@ class SparseGrad:
     rows: torch.Tensor  # [U] int64, sorted, rows of table_flat (replica r owns r*V .. (r+1)*V-1)
     values: torch.Tensor  # [U, dim]
 
+    def clone(self) -> SparseGrad:
+        return SparseGrad(self.rows.clone(), self.values.clone())
+
     def for_replica(self, r: int, vocab_total: int) -> SparseGrad:
         lo, hi = torch.searchsorted(
             self.rows,
@@ -371,7 +375,10 @@ class StackedOptimizer:
 
     def _sparse(self, grad: SparseGrad) -> None:
         """Sparse adagrad / sgd on unique rows: gather, update, scatter back (== torch's sparse
-        add_). Only correctly rounded single operations, since the rows are not ALIGN-blocked."""
+        add_). Only single operations that round the same wherever an element sits (+, -, *, /,
+        and torch's sqrt), since the rows are not ALIGN-blocked. (torch's float32 sqrt on CPU is
+        MKL's, within 1 ulp rather than correctly rounded; the same call keeps this engine's bits
+        those of torch.optim's sparse Adagrad.)"""
         table = self.stack.table_flat
         rows = table.index_select(0, grad.rows)
         if self.name == "sgd":
@@ -459,7 +466,11 @@ class EmbeddingGradAccumulator:
     in row order; a slot map gives each occurrence its unique row's position, and the occurrences
     are index_added (in occurrence order, as a unique/inverse index_add would) into a compact
     [U, dim] buffer. Every buffer a step touches at random is small (a bool and an int64 per
-    table row, U rows of values), so the scattered accesses stay in cache.
+    table row, U rows of values), so the scattered accesses stay in cache. On CPU the compiled
+    `coalesce` kernel (reprokit/nn/_fused/engine_kernels.c) does the same in two passes, with the
+    same bits.
+
+    The returned SparseGrad may live in buffers the next call reuses: clone it to keep it.
     """
 
     def __init__(self, stack: Stack) -> None:
@@ -470,8 +481,14 @@ class EmbeddingGradAccumulator:
         # int64: index_add_ with an int32 index takes a path several times slower
         self.slot = torch.zeros(rows, dtype=torch.long, device=device)
         self.positions = torch.arange(rows, device=device)
+        self._out: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def __call__(self, flat_rows: torch.Tensor, grad: torch.Tensor) -> SparseGrad:
+        if _fused.ENGINE_ACTIVE and grad.is_cpu and grad.dtype == torch.float32:
+            return self._fused(flat_rows, grad)
+        return self._torch(flat_rows, grad)
+
+    def _torch(self, flat_rows: torch.Tensor, grad: torch.Tensor) -> SparseGrad:
         index = flat_rows.reshape(-1)
         self.touched.index_fill_(0, index, True)
         rows = self.touched.nonzero().squeeze(1)
@@ -481,6 +498,26 @@ class EmbeddingGradAccumulator:
         values = grad.new_zeros((rows.numel(), self.dim))
         values.index_add_(0, inverse, grad.reshape(index.numel(), self.dim))
         return SparseGrad(rows, values)
+
+    def _fused(self, flat_rows: torch.Tensor, grad: torch.Tensor) -> SparseGrad:
+        index = flat_rows.reshape(-1).to(torch.long).contiguous()
+        grad = grad.reshape(index.numel(), self.dim).contiguous()
+        n = index.numel()
+        if self._out is None or self._out[0].numel() < n:
+            self._out = (index.new_empty(n), grad.new_empty((n, self.dim)))
+        rows, values = self._out
+        unique = _fused.engine.coalesce(
+            index.data_ptr(),
+            n,
+            grad.data_ptr(),
+            self.dim,
+            self.touched.numel(),
+            self.touched.data_ptr(),
+            self.slot.data_ptr(),
+            rows.data_ptr(),
+            values.data_ptr(),
+        )
+        return SparseGrad(rows[:unique], values[:unique])
 
 
 def _is_relu(module: nn.Module) -> bool:
@@ -639,23 +676,25 @@ class _Stepper:
         return loss, task, self.flat_grad, table_grad
 
 
-def grad_sq_norms(
-    flat_grad: torch.Tensor,
-    table_grad: SparseGrad,
-    stack: Stack,
-    scratch: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Per-replica squared gradient norm [R] in float64 over coalesced embedding rows (as loop).
+def grad_sq_norms(flat_grad: torch.Tensor, table_grad: SparseGrad, stack: Stack) -> torch.Tensor:
+    """Per-replica squared gradient norm [R] in float64 (the train log's grad_norm, squared).
 
-    The embedding rows are added one by one in row order whichever way they were coalesced, so a
-    replica's logged norm does not depend on which other replicas share its stack. `scratch`: a
-    float64 buffer shaped like `flat_grad` to cast into (saves an allocation per step).
+    The dense part is reduced row by row; on CPU in float32 (the float64 cast of [R, P] costs a
+    full copy per step, and the logged norm is telemetry: its relative error is ~1e-7), redone in
+    float64 for a replica whose float32 sum of squares overflows, so that a replica is flagged
+    non-finite exactly when the reference loop would flag it. The embedding rows are added one by one in row
+    order whichever way they were coalesced, so a replica's logged norm does not depend on which
+    other replicas share its stack.
     """
     f64 = torch.float64
-    if scratch is None:
+    if flat_grad.is_cpu:
+        total = torch.linalg.vector_norm(flat_grad, dim=1).double().square()
+        overflow = ~torch.isfinite(total)
+        if bool(overflow.any()):  # a host read costs nothing on CPU
+            exact = torch.linalg.vector_norm(flat_grad, dim=1, dtype=f64).square()
+            total = torch.where(overflow, exact, total)
+    else:
         total = torch.linalg.vector_norm(flat_grad, dim=1, dtype=f64).square()
-    else:  # the same cast and reduction, into a reused float64 buffer
-        total = torch.linalg.vector_norm(scratch.copy_(flat_grad), dim=1).square()
     sq = torch.linalg.vector_norm(table_grad.values, dim=1, dtype=f64).square()
     owner = torch.div(table_grad.rows, stack.vocab_total, rounding_mode="floor")
     return total.index_add_(0, owner, sq)
@@ -811,7 +850,6 @@ def _train(
     if stack.vocab_total * n_rep < 2**31:
         local_rows = local_rows.to(torch.int32)
     stepper = _Stepper(stack)
-    norm_scratch = torch.empty_like(stack.flat, dtype=torch.float64)
 
     div_config = getattr(config, "divergence", None)
     logs = [_Log(SpikeDetector(div_config) if div_config else SpikeDetector()) for _ in seeds]
@@ -855,9 +893,7 @@ def _train(
                         masks.append(drop.expand(keep, drop_index))
                 batch = _Batch(rows_b + replica_base, num_b, y_b, masks, b)
                 loss, task, flat_grad, table_grad = stepper(batch)
-                stats = torch.stack(
-                    [loss.double(), grad_sq_norms(flat_grad, table_grad, stack, norm_scratch)]
-                )
+                stats = torch.stack([loss.double(), grad_sq_norms(flat_grad, table_grad, stack)])
                 loss_v, gn2_v = stats.cpu().numpy()  # the one host transfer of a step
                 hist_epoch.append(epoch)
                 hist_loss.append(loss_v)
@@ -883,7 +919,8 @@ def _train(
                     for r in range(n_rep):
                         if not alive[r]:
                             continue
-                        mine = (flat_grad[r].clone(), table_grad.for_replica(r, stack.vocab_total))
+                        mine_table = table_grad.for_replica(r, stack.vocab_total).clone()
+                        mine = (flat_grad[r].clone(), mine_table)
                         queues[r].push(steps[r], mine)  # type: ignore[arg-type]
                         for flat_r, table_r in queues[r].due(steps[r]):
                             opt.step_replica(r, flat_r, table_r)

@@ -1,10 +1,13 @@
-"""Optional compiled CPU kernels for SmeLU and gSmeLU (``smelu.c`` in this folder).
+"""Optional compiled CPU kernels: SmeLU and gSmeLU (``smelu.c``), and the vectorized engine's
+sparse embedding-gradient step (``engine_kernels.c``).
 
-``pip install`` builds ``_smelu`` as an optional extension: where no C compiler exists the build
-is skipped and :mod:`reprokit.nn.functional` uses its torch-ops path, which gives bitwise the same
-results (tests/test_activations_fused.py), only slower. Whether the kernels are used:
+``pip install`` builds ``_smelu`` and ``_engine`` as optional extensions: where no C compiler
+exists the build is skipped and :mod:`reprokit.nn.functional` and
+:mod:`reprokit.training.vectorized` use their torch-ops paths, which give bitwise the same results
+(tests/test_activations_fused.py, tests/test_vectorized_fused.py), only slower. Whether the
+kernels are used:
 
-* :func:`available` - the extension was built and loads;
+* :func:`available` - the SmeLU extension was built and loads (``engine`` for the other);
 * :func:`enabled` (and the flag ``ACTIVE`` that the hot path reads) - available, and not switched
   off by the environment variable ``REPROKIT_DISABLE_FUSED`` (any value but ``""``, ``0``,
   ``false``, ``no``, ``off``), or by the :func:`disabled` context manager (benchmarks, tests).
@@ -26,11 +29,13 @@ import torch
 __all__ = [
     "ACTIVE",
     "ENV_VAR",
+    "ENGINE_ACTIVE",
     "available",
     "disabled",
     "enabled",
     "kernel",
     "refresh",
+    "engine",
     "threading_backend",
 ]
 
@@ -48,6 +53,15 @@ if _ext is not None and getattr(_ext, "ABI_VERSION", None) != _ABI_VERSION:
 kernel = _ext
 """The extension module (``smelu_fwd``, ``gsmelu_fwd``, ``hard_sigmoid_bwd``; see smelu.c), or
 None."""
+
+try:  # pragma: no branch - which side runs depends on the build
+    from reprokit.nn._fused import _engine as engine
+except ImportError:
+    engine = None
+if engine is not None and getattr(engine, "ABI_VERSION", None) != 1:
+    engine = None
+"""The engine extension (``coalesce``; see engine_kernels.c), or None. Used only while
+``ENGINE_ACTIVE``."""
 
 _OPENMP_NAMES = ("libgomp", "libiomp5", "libomp")
 
@@ -107,11 +121,15 @@ _env_off = False
 ACTIVE = False
 """Whether eligible tensors take the fused path now (= :func:`enabled`); kept up to date by
 :func:`refresh` and :func:`disabled`."""
+ENGINE_ACTIVE = False
+"""The same for the engine kernels (they are built separately, so may be missing alone)."""
 
 
 def _update() -> None:
-    global ACTIVE
-    ACTIVE = _ext is not None and not _env_off and not _force_off
+    global ACTIVE, ENGINE_ACTIVE
+    switched_off = _env_off or _force_off
+    ACTIVE = _ext is not None and not switched_off
+    ENGINE_ACTIVE = engine is not None and not switched_off
 
 
 def refresh() -> bool:
