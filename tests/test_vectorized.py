@@ -228,7 +228,8 @@ def test_grad_sq_norms_against_float64_and_overflow():
 
     g = torch.Generator().manual_seed(0)
     flat = torch.randn((3, 128), generator=g)
-    rows = torch.tensor([1, 4, 12, 25, 29])  # replica 0: rows 1, 4; replica 1: 12; replica 2: 25, 29
+    # replica 0 owns rows 1 and 4, replica 1 row 12, replica 2 rows 25 and 29
+    rows = torch.tensor([1, 4, 12, 25, 29])
     values = torch.randn((5, 4), generator=g)
     sparse = vec.SparseGrad(rows, values)
     got = vec.grad_sq_norms(flat, sparse, _Stack())
