@@ -20,7 +20,8 @@ row `offsets[f]`), so one gather serves all fields of all replicas; the dense la
 optimizer updates that buffer with a handful of kernels. The backward pass is written out by hand
 (`_Stepper`: torch's backward formulas without the autograd graph, into reused buffers, the
 gradient straight into a flat [R, P_pad] buffer), and embedding gradients are coalesced without a
-sort (`EmbeddingGradAccumulator`). Every per-replica block an elementwise
+sort (`EmbeddingGradAccumulator`; on CPU by a compiled kernel with the same bits, see
+reprokit/nn/_fused/engine_kernels.c). Every per-replica block an elementwise
 kernel sees is a multiple of ALIGN elements (batches are padded with zero-weight rows), so a
 replica's bits never depend on its slot in the stack or on which replicas share it: the control
 arm is bitwise identical and a resumed subset reproduces the replicas of a full run. Replicas
