@@ -7,10 +7,12 @@ exists the build is skipped and :mod:`reprokit.nn.functional` and
 (tests/test_activations_fused.py, tests/test_vectorized_fused.py), only slower. Whether the
 kernels are used:
 
-* :func:`available` - the SmeLU extension was built and loads (``engine`` for the other);
-* :func:`enabled` (and the flag ``ACTIVE`` that the hot path reads) - available, and not switched
-  off by the environment variable ``REPROKIT_DISABLE_FUSED`` (any value but ``""``, ``0``,
-  ``false``, ``no``, ``off``), or by the :func:`disabled` context manager (benchmarks, tests).
+* :func:`available` - the SmeLU extension was built and loads (``engine`` is None when the
+  engine extension was not);
+* :func:`enabled` (and the flags ``ACTIVE`` and ``ENGINE_ACTIVE`` that the hot paths read) -
+  built, and not switched off by the environment variable ``REPROKIT_DISABLE_FUSED`` (any value
+  but ``""``, ``0``, ``false``, ``no``, ``off``), or by the :func:`disabled` context manager
+  (benchmarks, tests); both switches turn off both extensions.
 
 The variable is read when reprokit.nn is imported (so one process uses one path throughout) and
 again by :func:`refresh`. Both paths give the same bits, so the choice only changes speed.
