@@ -124,3 +124,14 @@ def test_training_with_and_without_the_kernels_gives_the_same_bits(extra):
     for a, b in zip(fused, plain, strict=True):
         assert np.array_equal(a.predictions, b.predictions)
         assert a.log.equals(b.log)
+
+
+def test_the_environment_switch_turns_the_engine_kernel_off(monkeypatch):
+    monkeypatch.setenv(_fused.ENV_VAR, "1")
+    try:
+        assert _fused.refresh() is False
+        assert not _fused.ENGINE_ACTIVE
+    finally:
+        monkeypatch.delenv(_fused.ENV_VAR)
+        _fused.refresh()
+    assert _fused.ENGINE_ACTIVE
