@@ -683,9 +683,9 @@ def grad_sq_norms(flat_grad: torch.Tensor, table_grad: SparseGrad, stack: Stack)
     The dense part is reduced row by row; on CPU in float32 (the float64 cast of [R, P] costs a
     full copy per step, and the logged norm is telemetry: its relative error is ~1e-7), redone in
     float64 for a replica whose float32 sum of squares overflows, so that a replica is flagged
-    non-finite exactly when the reference loop would flag it. The embedding rows are added one by one in row
-    order whichever way they were coalesced, so a replica's logged norm does not depend on which
-    other replicas share its stack.
+    non-finite exactly when the reference loop would flag it. The embedding rows are added one by
+    one in row order whichever way they were coalesced, so a replica's logged norm does not depend
+    on which other replicas share its stack.
     """
     f64 = torch.float64
     if flat_grad.is_cpu:

@@ -30,19 +30,20 @@ import torch
 
 __all__ = [
     "ACTIVE",
-    "ENV_VAR",
     "ENGINE_ACTIVE",
+    "ENV_VAR",
     "available",
     "disabled",
     "enabled",
+    "engine",
     "kernel",
     "refresh",
-    "engine",
     "threading_backend",
 ]
 
 ENV_VAR = "REPROKIT_DISABLE_FUSED"
 _ABI_VERSION = 2
+_ENGINE_ABI_VERSION = 1  # engine_kernels.c's ABI_VERSION
 _FALSE_WORDS = frozenset({"", "0", "false", "no", "off"})
 
 try:  # pragma: no branch - which side runs depends on the build
@@ -60,7 +61,7 @@ try:  # pragma: no branch - which side runs depends on the build
     from reprokit.nn._fused import _engine as engine
 except ImportError:
     engine = None
-if engine is not None and getattr(engine, "ABI_VERSION", None) != 1:
+if engine is not None and getattr(engine, "ABI_VERSION", None) != _ENGINE_ABI_VERSION:
     engine = None
 """The engine extension (``coalesce``; see engine_kernels.c), or None. Used only while
 ``ENGINE_ACTIVE``."""
