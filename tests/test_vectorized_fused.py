@@ -1,5 +1,6 @@
-"""The vectorized engine's compiled sparse-gradient kernel (reprokit/nn/_fused/engine_kernels.c)
-gives bitwise the results of its torch-ops path: the coalesced rows and sums, and whole runs."""
+"""The vectorized engine's compiled sparse kernels (reprokit/nn/_fused/engine_kernels.c) give
+bitwise the results of their torch-ops paths: the coalesced rows and sums, the sparse SGD and
+Adagrad row updates, and whole runs."""
 
 import numpy as np
 import pytest
@@ -80,7 +81,54 @@ def test_coalesce_refuses_an_index_outside_the_table_and_stays_usable():
     assert torch.equal(acc._fused(rows, grad).values, acc._torch(rows, grad).values)
 
 
-def test_adagrad_row_update_against_the_formula():
+def _sparse_grad(replicas, vocab, dim, n_rows, seed=2):
+    """Unique increasing rows of the flat table and wide-ranging gradient values for them."""
+    g = torch.Generator().manual_seed(seed)
+    rows = torch.randperm(replicas * vocab, generator=g)[:n_rows].sort().values
+    scale = torch.logspace(-8, 4, n_rows * dim).view(n_rows, dim)
+    return vec.SparseGrad(rows, torch.randn((n_rows, dim), generator=g) * scale)
+
+
+@pytest.mark.parametrize("name", ["adagrad", "sgd"])
+@pytest.mark.parametrize("n_rows", [7, 12_000])  # 12k rows x 8: torch's sqrt splits over threads
+def test_sparse_row_update_matches_the_torch_path_bitwise(name, n_rows):
+    grad = _sparse_grad(3, 5000, 8, n_rows)
+    tables = [_Table(3, 5000, 8, seed=4) for _ in range(2)]
+    opts = [
+        vec.StackedOptimizer(t, name, lr=0.37, weight_decay=0.0, initial_accumulator=0.1)
+        for t in tables
+    ]
+    for _ in range(3):  # state carried from step to step
+        opts[0]._sparse_fused(grad)
+        opts[1]._sparse_torch(grad)
+    assert not torch.equal(tables[0].table, _Table(3, 5000, 8, seed=4).table)  # rows moved
+    assert torch.equal(tables[0].table, tables[1].table)
+    for key in opts[0].state:
+        assert torch.equal(opts[0].state[key][0], opts[1].state[key][0])
+
+
+@pytest.mark.parametrize("kernel", ["sgd_rows", "adagrad_sum_rows", "adagrad_apply_rows"])
+def test_row_kernels_refuse_a_row_outside_the_table_and_write_nothing(kernel):
+    table = _Table(2, 50, 4)
+    before = table.table.clone()
+    opt = vec.StackedOptimizer(table, "adagrad", lr=0.1, weight_decay=0.0)
+    grad = _sparse_grad(2, 50, 4, 6)
+    grad.rows[-1] = 2 * 50  # one past the last row
+    head = (grad.rows.data_ptr(), 6, grad.values.data_ptr(), 4, 100)
+    scratch = torch.empty((6, 4))
+    args = {
+        "sgd_rows": (table.table.data_ptr(), 0.1),
+        "adagrad_sum_rows": (opt.state["sum"][0].data_ptr(), scratch.data_ptr()),
+        "adagrad_apply_rows": (scratch.data_ptr(), table.table.data_ptr(), 0.1, 1e-10),
+    }[kernel]
+    with pytest.raises(IndexError, match="outside the table"):
+        getattr(_fused.engine, kernel)(*head, *args)
+    assert torch.equal(table.table, before)
+    assert torch.equal(opt.state["sum"][0], torch.zeros_like(before))
+
+
+@pytest.mark.parametrize("path", ["_sparse_fused", "_sparse_torch"])
+def test_adagrad_row_update_against_the_formula(path):
     """Coalesce + one sparse Adagrad step against the formula by hand, in float64:
     s += g²; w -= lr · g / (√s + eps), on the rows the batch used and no others."""
     table = _Table(1, 10, 4, seed=5)
@@ -91,7 +139,7 @@ def test_adagrad_row_update_against_the_formula():
         [[[1.0, -2.0, 0.5, 0.0]], [[0.25, 0.25, -1.0, 3.0]], [[2.0, 0.0, 0.0, 1.0]]]
     )
     grad = grad.view(1, 3, 4)
-    opt._sparse(vec.EmbeddingGradAccumulator(table)._fused(rows, grad))
+    getattr(opt, path)(vec.EmbeddingGradAccumulator(table)._fused(rows, grad))
     g = torch.zeros((10, 4), dtype=torch.float64)
     g[3] = grad[0, 0].double() + grad[0, 2].double()
     g[7] = grad[0, 1].double()

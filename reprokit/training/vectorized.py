@@ -375,11 +375,47 @@ class StackedOptimizer:
             torch._foreach_addcdiv_(params, m, denom, value=-(self.lr / bias1))
 
     def _sparse(self, grad: SparseGrad) -> None:
-        """Sparse adagrad / sgd on unique rows: gather, update, scatter back (== torch's sparse
-        add_). Only single operations that round the same wherever an element sits (+, -, *, /,
-        and torch's sqrt), since the rows are not ALIGN-blocked. (torch's float32 sqrt on CPU is
-        MKL's, within 1 ulp rather than correctly rounded; the same call keeps this engine's bits
-        those of torch.optim's sparse Adagrad.)"""
+        """Sparse adagrad / sgd on the unique rows of `grad` (== torch's sparse add_).
+
+        On CPU the compiled row kernels (engine_kernels.c) make one pass each where the torch
+        path gathers, updates and scatters back; both give the same bits."""
+        values = grad.values
+        if _fused.ENGINE_ACTIVE and values.is_cpu and values.dtype == torch.float32:
+            self._sparse_fused(grad)
+        else:
+            self._sparse_torch(grad)
+
+    def _sparse_fused(self, grad: SparseGrad) -> None:
+        table = self.stack.table_flat
+        rows, values = grad.rows.contiguous(), grad.values.contiguous()
+        head = (rows.data_ptr(), rows.numel(), values.data_ptr(), self.stack.dim, table.shape[0])
+        if self.name == "sgd":
+            _fused.engine.sgd_rows(*head, table.data_ptr(), self.lr)
+            return
+        sums = self.state["sum"][0]
+        root = self._scratch_rows(values)
+        _fused.engine.adagrad_sum_rows(*head, sums.data_ptr(), root.data_ptr())
+        # torch's sqrt between the passes: the same MKL call, on the same-shaped fresh-looking
+        # buffer, as the torch path's, so the same bits
+        torch.sqrt(root, out=root)
+        _fused.engine.adagrad_apply_rows(
+            *head, root.data_ptr(), table.data_ptr(), self.lr, ADAGRAD_EPS
+        )
+
+    def _scratch_rows(self, like: torch.Tensor) -> torch.Tensor:
+        """A reused [U, dim] buffer (a prefix of one that fits the largest U so far)."""
+        buf = self._buffers.get(("rows",))
+        if buf is None or buf.shape[0] < like.shape[0]:
+            buf = self._buffers[("rows",)] = like.new_empty(
+                (max(like.shape[0], 1) * 2, like.shape[1])
+            )
+        return buf[: like.shape[0]]
+
+    def _sparse_torch(self, grad: SparseGrad) -> None:
+        """Gather, update, scatter back. Only single operations that round the same wherever an
+        element sits (+, -, *, /, and torch's sqrt), since the rows are not ALIGN-blocked.
+        (torch's float32 sqrt on CPU is MKL's, within 1 ulp rather than correctly rounded; the
+        same call keeps this engine's bits those of torch.optim's sparse Adagrad.)"""
         table = self.stack.table_flat
         rows = table.index_select(0, grad.rows)
         if self.name == "sgd":

@@ -1,5 +1,5 @@
 """Optional compiled CPU kernels: SmeLU and gSmeLU (``smelu.c``), and the vectorized engine's
-sparse embedding-gradient step (``engine_kernels.c``).
+sparse embedding step: gradient coalescing and row updates (``engine_kernels.c``).
 
 ``pip install`` builds ``_smelu`` and ``_engine`` as optional extensions: where no C compiler
 exists the build is skipped and :mod:`reprokit.nn.functional` and
@@ -43,7 +43,7 @@ __all__ = [
 
 ENV_VAR = "REPROKIT_DISABLE_FUSED"
 _ABI_VERSION = 2
-_ENGINE_ABI_VERSION = 1  # engine_kernels.c's ABI_VERSION
+_ENGINE_ABI_VERSION = 2  # engine_kernels.c's ABI_VERSION
 _FALSE_WORDS = frozenset({"", "0", "false", "no", "off"})
 
 try:  # pragma: no branch - which side runs depends on the build
@@ -63,8 +63,8 @@ except ImportError:
     engine = None
 if engine is not None and getattr(engine, "ABI_VERSION", None) != _ENGINE_ABI_VERSION:
     engine = None
-"""The engine extension (``coalesce``; see engine_kernels.c), or None. Used only while
-``ENGINE_ACTIVE``."""
+"""The engine extension (``coalesce``, ``sgd_rows``, ``adagrad_sum_rows``,
+``adagrad_apply_rows``; see engine_kernels.c), or None. Used only while ``ENGINE_ACTIVE``."""
 
 _OPENMP_NAMES = ("libgomp", "libiomp5", "libomp")
 
