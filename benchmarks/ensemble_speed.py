@@ -16,7 +16,9 @@ Every (engine, N) runs `--repeats` times (default 3) and the run with the median
 reported, with all runs' training seconds beside it. Prints one JSON document: per N the wall and
 CPU seconds of training (and of training + predicting), examples per second, peak memory, the
 speedups (reference / vectorized: ratios, not absolute times), and max |Δp| between replica k of
-the sequential and the vectorized engine.
+the sequential and the vectorized engine. Beside them, the GEMM floor: the epoch's batched matrix
+products alone (`gemm_floor_seconds`), which bounds the speedup this machine allows
+(`speedup_ceiling_vs_plain`: the plain loop's time over the floor) whatever the engine's overhead.
 """
 
 from __future__ import annotations
@@ -106,6 +108,63 @@ def plain_replica(encoded: Any, config: Any, seeds: dict[str, int]) -> tuple[np.
     return preds, seconds
 
 
+def gemm_floor_seconds(encoded: Any, config: Any, n: int, repeats: int = 3) -> float:
+    """Seconds that the batched GEMMs of one epoch of N replicas take alone (fastest of
+    `repeats`): the stacked forward, weight-gradient and input-gradient products of every step
+    with the vectorized engine's calls, shapes and layouts, and nothing else.
+
+    A lower bound on any N-replica engine's time that does the same arithmetic on this machine,
+    so `plain / floor` is the largest speedup over the plain loop that the hardware allows.
+    """
+    import torch
+
+    torch.set_num_threads(config.threads)
+    device = torch.device(config.device)
+    r, b = max(n, 2), config.optim.batch_size  # the engine trains a lone replica beside a copy
+    emb_width = len(encoded.vocab_sizes) * config.model.embedding_dim
+    widths = [emb_width + encoded.train_num.shape[1], *config.model.hidden]
+    g = torch.Generator(device=device).manual_seed(0)
+
+    def randn(*shape: int) -> Any:
+        return torch.randn(shape, generator=g, device=device)
+
+    weights = [randn(r, i, o) for i, o in zip(widths[:-1], widths[1:], strict=True)]
+    biases = [randn(r, 1, o) for o in widths[1:]]
+    head = randn(r, 1, widths[-1])  # the 1-wide head's weight, stored as a row
+    acts = [randn(r, b, w) for w in widths]
+    grads = [randn(r, b, w) for w in widths[1:]]
+    w_grads = [torch.empty_like(w) for w in weights]
+    in_grads = [
+        randn(r, b, emb_width),
+        *(torch.empty(r, b, w, device=device) for w in widths[1:-1]),
+    ]
+    logits, logit_grad, head_grad = randn(r, 1, b), randn(r, 1, b), torch.empty_like(head)
+    steps = -(-encoded.n_train // b) * config.optim.epochs
+
+    def step() -> None:
+        for i, (w, bias) in enumerate(zip(weights, biases, strict=True)):
+            torch.baddbmm(bias, acts[i], w, out=grads[i])  # forward (values do not matter)
+        torch.bmm(head, acts[-1].transpose(1, 2), out=logits)
+        torch.bmm(logit_grad, acts[-1], out=head_grad)
+        for i in range(len(weights) - 1, -1, -1):
+            torch.bmm(acts[i].transpose(1, 2), grads[i], out=w_grads[i])
+            w = weights[i][:, :emb_width] if i == 0 else weights[i]
+            torch.bmm(grads[i], w.transpose(1, 2), out=in_grads[i])
+
+    best = float("inf")
+    for _ in range(repeats):
+        step()  # warm-up
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return best * n / r  # the per-replica share, as the engine reports a lone replica
+
+
 def child(args: argparse.Namespace) -> None:
     """Train N replicas with one engine, print a JSON line, save predictions (parity check)."""
     import torch
@@ -119,6 +178,9 @@ def child(args: argparse.Namespace) -> None:
     config = _config(args)
     n = args.child_replicas
     seeds = [replica_seeds(config.seed, config.vary, r) for r in range(n)]
+    if args.child == "gemm-floor":
+        print(json.dumps({"gemm_floor_seconds": gemm_floor_seconds(encoded, config, n)}))
+        return
     rss_data = _peak_memory_mb("cpu")
     wall0, cpu0 = time.perf_counter(), time.process_time()
     if args.child == "plain":
@@ -193,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--repeats", type=int, default=3, help="runs per engine and N (the median is reported)"
     )
-    parser.add_argument("--child", choices=ENGINES, help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=[*ENGINES, "gemm-floor"], help=argparse.SUPPRESS)
     parser.add_argument("--child-replicas", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--predictions", help=argparse.SUPPRESS)
@@ -221,6 +283,7 @@ def main(argv: list[str] | None = None) -> None:
                     runs[engine].append(run)
                     print(f"N={n} {engine}: {run['train_seconds']:.2f}s", file=sys.stderr)
             seq, plain, vec = (_median_run(runs[e]) for e in ENGINES)
+            floor = _run_child(args, "gemm-floor", n, data, "")["gemm_floor_seconds"]
             p_seq, p_vec = (np.load(f"{tmp}/{e}-{n}.npy") for e in ("sequential", "vectorized"))
             results.append(
                 {
@@ -233,6 +296,10 @@ def main(argv: list[str] | None = None) -> None:
                     "speedup_total_wall": seq["total_seconds"] / vec["total_seconds"],
                     "speedup_total_cpu": seq["total_cpu_seconds"] / vec["total_cpu_seconds"],
                     "max_abs_dp_vs_sequential": float(np.max(np.abs(p_seq - p_vec))),
+                    "gemm_floor_seconds": floor,
+                    "vectorized_gemm_share": floor / vec["train_seconds"],
+                    "speedup_ceiling_vs_plain": plain["train_seconds"] / floor,
+                    "speedup_ceiling_vs_sequential": seq["train_seconds"] / floor,
                 }
             )
     doc = {
