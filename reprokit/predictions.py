@@ -8,6 +8,9 @@ Two layouts are accepted:
   replica (any name, e.g. ``replica_0``, ``r1``). Non-numeric columns and other ``label*`` columns
   are ignored.
 
+Either layout may carry a group column (e.g. ``user_id``) for top-k churn per group; it is read by
+`load_predictions_with_groups` and must give each example one group.
+
 ``format="auto"`` picks long when the file has ``replica`` and ``prediction`` columns, else wide.
 Examples are aligned on ``example_id`` and returned sorted by it. Every problem is a ReprokitError
 with one sentence naming the file, the column or the replica.
@@ -112,7 +115,20 @@ def _example_ids(series: pd.Series, path: Path) -> np.ndarray:
     return series.to_numpy()
 
 
-def _load_long(df: pd.DataFrame, path: Path) -> PredictionSet:
+def _group_codes(df: pd.DataFrame, column: str, path: Path) -> np.ndarray:
+    """The group column as integer codes (one per row); refuse a missing column or empty ids."""
+    if column not in df.columns:
+        raise ReprokitError(f"{path} lacks the group column {column!r}")
+    codes, _ = pd.factorize(df[column], sort=False)
+    missing = int(np.count_nonzero(codes < 0))
+    if missing:
+        raise ReprokitError(f"column {column!r} in {path} has {missing} missing values")
+    return codes.astype(np.int64)
+
+
+def _load_long(
+    df: pd.DataFrame, path: Path, group_column: str | None = None
+) -> tuple[PredictionSet, np.ndarray | None]:
     missing = [c for c in LONG_COLUMNS if c not in df.columns]
     if missing:
         raise ReprokitError(
@@ -120,6 +136,7 @@ def _load_long(df: pd.DataFrame, path: Path) -> PredictionSet:
             "expected example_id, replica, prediction and optionally label"
         )
     ids = _example_ids(df["example_id"], path)
+    row_groups = None if group_column is None else _group_codes(df, group_column, path)
     if df["replica"].isna().any():
         raise ReprokitError(f"column 'replica' in {path} has missing values")
     rep_codes, rep_values = pd.factorize(df["replica"], sort=True)
@@ -167,20 +184,33 @@ def _load_long(df: pd.DataFrame, path: Path) -> PredictionSet:
                 f"labels disagree across replicas for {disagree} example(s) in {path}"
             )
         labels = lab[0].copy()
-    return PredictionSet(names, np.asarray(id_values), preds, labels)
+    groups = None
+    if row_groups is not None:
+        groups = np.empty(n, dtype=np.int64)
+        groups[id_codes] = row_groups  # any row of an example; checked against all below
+        disagree = np.unique(id_codes[groups[id_codes] != row_groups]).size
+        if disagree:
+            raise ReprokitError(
+                f"column {group_column!r} disagrees across replicas for {disagree} example(s) "
+                f"in {path}"
+            )
+    return PredictionSet(names, np.asarray(id_values), preds, labels), groups
 
 
-def _load_wide(df: pd.DataFrame, path: Path) -> PredictionSet:
+def _load_wide(
+    df: pd.DataFrame, path: Path, group_column: str | None = None
+) -> tuple[PredictionSet, np.ndarray | None]:
     if "example_id" not in df.columns:
         raise ReprokitError(
             f"{path} (wide format) lacks column 'example_id'; expected example_id, optionally "
             "label, and one numeric column per replica"
         )
+    group_codes = None if group_column is None else _group_codes(df, group_column, path)
     label_col = _label_column(df)
     names = [
         str(c)
         for c in df.columns
-        if c != "example_id"
+        if c not in ("example_id", group_column)
         and not str(c).lower().startswith("label")
         and (pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]))
     ]
@@ -200,7 +230,8 @@ def _load_wide(df: pd.DataFrame, path: Path) -> PredictionSet:
     if label_col:
         labels = _numeric(df[label_col], "column 'label'", path)[order]
         _check_labels(labels, path)
-    return PredictionSet(names, np.asarray(id_values), preds, labels)
+    groups = None if group_codes is None else group_codes[order]
+    return PredictionSet(names, np.asarray(id_values), preds, labels), groups
 
 
 def load_predictions(path: str | Path, format: str = "auto") -> PredictionSet:
@@ -210,6 +241,15 @@ def load_predictions(path: str | Path, format: str = "auto") -> PredictionSet:
     replicas that cover different examples, NaN or out-of-range predictions (naming the replica and
     the count), fewer than 2 replicas, and labels that disagree across replicas.
     """
+    return load_predictions_with_groups(path, None, format)[0]
+
+
+def load_predictions_with_groups(
+    path: str | Path, group_column: str | None, format: str = "auto"
+) -> tuple[PredictionSet, np.ndarray | None]:
+    """`load_predictions` plus the group of every example ([N] integer codes aligned with the
+    sorted example ids; None without `group_column`). A missing group column, missing group ids,
+    or (long layout) an example whose rows name different groups is a ReprokitError."""
     if format not in FORMATS:
         raise ReprokitError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}")
     p = Path(path)
@@ -217,4 +257,5 @@ def load_predictions(path: str | Path, format: str = "auto") -> PredictionSet:
     fmt = format
     if fmt == "auto":
         fmt = "long" if {"replica", "prediction"} <= set(map(str, df.columns)) else "wide"
-    return _load_long(df, p) if fmt == "long" else _load_wide(df, p)
+    load = _load_long if fmt == "long" else _load_wide
+    return load(df, p, group_column)

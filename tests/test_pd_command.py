@@ -287,3 +287,69 @@ def test_bad_files(tmp_path):
 def test_loader_raises_reprokit_error(tmp_path):
     with pytest.raises(ReprokitError, match="unknown format"):
         load_predictions(tmp_path / "x.csv", format="tall")
+
+
+# ---- top-k churn per group (--group-column) ---------------------------------------------------
+
+
+def _with_users(wide: pd.DataFrame, users: int = 12, seed: int = 3) -> pd.DataFrame:
+    """Numeric user ids (so the wide loader must not take them for a replica column)."""
+    rng = np.random.default_rng(seed)
+    return wide.assign(user_id=rng.integers(0, users, len(wide)))
+
+
+@pytest.mark.parametrize("layout", ["wide", "long"])
+def test_pd_group_column_adds_top_k_churn(tmp_path, layout):
+    from reprokit.metrics.churn import topk_churn
+
+    wide = _with_users(wide_frame(m=4, n=400))
+    if layout == "long":
+        long = wide.melt(
+            id_vars=["example_id", "label", "user_id"],
+            value_vars=[f"replica_{r}" for r in range(4)],
+            var_name="replica",
+            value_name="prediction",
+        )
+        path = write(tmp_path, long.sample(frac=1.0, random_state=2))
+    else:
+        path = write(tmp_path, wide)
+    result = invoke(path, "--json", "--group-column", "user_id", "--top-k", 5, "--resamples", 200)
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["replicas"] == 4  # user_id was not read as a fifth replica
+    ordered = wide.sort_values("example_id")
+    expected = topk_churn(
+        ordered[[f"replica_{r}" for r in range(4)]].to_numpy().T, ordered["user_id"], 5
+    )
+    churn = doc["churn"]
+    assert churn["k"] == 5 and churn["groups"] == expected.groups == 12
+    assert churn["value"] == pytest.approx(expected.value, abs=1e-12)
+    assert churn["per_pair"] == pytest.approx(list(expected.per_pair), abs=1e-12)
+    lo, hi = churn["ci"]
+    assert lo <= churn["value"] <= hi
+    assert "top-5 churn (12 groups)" in result.stderr
+
+
+def test_pd_without_group_column_has_no_churn(tmp_path):
+    result = invoke(write(tmp_path, wide_frame()), "--json", "--resamples", 50)
+    assert result.exit_code == 0 and "churn" not in json.loads(result.stdout)
+
+
+def test_pd_group_column_errors(tmp_path):
+    wide = _with_users(wide_frame(m=3, n=60))
+    path = write(tmp_path, wide)
+    assert_one_line_error(invoke(path, "--group-column", "user"), "lacks the group column 'user'")
+    assert_one_line_error(invoke(path, "--group-column", "user_id", "--top-k", 0), "--top-k")
+    long = wide.melt(
+        id_vars=["example_id", "label", "user_id"],
+        value_vars=["replica_0", "replica_1", "replica_2"],
+        var_name="replica",
+        value_name="prediction",
+    )
+    long.loc[long["replica"] == "replica_2", "user_id"] += 1  # replica 2 names other users
+    result = invoke(write(tmp_path, long, "l.parquet"), "--group-column", "user_id")
+    assert_one_line_error(result, "disagrees across replicas for 60 example(s)")
+    missing = wide.astype({"user_id": float})
+    missing.loc[3, "user_id"] = np.nan
+    result = invoke(write(tmp_path, missing, "m.parquet"), "--group-column", "user_id")
+    assert_one_line_error(result, "1 missing values")

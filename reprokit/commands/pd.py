@@ -20,6 +20,7 @@ from rich.table import Table
 from reprokit.commands.common import cli_errors, err_console, fmt_significant, print_json
 from reprokit.errors import ReprokitError
 from reprokit.jsonio import as_float
+from reprokit.metrics.churn import DEFAULT_TOP_K
 
 __all__ = ["render_summary_table", "register", "run_pd"]
 
@@ -28,6 +29,16 @@ KIND = "pd"
 
 def _fmt_count(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def _interval(bounds: Any) -> str:
+    """A CI cell: "lo – hi", "n/a (< 3 replicas)" when the bounds are null, "" without bounds."""
+    if not (isinstance(bounds, list | tuple) and len(bounds) == 2):
+        return ""
+    lo, hi = as_float(bounds[0]), as_float(bounds[1])
+    if math.isfinite(lo) and math.isfinite(hi):
+        return f"{fmt_significant(lo, 4)} – {fmt_significant(hi, 4)}"
+    return "n/a (< 3 replicas)"
 
 
 def render_summary_table(summary: dict[str, Any], title: str | None = None) -> Table:
@@ -52,18 +63,17 @@ def render_summary_table(summary: dict[str, Any], title: str | None = None) -> T
 
     threshold = as_float(summary.get("flip_threshold", 0.5))
     for key, value in (summary.get("pd") or {}).items():
-        interval = ""
-        bounds = ci.get(key)
-        if isinstance(bounds, list | tuple) and len(bounds) == 2:
-            lo, hi = as_float(bounds[0]), as_float(bounds[1])
-            finite = math.isfinite(lo) and math.isfinite(hi)
-            interval = (
-                f"{fmt_significant(lo, 4)} – {fmt_significant(hi, 4)}"
-                if finite
-                else "n/a (< 3 replicas)"
-            )
         name = f"flip (t={threshold:g})" if key == "flip" else key
-        table.add_row(name, fmt_significant(value, 5), interval, "", "")
+        table.add_row(name, fmt_significant(value, 5), _interval(ci.get(key)), "", "")
+    churn = summary.get("churn")
+    if isinstance(churn, dict):
+        table.add_row(
+            f"top-{churn.get('k')} churn ({_fmt_count(churn.get('groups'))} groups)",
+            fmt_significant(churn.get("value"), 5),
+            _interval(churn.get("ci")),
+            "",
+            "",
+        )
 
     names = {"auc": "AUC", "logloss": "log-loss", "calibration": "calibration"}
     first = True
@@ -112,17 +122,23 @@ def run_pd(
     seed: int = 0,
     resamples: int = 9999,
     show_progress: bool = False,
+    group_column: str | None = None,
+    top_k: int = DEFAULT_TOP_K,
 ) -> tuple[dict[str, Any], list[str]]:
-    """Load FILE, summarise it; returns (summary document with kind "pd", warning messages)."""
+    """Load FILE, summarise it; returns (summary document with kind "pd", warning messages).
+
+    With `group_column` the document also holds top-k churn per group (e.g. per user)."""
     from reprokit.metrics.accuracy import UndefinedMetricWarning
     from reprokit.metrics.summary import summarize
-    from reprokit.predictions import load_predictions
+    from reprokit.predictions import load_predictions_with_groups
 
     if not (math.isfinite(threshold) and 0.0 < threshold < 1.0):
         raise ReprokitError(f"--threshold must be strictly between 0 and 1, got {threshold:g}")
     if resamples < 1:
         raise ReprokitError(f"--resamples must be positive, got {resamples}")
-    data = load_predictions(file, format=fmt)
+    if top_k < 1:
+        raise ReprokitError(f"--top-k must be a positive integer, got {top_k}")
+    data, groups = load_predictions_with_groups(file, group_column, format=fmt)
     messages: list[str] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UndefinedMetricWarning)
@@ -136,6 +152,8 @@ def run_pd(
                 kind=KIND,
                 replica_names=data.replicas,
                 progress=progress,
+                groups=groups,
+                top_k=top_k,
             )
     for w in caught:
         msg = str(w.message)
@@ -168,17 +186,30 @@ def register(app: typer.Typer) -> None:
         ),
         seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap over replicas."),
         resamples: int = typer.Option(9999, "--resamples", help="Bootstrap resamples."),
+        group_column: str | None = typer.Option(
+            None,
+            "--group-column",
+            help="Column naming each example's group (e.g. user_id): adds top-k churn per group.",
+            show_default=False,
+        ),
+        top_k: int = typer.Option(
+            DEFAULT_TOP_K, "--top-k", help="k of the top-k churn (with --group-column)."
+        ),
     ) -> None:
         """PD / AUC / log-loss of replica predictions produced anywhere.
 
         Every PD key, with a bootstrap CI over replicas for abs and rel.
         With a label column also AUC, log-loss and calibration (replica mean ± std, ensemble).
+        With --group-column also top-k churn per group: the mean share of a group's top k that
+        two replicas do not share (groups with more than k examples).
 
         Examples:
 
           reprokit pd preds.parquet
 
           reprokit pd preds.csv --format wide --threshold 0.3 --json > pd.json
+
+          reprokit pd preds.parquet --group-column user_id --top-k 5
         """
         if fmt not in ("auto", "long", "wide"):
             raise ReprokitError(f"--format must be auto, long or wide, got {fmt!r}")
@@ -189,6 +220,8 @@ def register(app: typer.Typer) -> None:
             seed=seed,
             resamples=resamples,
             show_progress=err_console.is_terminal,
+            group_column=group_column,
+            top_k=top_k,
         )
         for msg in messages:
             err_console.print(f"warning: {msg}", markup=False, highlight=False)

@@ -10,6 +10,7 @@ import numpy as np
 
 from reprokit.errors import ReprokitError
 from reprokit.metrics.accuracy import accuracy_summary, check_labels
+from reprokit.metrics.churn import DEFAULT_TOP_K, ChurnResult, topk_churn
 from reprokit.metrics.pd import (
     DEFAULT_CHUNK,
     PD_KEYS,
@@ -53,6 +54,25 @@ def _as_matrix(predictions: Any) -> np.ndarray:
     return arr
 
 
+def _churn_entry(
+    churn: ChurnResult, replicas: int, ci_level: float, n_resamples: int, seed: int
+) -> dict[str, Any]:
+    """The summary's churn key: value, bootstrap CI over replicas, per-pair values, group counts."""
+    lo, hi = math.nan, math.nan
+    if churn.groups:
+        lo, hi = replica_bootstrap_ci(
+            churn.per_pair, replicas, level=ci_level, n_resamples=n_resamples, seed=seed
+        )
+    return {
+        "k": churn.k,
+        "value": churn.value,
+        "ci": [lo, hi],
+        "per_pair": [float(v) for v in churn.per_pair],
+        "groups": churn.groups,
+        "groups_skipped": churn.groups_skipped,
+    }
+
+
 def summarize(
     predictions: Any,
     labels: Any = None,
@@ -69,10 +89,13 @@ def summarize(
     chunk_size: int = DEFAULT_CHUNK,
     threads: int | None = None,
     progress: ProgressCallback | None = None,
+    groups: Any = None,
+    top_k: int = DEFAULT_TOP_K,
 ) -> dict[str, Any]:
     """The summary document of docs/contracts.md (schema_version 1) for [M, N] predictions.
 
-    ``labels`` [N] or None (then no auc/logloss/calibration keys). ``kind`` ("pd",
+    ``labels`` [N] or None (then no auc/logloss/calibration keys). ``groups`` [N] (e.g. user ids)
+    or None (then no churn key): top-k churn per group with ``top_k``. ``kind`` ("pd",
     "train-ensemble") is placed right after schema_version when given; otherwise the caller adds it.
     ``replica_names`` only improves error messages. Undefined accuracy metrics (one class only) are
     NaN (null in JSON) with an `UndefinedMetricWarning`. Every value is a Python float/int/list, so
@@ -92,6 +115,7 @@ def summarize(
     if n_resamples < 1:
         raise ReprokitError(f"bootstrap resamples must be a positive number, got {n_resamples}")
     y = None if labels is None else check_labels(labels, n)
+    churn = None if groups is None else topk_churn(arr, groups, top_k)
 
     res = prediction_difference(
         arr,
@@ -129,6 +153,8 @@ def summarize(
                 "per_replica": [float(v) for v in entry["per_replica"]],
                 "ensemble": float(entry["ensemble"]),
             }
+    if churn is not None:
+        doc["churn"] = _churn_entry(churn, m, ci_level, n_resamples, seed)
     doc["pd_by_bucket"] = pd_by_bucket(
         res.mean_prediction, res.per_example_abs, buckets=buckets, method=bucket_method
     )
