@@ -289,7 +289,7 @@ def test_loader_raises_reprokit_error(tmp_path):
         load_predictions(tmp_path / "x.csv", format="tall")
 
 
-# ---- top-k churn per group (--group-column) ---------------------------------------------------
+# ---- top-k churn per group (--churn-by) ---------------------------------------------------
 
 
 def _with_users(wide: pd.DataFrame, users: int = 12, seed: int = 3) -> pd.DataFrame:
@@ -313,7 +313,7 @@ def test_pd_group_column_adds_top_k_churn(tmp_path, layout):
         path = write(tmp_path, long.sample(frac=1.0, random_state=2))
     else:
         path = write(tmp_path, wide)
-    result = invoke(path, "--json", "--group-column", "user_id", "--top-k", 5, "--resamples", 200)
+    result = invoke(path, "--json", "--churn-by", "user_id", "--top-k", 5, "--resamples", 200)
     assert result.exit_code == 0, result.stderr
     doc = json.loads(result.stdout)
     assert doc["replicas"] == 4  # user_id was not read as a fifth replica
@@ -338,8 +338,8 @@ def test_pd_without_group_column_has_no_churn(tmp_path):
 def test_pd_group_column_errors(tmp_path):
     wide = _with_users(wide_frame(m=3, n=60))
     path = write(tmp_path, wide)
-    assert_one_line_error(invoke(path, "--group-column", "user"), "lacks the group column 'user'")
-    assert_one_line_error(invoke(path, "--group-column", "user_id", "--top-k", 0), "--top-k")
+    assert_one_line_error(invoke(path, "--churn-by", "user"), "lacks the group column 'user'")
+    assert_one_line_error(invoke(path, "--churn-by", "user_id", "--top-k", 0), "--top-k")
     long = wide.melt(
         id_vars=["example_id", "label", "user_id"],
         value_vars=["replica_0", "replica_1", "replica_2"],
@@ -347,9 +347,9 @@ def test_pd_group_column_errors(tmp_path):
         value_name="prediction",
     )
     long.loc[long["replica"] == "replica_2", "user_id"] += 1  # replica 2 names other users
-    result = invoke(write(tmp_path, long, "l.parquet"), "--group-column", "user_id")
+    result = invoke(write(tmp_path, long, "l.parquet"), "--churn-by", "user_id")
     assert_one_line_error(result, "disagrees across replicas for 60 example(s)")
     missing = wide.astype({"user_id": float})
     missing.loc[3, "user_id"] = np.nan
-    result = invoke(write(tmp_path, missing, "m.parquet"), "--group-column", "user_id")
+    result = invoke(write(tmp_path, missing, "m.parquet"), "--churn-by", "user_id")
     assert_one_line_error(result, "1 missing values")

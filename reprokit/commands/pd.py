@@ -154,6 +154,7 @@ def run_pd(
                 progress=progress,
                 groups=groups,
                 top_k=top_k,
+                group_name=group_column,
             )
     for w in caught:
         msg = str(w.message)
@@ -188,19 +189,19 @@ def register(app: typer.Typer) -> None:
         resamples: int = typer.Option(9999, "--resamples", help="Bootstrap resamples."),
         group_column: str | None = typer.Option(
             None,
-            "--group-column",
+            "--churn-by",
             help="Column naming each example's group (e.g. user_id): adds top-k churn per group.",
             show_default=False,
         ),
         top_k: int = typer.Option(
-            DEFAULT_TOP_K, "--top-k", help="k of the top-k churn (with --group-column)."
+            DEFAULT_TOP_K, "--top-k", help="k of the top-k churn (with --churn-by)."
         ),
     ) -> None:
         """PD / AUC / log-loss of replica predictions produced anywhere.
 
         Every PD key, with a bootstrap CI over replicas for abs and rel.
         With a label column also AUC, log-loss and calibration (replica mean ± std, ensemble).
-        With --group-column also top-k churn per group: the mean share of a group's top k that
+        With --churn-by also top-k churn per group: the mean share of a group's top k that
         two replicas do not share (groups with more than k examples).
 
         Examples:
@@ -209,7 +210,7 @@ def register(app: typer.Typer) -> None:
 
           reprokit pd preds.csv --format wide --threshold 0.3 --json > pd.json
 
-          reprokit pd preds.parquet --group-column user_id --top-k 5
+          reprokit pd preds.parquet --churn-by user_id --top-k 5
         """
         if fmt not in ("auto", "long", "wide"):
             raise ReprokitError(f"--format must be auto, long or wide, got {fmt!r}")

@@ -153,3 +153,20 @@ def load_training_data(data_config: DataConfig) -> tuple[Dataset, Dataset]:
         eval_fraction=data_config.eval_fraction,
         seed=data_config.split_seed,
     )
+
+
+def eval_groups(eval_: Dataset, column: str) -> np.ndarray:
+    """The evaluation split's `column` [N] (in row order, the order predictions are made in): the
+    groups of top-k churn, e.g. user ids. Refuses a missing column or missing values."""
+    frame = eval_.frame
+    if column not in frame.columns:
+        raise ReprokitError(
+            f"the evaluation data has no column {column!r} to measure churn by; it has "
+            f"{', '.join(map(str, frame.columns))}"
+        )
+    missing = int(frame[column].isna().sum())
+    if missing:
+        raise ReprokitError(
+            f"column {column!r} has {missing} missing values in the evaluation data"
+        )
+    return frame[column].to_numpy()

@@ -40,6 +40,16 @@ class ChurnResult:
     groups_skipped: int  # groups with k examples or fewer
 
 
+@dataclass(frozen=True)
+class ChurnGroups:
+    """What a run's summary measures churn over: the group column's name, the group of every
+    evaluation example (in prediction order) and k."""
+
+    by: str
+    groups: np.ndarray
+    k: int = DEFAULT_TOP_K
+
+
 def check_groups(groups: Any, examples: int) -> np.ndarray:
     """Group ids [N] as integer codes 0..G-1; refuse the wrong length or missing ids."""
     series = pd.Series(np.asarray(groups).ravel() if not isinstance(groups, pd.Series) else groups)

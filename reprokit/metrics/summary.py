@@ -91,11 +91,13 @@ def summarize(
     progress: ProgressCallback | None = None,
     groups: Any = None,
     top_k: int = DEFAULT_TOP_K,
+    group_name: str | None = None,
 ) -> dict[str, Any]:
     """The summary document of docs/contracts.md (schema_version 1) for [M, N] predictions.
 
     ``labels`` [N] or None (then no auc/logloss/calibration keys). ``groups`` [N] (e.g. user ids)
-    or None (then no churn key): top-k churn per group with ``top_k``. ``kind`` ("pd",
+    or None (then no churn key): top-k churn per group with ``top_k``, the groups' column named
+    ``group_name`` in the document. ``kind`` ("pd",
     "train-ensemble") is placed right after schema_version when given; otherwise the caller adds it.
     ``replica_names`` only improves error messages. Undefined accuracy metrics (one class only) are
     NaN (null in JSON) with an `UndefinedMetricWarning`. Every value is a Python float/int/list, so
@@ -155,6 +157,8 @@ def summarize(
             }
     if churn is not None:
         doc["churn"] = _churn_entry(churn, m, ci_level, n_resamples, seed)
+        if group_name is not None:
+            doc["churn"]["by"] = group_name
     doc["pd_by_bucket"] = pd_by_bucket(
         res.mean_prediction, res.per_example_abs, buckets=buckets, method=bucket_method
     )

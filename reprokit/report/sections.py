@@ -274,6 +274,23 @@ def _configuration(ctx: ReportContext) -> SectionOutput:
 
 
 # ----------------------------------------------------------------------------------------- PD table
+def _add_churn_rows(ctx: ReportContext, arms: dict[str, Any]) -> str | None:
+    """Add each arm's top-k churn cell to `arms` when any arm's summary has one; returns the row
+    name ("top-10 churn by user_id"), or None."""
+    entries = {a.label: a.summary.get("churn") for a in ctx.arms}
+    known = [e for e in entries.values() if isinstance(e, dict)]
+    if not known:
+        return None
+    by = f" by {known[0]['by']}" if known[0].get("by") else ""
+    key = f"top-{known[0].get('k')} churn{by}"
+    for label, entry in entries.items():
+        entry = entry if isinstance(entry, dict) else {}
+        ci = entry.get("ci")
+        ci = [as_float(v) for v in ci] if isinstance(ci, list) and len(ci) == 2 else None
+        arms[label][key] = {"value": _f(entry.get("value")), "ci": ci}
+    return key
+
+
 @register_section(*_both(), id="pd-table", title="Prediction difference", order=20)
 def _pd_table(ctx: ReportContext) -> SectionOutput:
     keys = list(PD_KEYS)
@@ -285,6 +302,9 @@ def _pd_table(ctx: ReportContext) -> SectionOutput:
             key: {"value": _f(arm.pd(key)), "ci": list(arm.ci(key)) if arm.ci(key) else None}
             for key in keys
         }
+    churn_key = _add_churn_rows(ctx, arms)
+    if churn_key:
+        keys.append(churn_key)
     first = ctx.arms[0].summary
     pd_ci = first.get("pd_ci") or {}
     data = {

@@ -11,7 +11,7 @@ import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -22,6 +22,9 @@ from reprokit.errors import ReprokitError
 from reprokit.runners.executors import run_local
 from reprokit.sources import SOURCES, replica_seeds
 from reprokit.store import RunStore, atomic_write_json
+
+if TYPE_CHECKING:
+    from reprokit.metrics.churn import ChurnGroups
 
 KIND = "train-ensemble"
 
@@ -181,8 +184,12 @@ def prediction_columns(label_names: list[str]) -> list[str]:
     return [f"prediction_{name}" for name in label_names]
 
 
-def summarize_run(store: RunStore, config: RunConfig) -> dict[str, Any]:
-    """Summary document of a finished run directory; diverged replicas are excluded from PD."""
+def summarize_run(
+    store: RunStore, config: RunConfig, churn: ChurnGroups | None = None
+) -> dict[str, Any]:
+    """Summary document of a finished run directory; diverged replicas are excluded from PD.
+
+    With `churn` every task's summary also holds top-k churn per group."""
     from reprokit.metrics.summary import summarize
     from reprokit.training.divergence import summary_without_pd
 
@@ -195,7 +202,10 @@ def summarize_run(store: RunStore, config: RunConfig) -> dict[str, Any]:
     for t in range(preds.shape[2]):
         y = labels.iloc[:, t].to_numpy(dtype=np.float64)
         if len(healthy) >= 2:
-            per_task.append(summarize(preds[:, :, t], y))
+            churn_args = {}
+            if churn is not None:
+                churn_args = {"groups": churn.groups, "top_k": churn.k, "group_name": churn.by}
+            per_task.append(summarize(preds[:, :, t], y, **churn_args))
         else:
             per_task.append(summary_without_pd(preds, t, y, len(healthy)))
     summary = per_task[0]
@@ -225,8 +235,12 @@ def train_ensemble(
     force: bool = False,
     progress: ProgressCallback | None = None,
     encoded: Any = None,
+    churn: ChurnGroups | None = None,
 ) -> dict[str, Any]:
-    """Train `config.replicas` replicas into run directory `out` (resuming it) and return the summary."""
+    """Train `config.replicas` replicas into run directory `out` (resuming it) and return the summary.
+
+    `churn` (groups of the evaluation examples, see `reprokit.data.splits.eval_groups`) adds top-k
+    churn per group to the summary; it does not change training, so a run resumes either way."""
     if encoded is None:
         from reprokit.data.encoding import load_encoded
 
@@ -249,7 +263,7 @@ def train_ensemble(
         done += 1
         if progress:
             progress(done, config.replicas, metrics)
-    summary = summarize_run(store, config)
+    summary = summarize_run(store, config, churn)
     summary["run_dir"] = str(store.path)
     store.write_summary(summary)
     return summary

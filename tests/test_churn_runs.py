@@ -1,0 +1,91 @@
+"""Top-k churn per group in train-ensemble runs: the summary against an independent computation
+from the run's own files, the control arm at exactly 0, bad columns refused before any work, and
+the row in the HTML report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from reprokit.cli import app
+from reprokit.config import resolve_config
+from reprokit.data.splits import load_training_data
+from reprokit.report import build_report
+
+runner = CliRunner()
+ARGS = ["--replicas", "3", "--epochs", "1", "--synth-rows", "3000", "--hidden", "16"]
+
+
+def _train(out: Path, *extra: str):
+    return runner.invoke(app, ["train-ensemble", *ARGS, "--out", str(out), "--json", *extra])
+
+
+def _brute_force_churn(preds: np.ndarray, groups: np.ndarray, k: int) -> float:
+    """Mean over pairs and over groups with more than k rows of 1 - |top-k overlap| / k."""
+    values = []
+    for i in range(len(preds)):
+        for j in range(i + 1, len(preds)):
+            per_group = []
+            for g in np.unique(groups):
+                idx = np.flatnonzero(groups == g)
+                if len(idx) <= k:
+                    continue
+                top = [set(idx[np.lexsort((idx, -p[idx]))][:k]) for p in (preds[i], preds[j])]
+                per_group.append(1 - len(top[0] & top[1]) / k)
+            values.append(np.mean(per_group))
+    return float(np.mean(values))
+
+
+def test_train_ensemble_churn_by_a_column(tmp_path):
+    out = tmp_path / "run"
+    result = _train(out, "--vary", "init,data-order", "--churn-by", "c1", "--top-k", "3")
+    assert result.exit_code == 0, result.stderr
+    churn = json.loads(result.stdout)["churn"]
+    assert churn["by"] == "c1" and churn["k"] == 3 and churn["groups"] > 10
+    # independently: the stored predictions, and c1 of the evaluation split from the data itself
+    preds = np.stack(
+        [pd.read_parquet(out / "replicas" / f"{r:03d}" / "predictions.parquet") for r in range(3)]
+    )
+    _, eval_ = load_training_data(resolve_config(None, {"data.synth_rows": 3000}).data)
+    frame = pd.read_parquet(out / "replicas" / "000" / "predictions.parquet")
+    assert np.array_equal(frame["example_id"].to_numpy(), eval_.frame["example_id"].to_numpy())
+    p = np.clip(preds[:, :, list(frame.columns).index("prediction")], 1e-7, 1 - 1e-7)
+    expected = _brute_force_churn(p, eval_.frame["c1"].to_numpy(), 3)
+    assert churn["value"] == pytest.approx(expected, abs=1e-12)
+    assert 0 < churn["value"] < 1
+    assert json.loads((out / "summary.json").read_text())["churn"] == churn
+
+    # the HTML report shows it, in the PD table
+    report = build_report(out)
+    table = report.document["sections"]["pd-table"]
+    assert "top-3 churn by c1" in table["keys"]
+    assert "top-3 churn by c1" in report.html
+
+
+def test_control_arm_churn_is_exactly_zero(tmp_path):
+    result = _train(tmp_path / "ctl", "--vary", "none", "--churn-by", "c0", "--top-k", "2")
+    assert result.exit_code == 0, result.stderr
+    churn = json.loads(result.stdout)["churn"]
+    assert churn["value"] == 0.0 and churn["groups"] > 0
+    assert churn["ci"] == [0.0, 0.0]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--churn-by", "user"], "has no column 'user' to measure churn by"),
+        (["--churn-by", "c0", "--top-k", "0"], "--top-k must be a positive integer"),
+    ],
+)
+def test_bad_churn_options_fail_before_any_work(tmp_path, extra, message):
+    out = tmp_path / "bad"
+    result = _train(out, *extra)
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0]
+    assert not out.exists()
