@@ -7,6 +7,8 @@ Rules (each optional, at least one required):
 
 - ``max_pd``: PD[metric] <= VALUE (with ``use_ci_upper``: the upper bound of its CI).
 - ``min_auc``: mean AUC over replicas >= VALUE.
+- ``max_churn``: top-k churn per group <= VALUE (runs trained or measured with ``--churn-by``;
+  with ``use_ci_upper``: the upper bound of its CI).
 - ``max_pd_increase`` (needs a baseline): 100 * (PD - PD_base) / PD_base <= PCT. With
   ``use_ci_upper`` both runs are judged by their CI upper bounds (like with like).
 - ``max_auc_drop`` (needs a baseline): AUC_base - AUC <= VALUE.
@@ -45,6 +47,7 @@ class GateRules:
     max_pd_increase: float | None = None  # percent
     max_auc_drop: float | None = None
     min_auc: float | None = None
+    max_churn: float | None = None
     arms: list[str] = field(default_factory=list)
     warn_only: bool = False
 
@@ -56,7 +59,13 @@ class GateRules:
     def any_rule(self) -> bool:
         return any(
             v is not None
-            for v in (self.max_pd, self.max_pd_increase, self.max_auc_drop, self.min_auc)
+            for v in (
+                self.max_pd,
+                self.max_pd_increase,
+                self.max_auc_drop,
+                self.min_auc,
+                self.max_churn,
+            )
         )
 
 
@@ -71,7 +80,7 @@ class Unit:
 
 @dataclass
 class RuleResult:
-    rule: str  # max-pd | min-auc | max-pd-increase | max-auc-drop
+    rule: str  # max-pd | min-auc | max-churn | max-pd-increase | max-auc-drop
     unit: str  # arm label or run name
     quantity: str  # e.g. "pd.rel", "pd_ci.rel[upper]", "auc.mean"
     comparison: str  # "<=" or ">="
@@ -207,6 +216,18 @@ def auc_value(unit: Unit, where: str, option: str) -> float:
     return as_float(auc.get("mean"))
 
 
+def churn_value(unit: Unit, where: str, use_ci_upper: bool) -> float:
+    churn = unit.summary.get("churn")
+    if not isinstance(churn, dict):
+        raise ReprokitError(
+            f"{where} has no top-k churn (train or measure it with --churn-by COLUMN), so "
+            "--max-churn cannot be judged"
+        )
+    if use_ci_upper:
+        return as_float((churn.get("ci") or [None, None])[1])
+    return as_float(churn.get("value"))
+
+
 def _known(x: float) -> float | None:
     return None if math.isnan(x) or math.isinf(x) else x
 
@@ -222,8 +243,8 @@ def validate(rules: GateRules, run: Run, baseline: Run | None) -> None:
     """Refuse option combinations and names that cannot be judged (exit 2, before any verdict)."""
     if not rules.any_rule:
         raise ReprokitError(
-            "no rule given; use --max-pd, --min-auc, or --baseline with --max-pd-increase "
-            "or --max-auc-drop"
+            "no rule given; use --max-pd, --min-auc, --max-churn, or --baseline with "
+            "--max-pd-increase or --max-auc-drop"
         )
     if rules.needs_baseline and baseline is None:
         raise ReprokitError("--max-pd-increase and --max-auc-drop need --baseline OTHER_RUN_DIR")
@@ -234,6 +255,7 @@ def validate(rules: GateRules, run: Run, baseline: Run | None) -> None:
         ("--max-pd-increase", rules.max_pd_increase),
         ("--max-auc-drop", rules.max_auc_drop),
         ("--min-auc", rules.min_auc),
+        ("--max-churn", rules.max_churn),
     ):
         if value is not None and not math.isfinite(value):
             raise ReprokitError(f"{name} must be a finite number, got {value}")
@@ -241,15 +263,22 @@ def validate(rules: GateRules, run: Run, baseline: Run | None) -> None:
         raise ReprokitError(f"--max-pd must be >= 0, got {rules.max_pd}")
     if rules.min_auc is not None and not 0 <= rules.min_auc <= 1:
         raise ReprokitError(f"--min-auc must be in [0, 1], got {rules.min_auc}")
+    if rules.max_churn is not None and not 0 <= rules.max_churn <= 1:
+        raise ReprokitError(f"--max-churn must be in [0, 1], got {rules.max_churn}")
     if rules.arms and run.kind != COMPARE and (baseline is None or baseline.kind != COMPARE):
         raise ReprokitError("--arm applies only to compare-activations runs")
     pd_rule = rules.max_pd is not None or rules.max_pd_increase is not None
-    if not pd_rule and (rules.metric != "rel" or rules.use_ci_upper):
-        raise ReprokitError("--metric and --use-ci-upper need --max-pd or --max-pd-increase")
+    if not pd_rule and rules.metric != "rel":
+        raise ReprokitError("--metric needs --max-pd or --max-pd-increase")
+    if not pd_rule and rules.max_churn is None and rules.use_ci_upper:
+        raise ReprokitError("--use-ci-upper needs --max-pd, --max-pd-increase or --max-churn")
     runs = [run] + (
         [baseline] if baseline is not None and rules.max_pd_increase is not None else []
     )
-    for r in runs:
+    if rules.max_churn is not None:
+        for unit in units(run):
+            churn_value(unit, str(run.path), rules.use_ci_upper)
+    for r in runs if pd_rule else []:
         for unit in units(r):
             keys = pd_keys(unit.summary)
             if rules.metric not in keys:
@@ -312,6 +341,10 @@ def evaluate(run: Run, rules: GateRules, baseline: Run | None = None) -> GateRes
         if rules.min_auc is not None:
             observed = auc_value(unit, str(run.path), "--min-auc")
             results.append(_rule("min-auc", label, "auc.mean", ">=", rules.min_auc, observed))
+        if rules.max_churn is not None:
+            observed = churn_value(unit, str(run.path), rules.use_ci_upper)
+            quantity = "churn.ci[upper]" if rules.use_ci_upper else "churn.value"
+            results.append(_rule("max-churn", label, quantity, "<=", rules.max_churn, observed))
         if baseline is None:
             continue
         base = baseline_unit(unit, baseline, rules.arms, is_compare)

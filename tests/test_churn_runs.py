@@ -41,11 +41,17 @@ def _brute_force_churn(preds: np.ndarray, groups: np.ndarray, k: int) -> float:
     return float(np.mean(values))
 
 
-def test_train_ensemble_churn_by_a_column(tmp_path):
-    out = tmp_path / "run"
+@pytest.fixture(scope="module")
+def churn_run(tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("churn") / "run"
     result = _train(out, "--vary", "init,data-order", "--churn-by", "c1", "--top-k", "3")
     assert result.exit_code == 0, result.stderr
-    churn = json.loads(result.stdout)["churn"]
+    return out, json.loads(result.stdout)
+
+
+def test_train_ensemble_churn_by_a_column(churn_run):
+    out, summary = churn_run
+    churn = summary["churn"]
     assert churn["by"] == "c1" and churn["k"] == 3 and churn["groups"] > 10
     # independently: the stored predictions, and c1 of the evaluation split from the data itself
     preds = np.stack(
@@ -89,3 +95,35 @@ def test_bad_churn_options_fail_before_any_work(tmp_path, extra, message):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0]
     assert not out.exists()
+
+
+def _gate(*args):
+    return runner.invoke(app, ["gate", *map(str, args), "--json"])
+
+
+def test_gate_max_churn_passes_fails_and_judges_the_ci_upper_bound(churn_run):
+    out, summary = churn_run
+    value, hi = summary["churn"]["value"], summary["churn"]["ci"][1]
+    passed = _gate(out, "--max-churn", value + 1e-9)
+    assert passed.exit_code == 0, passed.stderr
+    (rule,) = json.loads(passed.stdout)["rules"]
+    assert rule["rule"] == "max-churn" and rule["quantity"] == "churn.value"
+    assert rule["observed"] == value
+    failed = _gate(out, "--max-churn", value * 0.99)
+    assert failed.exit_code == 1
+    # between the value and the CI's upper bound: passes on the value, fails on the bound
+    mid = (value + hi) / 2
+    assert _gate(out, "--max-churn", mid).exit_code == 0
+    upper = _gate(out, "--max-churn", mid, "--use-ci-upper")
+    assert upper.exit_code == 1
+    assert json.loads(upper.stdout)["rules"][0]["observed"] == hi
+
+
+def test_gate_max_churn_refuses_a_run_without_churn(tmp_path):
+    out = tmp_path / "plain"
+    assert _train(out, "--vary", "init").exit_code == 0
+    result = runner.invoke(app, ["gate", str(out), "--max-churn", "0.5"])
+    assert result.exit_code == 2
+    assert "has no top-k churn" in result.stderr
+    bad = runner.invoke(app, ["gate", str(out), "--max-churn", "1.5"])
+    assert bad.exit_code == 2 and "--max-churn must be in [0, 1]" in bad.stderr

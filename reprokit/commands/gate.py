@@ -20,7 +20,8 @@ HELP = (
     "  reprokit gate runs/pr --max-pd 0.05 --use-ci-upper\n\n"
     "  reprokit gate runs/pr --baseline baseline/ --max-pd-increase 10 --max-auc-drop 0.005 "
     "--junit gate.xml\n\n"
-    "  reprokit gate runs/cmp --arm smelu:beta=1 --min-auc 0.70 --json"
+    "  reprokit gate runs/cmp --arm smelu:beta=1 --min-auc 0.70 --json\n\n"
+    "  reprokit gate runs/ranker --max-churn 0.1 --use-ci-upper"
 )
 
 
@@ -61,7 +62,9 @@ def register(app: typer.Typer) -> None:
             help="PD key for the PD rules: abs, rel, abs_mean, rel_mean, l2, rel_std or flip.",
         ),
         use_ci_upper: bool = typer.Option(
-            False, "--use-ci-upper", help="Judge the upper bound of the PD confidence interval."
+            False,
+            "--use-ci-upper",
+            help="Judge the upper bound of the confidence interval (PD and churn rules).",
         ),
         baseline: Path | None = typer.Option(
             None, "--baseline", help="Baseline run directory (or its summary.json / compare.json)."
@@ -75,6 +78,11 @@ def register(app: typer.Typer) -> None:
             help="Fail when mean AUC fell more than VALUE below the baseline.",
         ),
         min_auc: float | None = typer.Option(None, "--min-auc", help="Fail when mean AUC < VALUE."),
+        max_churn: float | None = typer.Option(
+            None,
+            "--max-churn",
+            help="Fail when top-k churn per group > VALUE (runs made with --churn-by).",
+        ),
         arm: list[str] | None = typer.Option(
             None, "--arm", help="Arm(s) of a compare run to judge (default: every arm)."
         ),
@@ -95,6 +103,7 @@ def register(app: typer.Typer) -> None:
             max_pd_increase=max_pd_increase,
             max_auc_drop=max_auc_drop,
             min_auc=min_auc,
+            max_churn=max_churn,
             arms=list(arm or []),
             warn_only=warn_only,
         )
