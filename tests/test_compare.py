@@ -470,3 +470,32 @@ def test_control_arm_vary_none_gives_zero_pd_in_every_arm(tmp_path):
     # The AUC difference is the same in every replica, so the paired test is as strong as n allows.
     auc = doc["arms"][1]["tests"]["auc"]
     assert auc["statistic"] != 0.0 and math.isclose(auc["p_value"], 2 / 2**3)
+
+
+def test_churn_by_measures_every_arm_and_the_gate_judges_each(tmp_path):
+    from reprokit.config import resolve_config
+    from reprokit.metrics.churn import topk_churn
+    from reprokit.runners.ensemble import load_run_data
+    from reprokit.store import RunStore
+
+    out = tmp_path / "churn"
+    args = ["compare-activations", "--arms", "relu;smelu:beta=1", *TINY, "--vary", "init"]
+    result = runner.invoke(
+        app, [*args, "--churn-by", "c2", "--top-k", "3", "--out", str(out), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert "top-3 churn" in result.stderr  # the table's column
+    config = resolve_config(None, {**TINY_CONFIG, "replicas": 3, "vary": "init"})
+    _, churn = load_run_data(config, "c2", 3)
+    for arm in doc["arms"]:
+        _, _, preds = RunStore(out / "arms" / arm["name"]).load_predictions()
+        expected = topk_churn(preds[:, :, 0], churn.groups, 3)
+        assert arm["churn"]["value"] == pytest.approx(expected.value, abs=1e-12)
+        assert arm["churn"]["by"] == "c2"
+    worst = max(arm["churn"]["value"] for arm in doc["arms"])
+    best = min(arm["churn"]["value"] for arm in doc["arms"])
+    assert best < worst
+    gate = runner.invoke(app, ["gate", str(out), "--max-churn", str(best), "--json"])
+    verdict = json.loads(gate.stdout)
+    assert gate.exit_code == 1 and [r["passed"] for r in verdict["rules"]].count(True) == 1

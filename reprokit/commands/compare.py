@@ -19,6 +19,7 @@ from reprokit.commands import options as opt
 from reprokit.commands.common import cli_errors, err_console, fmt_significant, print_json
 from reprokit.commands.train import make_progress
 from reprokit.jsonio import as_float
+from reprokit.metrics.churn import DEFAULT_TOP_K
 
 #: Replicas per arm when neither --replicas nor the config file says: 8 is the smallest N for which
 #: a paired test on 4 non-baseline arms can reach p(Holm) < 0.05 (exact sign-flip: 2/2^8 × 4).
@@ -64,8 +65,9 @@ def _power_note(doc: dict[str, Any]) -> str:
 
 
 def render_compare_table(doc: dict[str, Any]) -> Table:
-    """One row per arm: spec, PD rel [CI], PD abs, AUC mean±std, ensemble AUC, log-loss, time,
-    p (Holm) of the paired PD and AUC tests against the baseline, Pareto membership."""
+    """One row per arm: spec, PD rel [CI], PD abs, AUC mean±std, ensemble AUC, log-loss, top-k
+    churn (when measured), time, p (Holm) of the paired PD and AUC tests against the baseline,
+    Pareto membership."""
     pareto = set(doc.get("pareto") or [])
     level = 0.95
     for arm in doc["arms"]:
@@ -90,6 +92,11 @@ def render_compare_table(doc: dict[str, Any]) -> Table:
     table.add_column("AUC mean±std", justify="right", no_wrap=True)
     table.add_column("ens AUC", justify="right")
     table.add_column("logloss", justify="right")
+    churn_k = next(
+        (a["churn"].get("k") for a in doc["arms"] if isinstance(a.get("churn"), dict)), None
+    )
+    if churn_k is not None:
+        table.add_column(f"top-{churn_k} churn", justify="right")
     table.add_column("time s", justify="right")
     table.add_column("p PD (Holm)", justify="right", no_wrap=True)
     table.add_column("p AUC (Holm)", justify="right", no_wrap=True)
@@ -111,6 +118,7 @@ def render_compare_table(doc: dict[str, Any]) -> Table:
             sign = "" if not math.isfinite(stat) or stat == 0 else ("−" if stat < 0 else "+")
             return f"{sign} {_fmt_p(test.get('p_holm'))}".strip()
 
+        churn = [fmt_significant((arm.get("churn") or {}).get("value"), 3)] if churn_k else []
         table.add_row(
             spec,
             f"{fmt_significant(pd.get('rel'), 3)} [{fmt_significant(ci[0], 3)}, {fmt_significant(ci[1], 3)}]",
@@ -118,6 +126,7 @@ def render_compare_table(doc: dict[str, Any]) -> Table:
             f"{_fix(auc.get('mean'))}±{_fix(auc.get('std'))}",
             _fix(auc.get("ensemble")),
             _fix(logloss.get("mean")),
+            *churn,
             f"{as_float(arm.get('train_seconds')):.1f}",
             p_cell("rel"),
             p_cell("auc"),
@@ -189,6 +198,8 @@ def register(app: typer.Typer) -> None:
         json_out: Annotated[
             bool, typer.Option("--json", help="Print compare.json on stdout.")
         ] = False,
+        churn_by: opt.ChurnBy = None,
+        top_k: opt.TopK = DEFAULT_TOP_K,
     ) -> None:
         """Train the same ensemble once per activation and compare PD against AUC.
 
@@ -203,6 +214,7 @@ def register(app: typer.Typer) -> None:
         """
         from reprokit.config import resolve_config
         from reprokit.runners.compare import check_inputs, compare_activations
+        from reprokit.runners.ensemble import load_run_data
 
         if replicas is None and not _replicas_in_file(config):
             replicas = DEFAULT_REPLICAS
@@ -211,6 +223,7 @@ def register(app: typer.Typer) -> None:
         specs, _, out = check_inputs(
             cfg, arms or None, baseline, out, sweep=sweep or None, force=force, test=test
         )
+        encoded, churn = load_run_data(cfg, churn_by, top_k)
         with make_progress() as bar:
             task = bar.add_task("training", total=len(specs) * cfg.replicas)
 
@@ -234,6 +247,8 @@ def register(app: typer.Typer) -> None:
                 force=force,
                 test=test,
                 progress=on_progress,
+                encoded=encoded,
+                churn=churn,
             )
         table = render_compare_table(doc)
         if err_console.is_terminal:

@@ -69,6 +69,15 @@ Device = Annotated[str | None, typer.Option("--device", help="cpu or cuda[:N].")
 Engine = Annotated[str | None, typer.Option("--engine", help="auto, process or vectorized.")]
 Threads = Annotated[int | None, typer.Option("--threads", help="Intra-op threads per replica.")]
 Workers = Annotated[int, typer.Option("--workers", "-j", help="Parallel worker processes.")]
+ChurnBy = Annotated[
+    str | None,
+    typer.Option(
+        "--churn-by",
+        help="Column naming each example's group (e.g. user_id): adds top-k churn per group.",
+        show_default=False,
+    ),
+]
+TopK = Annotated[int, typer.Option("--top-k", help="k of the top-k churn (with --churn-by).")]
 
 #: Command parameter → dotted config key, for every training option a command may declare.
 #: `tasks` is not here: one `--tasks` value sets several keys (`tasks_overrides`).

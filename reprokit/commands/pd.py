@@ -17,6 +17,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from reprokit.commands import options as opt
 from reprokit.commands.common import cli_errors, err_console, fmt_significant, print_json
 from reprokit.errors import ReprokitError
 from reprokit.jsonio import as_float
@@ -187,15 +188,8 @@ def register(app: typer.Typer) -> None:
         ),
         seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap over replicas."),
         resamples: int = typer.Option(9999, "--resamples", help="Bootstrap resamples."),
-        group_column: str | None = typer.Option(
-            None,
-            "--churn-by",
-            help="Column naming each example's group (e.g. user_id): adds top-k churn per group.",
-            show_default=False,
-        ),
-        top_k: int = typer.Option(
-            DEFAULT_TOP_K, "--top-k", help="k of the top-k churn (with --churn-by)."
-        ),
+        group_column: opt.ChurnBy = None,
+        top_k: opt.TopK = DEFAULT_TOP_K,
     ) -> None:
         """PD / AUC / log-loss of replica predictions produced anywhere.
 

@@ -10,7 +10,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from reprokit.commands import options as opt
 from reprokit.commands.common import cli_errors, err_console, print_json
-from reprokit.errors import ReprokitError
 from reprokit.metrics.churn import DEFAULT_TOP_K
 
 
@@ -106,18 +105,8 @@ def register(app: typer.Typer) -> None:
         json_out: Annotated[
             bool, typer.Option("--json", help="Print the summary JSON on stdout.")
         ] = False,
-        churn_by: Annotated[
-            str | None,
-            typer.Option(
-                "--churn-by",
-                help="Column of the data naming each example's group (e.g. user_id): adds "
-                "top-k churn per group to the summary.",
-                show_default=False,
-            ),
-        ] = None,
-        top_k: Annotated[
-            int, typer.Option("--top-k", help="k of the top-k churn (with --churn-by).")
-        ] = DEFAULT_TOP_K,
+        churn_by: opt.ChurnBy = None,
+        top_k: opt.TopK = DEFAULT_TOP_K,
     ) -> None:
         """Train N replicas of one configuration and measure how differently they predict.
 
@@ -128,19 +117,11 @@ def register(app: typer.Typer) -> None:
         Ranking churn: reprokit train-ensemble --data ml100k.parquet --churn-by user_id
         """
         from reprokit.config import resolve_config
-        from reprokit.runners.ensemble import train_ensemble
+        from reprokit.runners.ensemble import load_run_data, train_ensemble
 
         cfg = resolve_config(config, opt.run_overrides(**ctx.params))
-        from reprokit.data.encoding import encode
-        from reprokit.data.splits import eval_groups, load_training_data
-        from reprokit.metrics.churn import ChurnGroups
-
-        if top_k < 1:
-            raise ReprokitError(f"--top-k must be a positive integer, got {top_k}")
         # bad data (and a bad --churn-by column) fails here, before any progress output
-        train, eval_ = load_training_data(cfg.data)
-        churn = ChurnGroups(churn_by, eval_groups(eval_, churn_by), top_k) if churn_by else None
-        encoded = encode(train, eval_)
+        encoded, churn = load_run_data(cfg, churn_by, top_k)
         with make_progress() as bar:
             task = bar.add_task(
                 f"training (vary: {','.join(cfg.vary) or 'none'})", total=cfg.replicas

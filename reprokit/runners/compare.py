@@ -37,7 +37,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -47,6 +47,9 @@ from reprokit.metrics.stats import holm, pair_matrix, paired_test, pareto_front
 from reprokit.nn.registry import create_activation, parse_spec
 from reprokit.runners.ensemble import default_run_dir, train_ensemble
 from reprokit.store import atomic_write_json, comparable_manifest, first_difference, read_json
+
+if TYPE_CHECKING:
+    from reprokit.metrics.churn import ChurnGroups
 
 KIND = "compare-activations"
 COMPARE_FILE = "compare.json"
@@ -518,8 +521,12 @@ def compare_activations(
     plot: bool = True,
     progress: CompareProgress | None = None,
     encoded: Any = None,
+    churn: ChurnGroups | None = None,
 ) -> dict[str, Any]:
     """Train `config` once per activation arm into ``out/arms/<slug>/`` and compare the arms.
+
+    `churn` (see `reprokit.runners.ensemble.load_run_data`) adds top-k churn per group to every
+    arm's summary.
 
     Every arm uses `config` with only ``model.activation`` replaced, so replica k of every arm has
     the same seeds. Re-running on the same `out` resumes every arm. Returns the compare.json
@@ -560,6 +567,7 @@ def compare_activations(
             force=force,
             progress=on_progress,
             encoded=encoded,
+            churn=churn,
         )
         wall.append(time.perf_counter() - start)
         summaries.append(summary)

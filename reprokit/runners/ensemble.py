@@ -228,6 +228,23 @@ def summarize_run(
     }
 
 
+def load_run_data(
+    config: RunConfig, churn_by: str | None = None, top_k: int | None = None
+) -> tuple[Any, ChurnGroups | None]:
+    """The encoded data of a run and, with `churn_by`, the groups of its evaluation examples for
+    top-k churn: bad data, a missing column or a bad k fail here, before any training."""
+    from reprokit.data.encoding import encode
+    from reprokit.data.splits import eval_groups, load_training_data
+    from reprokit.metrics.churn import DEFAULT_TOP_K, ChurnGroups
+
+    k = DEFAULT_TOP_K if top_k is None else top_k
+    if k < 1:
+        raise ReprokitError(f"--top-k must be a positive integer, got {k}")
+    train, eval_ = load_training_data(config.data)
+    churn = ChurnGroups(churn_by, eval_groups(eval_, churn_by), k) if churn_by else None
+    return encode(train, eval_), churn
+
+
 def train_ensemble(
     config: RunConfig,
     out: str | Path | None = None,
