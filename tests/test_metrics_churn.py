@@ -91,3 +91,17 @@ def test_groups_no_larger_than_k_are_skipped():
 def test_bad_input_is_one_clear_error(preds, groups, k, message):
     with pytest.raises(ReprokitError, match=message):
         topk_churn(preds, groups, k)
+
+
+@pytest.mark.parametrize("n_groups", [50, 70_000])  # group codes in 16 bits, and wider
+def test_top_k_mask_equals_a_lexsort_ranking(n_groups):
+    rng = np.random.default_rng(3)
+    codes = rng.integers(0, n_groups, 150_000)
+    scores = np.round(rng.random(150_000), 3)  # many ties
+    order = np.lexsort((-scores, codes))
+    rank = np.empty(len(codes), dtype=np.int64)
+    sorted_codes = codes[order]
+    starts = np.searchsorted(sorted_codes, sorted_codes, side="left")
+    rank[order] = np.arange(len(codes)) - starts
+    for k in (1, 4):
+        assert np.array_equal(top_k_mask(scores, codes, k), rank < k)

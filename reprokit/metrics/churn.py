@@ -64,7 +64,11 @@ def check_groups(groups: Any, examples: int) -> np.ndarray:
 
 def top_k_mask(scores: np.ndarray, codes: np.ndarray, k: int) -> np.ndarray:
     """[N] bool: the example is among the k highest scores of its group (ties: lower index)."""
-    order = np.lexsort((-scores, codes))  # by group, then score descending; stable on ties
+    # by group, then score descending, ties by index (== np.lexsort((-scores, codes))): two stable
+    # sorts, the second on the group codes in the narrowest dtype (radix sort for 16 bits)
+    by_score = np.argsort(-scores, kind="stable")
+    narrow = codes.astype(np.uint16) if codes.size and codes.max() < 2**16 else codes
+    order = by_score[np.argsort(narrow[by_score], kind="stable")]
     sorted_codes = codes[order]
     starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
     first = np.repeat(starts, np.diff(np.r_[starts, len(order)]))
@@ -74,8 +78,13 @@ def top_k_mask(scores: np.ndarray, codes: np.ndarray, k: int) -> np.ndarray:
 
 
 def topk_churn(predictions: Any, groups: Any, k: int = DEFAULT_TOP_K) -> ChurnResult:
-    """Top-k churn per group of [M, N] predictions (see the module docstring)."""
-    arr = np.asarray(predictions, dtype=np.float64)
+    """Top-k churn per group of [M, N] predictions (see the module docstring).
+
+    One replica at a time is converted, clipped and ranked (memory O(N) floats plus an [M, N]
+    bool mask), and each pair is compared on the first replica's top-k members only (O(G·k) per
+    pair rather than O(N)).
+    """
+    arr = np.asarray(predictions)
     if arr.ndim != 2 or arr.shape[0] < 2:
         raise ReprokitError(
             f"top-k churn needs predictions [replicas >= 2, examples], got shape {arr.shape}"
@@ -92,14 +101,18 @@ def topk_churn(predictions: Any, groups: Any, k: int = DEFAULT_TOP_K) -> ChurnRe
     if n_groups == 0:
         nan = np.full(len(pairs), np.nan)
         return ChurnResult(k, float("nan"), nan, 0, len(sizes))
-    keep = eligible[codes]
+    keep = np.flatnonzero(eligible[codes])
     # re-code the eligible groups 0..G-1 so per-group sums are dense
-    recode = np.cumsum(eligible) - 1
-    kept_codes = recode[codes[keep]]
-    scores = clip_predictions(arr[:, keep])
-    in_top = np.stack([top_k_mask(row, kept_codes, k) for row in scores])
+    kept_codes = (np.cumsum(eligible) - 1)[codes[keep]]
+    in_top = np.empty((arr.shape[0], len(keep)), dtype=bool)
+    members = []  # per replica: positions of its top-k examples, and their groups
+    for m in range(arr.shape[0]):
+        in_top[m] = top_k_mask(clip_predictions(arr[m, keep]), kept_codes, k)
+        top = np.flatnonzero(in_top[m])
+        members.append((top, kept_codes[top]))
     per_pair = np.empty(len(pairs))
     for p, (i, j) in enumerate(pairs):
-        overlap = np.bincount(kept_codes, weights=in_top[i] & in_top[j], minlength=n_groups)
+        top, top_groups = members[i]
+        overlap = np.bincount(top_groups, weights=in_top[j, top], minlength=n_groups)
         per_pair[p] = np.mean(1.0 - overlap / k)
     return ChurnResult(k, float(per_pair.mean()), per_pair, n_groups, len(sizes) - n_groups)
