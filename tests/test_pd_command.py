@@ -353,3 +353,13 @@ def test_pd_group_column_errors(tmp_path):
     missing.loc[3, "user_id"] = np.nan
     result = invoke(write(tmp_path, missing, "m.parquet"), "--churn-by", "user_id")
     assert_one_line_error(result, "1 missing values")
+
+
+def test_pd_churn_without_a_group_larger_than_k_is_null_and_says_why(tmp_path):
+    wide = _with_users(wide_frame(m=3, n=30), users=15)  # about 2 examples per user
+    result = invoke(write(tmp_path, wide), "--json", "--churn-by", "user_id", "--top-k", 10)
+    assert result.exit_code == 0, result.stderr
+    churn = json.loads(result.stdout)["churn"]
+    users = wide["user_id"].nunique()
+    assert churn["value"] is None and churn["groups"] == 0 and churn["groups_skipped"] == users
+    assert "no group has more than 10 examples" in result.stderr

@@ -32,14 +32,14 @@ def _fmt_count(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
-def _interval(bounds: Any) -> str:
-    """A CI cell: "lo – hi", "n/a (< 3 replicas)" when the bounds are null, "" without bounds."""
+def _interval(bounds: Any, undefined: str = "n/a (< 3 replicas)") -> str:
+    """A CI cell: "lo – hi", `undefined` when the bounds are null, "" without bounds."""
     if not (isinstance(bounds, list | tuple) and len(bounds) == 2):
         return ""
     lo, hi = as_float(bounds[0]), as_float(bounds[1])
     if math.isfinite(lo) and math.isfinite(hi):
         return f"{fmt_significant(lo, 4)} – {fmt_significant(hi, 4)}"
-    return "n/a (< 3 replicas)"
+    return undefined
 
 
 def render_summary_table(summary: dict[str, Any], title: str | None = None) -> Table:
@@ -68,10 +68,12 @@ def render_summary_table(summary: dict[str, Any], title: str | None = None) -> T
         table.add_row(name, fmt_significant(value, 5), _interval(ci.get(key)), "", "")
     churn = summary.get("churn")
     if isinstance(churn, dict):
+        k = churn.get("k")
+        no_group = f"n/a (no group has more than {k} examples)"
         table.add_row(
-            f"top-{churn.get('k')} churn ({_fmt_count(churn.get('groups'))} groups)",
+            f"top-{k} churn ({_fmt_count(churn.get('groups'))} groups)",
             fmt_significant(churn.get("value"), 5),
-            _interval(churn.get("ci")),
+            _interval(churn.get("ci"), "n/a (< 3 replicas)" if churn.get("groups") else no_group),
             "",
             "",
         )
