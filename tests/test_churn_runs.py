@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from churn_reference import brute_force_churn
 from typer.testing import CliRunner
 
 from reprokit.cli import app
@@ -23,22 +24,6 @@ ARGS = ["--replicas", "3", "--epochs", "1", "--synth-rows", "3000", "--hidden", 
 
 def _train(out: Path, *extra: str):
     return runner.invoke(app, ["train-ensemble", *ARGS, "--out", str(out), "--json", *extra])
-
-
-def _brute_force_churn(preds: np.ndarray, groups: np.ndarray, k: int) -> float:
-    """Mean over pairs and over groups with more than k rows of 1 - |top-k overlap| / k."""
-    values = []
-    for i in range(len(preds)):
-        for j in range(i + 1, len(preds)):
-            per_group = []
-            for g in np.unique(groups):
-                idx = np.flatnonzero(groups == g)
-                if len(idx) <= k:
-                    continue
-                top = [set(idx[np.lexsort((idx, -p[idx]))][:k]) for p in (preds[i], preds[j])]
-                per_group.append(1 - len(top[0] & top[1]) / k)
-            values.append(np.mean(per_group))
-    return float(np.mean(values))
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +46,7 @@ def test_train_ensemble_churn_by_a_column(churn_run):
     frame = pd.read_parquet(out / "replicas" / "000" / "predictions.parquet")
     assert np.array_equal(frame["example_id"].to_numpy(), eval_.frame["example_id"].to_numpy())
     p = np.clip(preds[:, :, list(frame.columns).index("prediction")], 1e-7, 1 - 1e-7)
-    expected = _brute_force_churn(p, eval_.frame["c1"].to_numpy(), 3)
+    expected = brute_force_churn(p, eval_.frame["c1"].to_numpy(), 3)[0].mean()
     assert churn["value"] == pytest.approx(expected, abs=1e-12)
     assert 0 < churn["value"] < 1
     assert json.loads((out / "summary.json").read_text())["churn"] == churn

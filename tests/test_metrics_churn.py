@@ -1,31 +1,13 @@
 """Top-k churn per group against a brute-force computation and hand-worked cases."""
 
-import itertools
 import math
 
 import numpy as np
 import pytest
+from churn_reference import brute_force_churn
 
 from reprokit.errors import ReprokitError
 from reprokit.metrics.churn import top_k_mask, topk_churn
-from reprokit.metrics.pd import EPS
-
-
-def _brute_force(preds, groups, k):
-    """Per pair: mean over groups with > k examples of 1 - |top-k overlap| / k (plain Python)."""
-    preds = np.clip(np.asarray(preds, dtype=np.float64), EPS, 1 - EPS)
-    members = {}
-    for n, g in enumerate(groups):
-        members.setdefault(g, []).append(n)
-    big = [idx for idx in members.values() if len(idx) > k]
-
-    def top(m, idx):
-        return set(sorted(idx, key=lambda n: (-preds[m][n], n))[:k])
-
-    out = []
-    for i, j in itertools.combinations(range(len(preds)), 2):
-        out.append(sum(1 - len(top(i, idx) & top(j, idx)) / k for idx in big) / len(big))
-    return np.array(out), len(big), len(members) - len(big)
 
 
 @pytest.mark.parametrize("k", [1, 3, 10])
@@ -40,7 +22,7 @@ def test_churn_matches_a_brute_force_computation(k):
     preds = np.clip(base + rng.normal(0, 0.05, (4, n)), 0, 1)
     preds[:, :40] = np.round(preds[:, :40], 1)
     got = topk_churn(preds, groups, k)
-    expected, n_big, n_small = _brute_force(preds, groups, k)
+    expected, n_big, n_small = brute_force_churn(preds, groups, k)
     np.testing.assert_allclose(got.per_pair, expected, rtol=0, atol=1e-12)
     assert got.value == pytest.approx(expected.mean(), abs=1e-12)
     assert (got.groups, got.groups_skipped) == (n_big, n_small)

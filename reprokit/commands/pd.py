@@ -21,7 +21,7 @@ from reprokit.commands import options as opt
 from reprokit.commands.common import cli_errors, err_console, fmt_significant, print_json
 from reprokit.errors import ReprokitError
 from reprokit.jsonio import as_float
-from reprokit.metrics.churn import DEFAULT_TOP_K
+from reprokit.metrics.churn import DEFAULT_TOP_K, check_top_k
 
 __all__ = ["render_summary_table", "register", "run_pd"]
 
@@ -139,8 +139,7 @@ def run_pd(
         raise ReprokitError(f"--threshold must be strictly between 0 and 1, got {threshold:g}")
     if resamples < 1:
         raise ReprokitError(f"--resamples must be positive, got {resamples}")
-    if top_k < 1:
-        raise ReprokitError(f"--top-k must be a positive integer, got {top_k}")
+    check_top_k(top_k, "--top-k")
     data, groups = load_predictions_with_groups(file, group_column, format=fmt)
     messages: list[str] = []
     with warnings.catch_warnings(record=True) as caught:

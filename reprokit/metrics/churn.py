@@ -50,6 +50,14 @@ class ChurnGroups:
     k: int = DEFAULT_TOP_K
 
 
+def check_top_k(k: Any, name: str = "top-k") -> int:
+    """k as an int; refuse anything but a positive integer (`name` is what the message calls it,
+    e.g. the CLI option)."""
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise ReprokitError(f"{name} must be a positive integer, got {k!r}")
+    return int(k)
+
+
 def check_groups(groups: Any, examples: int) -> np.ndarray:
     """Group ids [N] as integer codes 0..G-1; refuse the wrong length or missing ids."""
     series = pd.Series(np.asarray(groups).ravel() if not isinstance(groups, pd.Series) else groups)
@@ -89,9 +97,7 @@ def topk_churn(predictions: Any, groups: Any, k: int = DEFAULT_TOP_K) -> ChurnRe
         raise ReprokitError(
             f"top-k churn needs predictions [replicas >= 2, examples], got shape {arr.shape}"
         )
-    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-        raise ReprokitError(f"top-k must be a positive integer, got {k!r}")
-    k = int(k)
+    k = check_top_k(k)
     check_prediction_values(arr)
     codes = check_groups(groups, arr.shape[1])
     sizes = np.bincount(codes)

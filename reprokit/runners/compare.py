@@ -37,19 +37,17 @@ import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from reprokit.config import RunConfig
 from reprokit.errors import ReprokitError
+from reprokit.metrics.churn import ChurnGroups
 from reprokit.metrics.stats import holm, pair_matrix, paired_test, pareto_front
 from reprokit.nn.registry import create_activation, parse_spec
 from reprokit.runners.ensemble import default_run_dir, train_ensemble
 from reprokit.store import atomic_write_json, comparable_manifest, first_difference, read_json
-
-if TYPE_CHECKING:
-    from reprokit.metrics.churn import ChurnGroups
 
 KIND = "compare-activations"
 COMPARE_FILE = "compare.json"

@@ -11,7 +11,7 @@ import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,12 +19,10 @@ import pandas as pd
 from reprokit.config import RunConfig
 from reprokit.environment import environment_fingerprint
 from reprokit.errors import ReprokitError
+from reprokit.metrics.churn import DEFAULT_TOP_K, ChurnGroups, check_top_k
 from reprokit.runners.executors import run_local
 from reprokit.sources import SOURCES, replica_seeds
 from reprokit.store import RunStore, atomic_write_json
-
-if TYPE_CHECKING:
-    from reprokit.metrics.churn import ChurnGroups
 
 KIND = "train-ensemble"
 
@@ -198,13 +196,13 @@ def summarize_run(
     diverged = [m["replica"] for m in metrics if m.get("diverged")]
     # PD needs 2 replicas that did not diverge; with fewer the summary has null PD (never a crash).
     _, labels, preds = store.load_predictions(healthy or list(range(config.replicas)))
+    churn_args = {}
+    if churn is not None:
+        churn_args = {"groups": churn.groups, "top_k": churn.k, "group_name": churn.by}
     per_task = []
     for t in range(preds.shape[2]):
         y = labels.iloc[:, t].to_numpy(dtype=np.float64)
         if len(healthy) >= 2:
-            churn_args = {}
-            if churn is not None:
-                churn_args = {"groups": churn.groups, "top_k": churn.k, "group_name": churn.by}
             per_task.append(summarize(preds[:, :, t], y, **churn_args))
         else:
             per_task.append(summary_without_pd(preds, t, y, len(healthy)))
@@ -229,17 +227,14 @@ def summarize_run(
 
 
 def load_run_data(
-    config: RunConfig, churn_by: str | None = None, top_k: int | None = None
+    config: RunConfig, churn_by: str | None = None, top_k: int = DEFAULT_TOP_K
 ) -> tuple[Any, ChurnGroups | None]:
     """The encoded data of a run and, with `churn_by`, the groups of its evaluation examples for
     top-k churn: bad data, a missing column or a bad k fail here, before any training."""
     from reprokit.data.encoding import encode
     from reprokit.data.splits import eval_groups, load_training_data
-    from reprokit.metrics.churn import DEFAULT_TOP_K, ChurnGroups
 
-    k = DEFAULT_TOP_K if top_k is None else top_k
-    if k < 1:
-        raise ReprokitError(f"--top-k must be a positive integer, got {k}")
+    k = check_top_k(top_k, "--top-k")
     train, eval_ = load_training_data(config.data)
     churn = ChurnGroups(churn_by, eval_groups(eval_, churn_by), k) if churn_by else None
     return encode(train, eval_), churn
