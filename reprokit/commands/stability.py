@@ -31,6 +31,12 @@ def _num(value: Any, digits: int = 4) -> str:
     return f"{float(value):.{digits}g}"
 
 
+def _accumulator(cell: dict[str, Any]) -> str:
+    """The cell's A0; '—' for optimizers without an accumulator (adam, sgd)."""
+    value = cell.get("initial_accumulator_value")
+    return "—" if value is None else f"{float(value):g}"
+
+
 def render_stability_table(doc: dict[str, Any]) -> Table:
     """One row per cell: divergence, spikes, accuracy per task, PD, σ."""
     labels = doc.get("labels") or ["label"]
@@ -38,12 +44,13 @@ def render_stability_table(doc: dict[str, Any]) -> Table:
         title=f"stability: {doc.get('run_dir', '')}",
         title_justify="left",
         caption=(
-            f"{doc.get('replicas')} replicas per cell, base lr {doc.get('base_lr')}; AUC / log-loss "
-            "mean ± std and PD over the replicas that did not diverge"
+            f"{doc.get('replicas')} replicas per cell, base lr {doc.get('base_lr')}, "
+            f"Adagrad-family accumulator start A0 {_num(doc.get('initial_accumulator_value'))}; "
+            "AUC / log-loss mean ± std and PD over the replicas that did not diverge"
         ),
     )
     table.add_column("optimizer", overflow="fold")
-    for name in ("lr×", "diverged", "why", "spikes/rec"):
+    for name in ("lr×", "A0", "diverged", "why", "spikes/rec"):
         table.add_column(name, justify="right", overflow="fold")
     for label in labels:
         table.add_column(f"AUC {label}", justify="right", overflow="fold")
@@ -62,6 +69,7 @@ def render_stability_table(doc: dict[str, Any]) -> Table:
         table.add_row(
             cell["optimizer"],
             f"{cell['lr_multiplier']:g}",
+            _accumulator(cell),
             diverged,
             reasons or "—",
             f"{spikes['total']}/{spikes['recovered']}",
@@ -114,8 +122,9 @@ def register(app: typer.Typer) -> None:
             float | None,
             typer.Option(
                 "--initial-accumulator",
-                help="Accumulator start of every Adagrad-family optimizer (default: 0 for "
-                "adagrad, 0.1 for clippy and adagrad+*).",
+                help="Accumulator start A0 shared by every Adagrad-family cell (adagrad, "
+                "clippy*, adagrad+*), so their AUCs compare clipping, not A0 (default: the "
+                "config's optim.initial_accumulator_value, else 0.1, the Clippy paper's).",
             ),
         ] = None,
         batch_size: opt.BatchSize = None,
@@ -161,7 +170,7 @@ def register(app: typer.Typer) -> None:
         opts = parse_optimizers(optimizers)
         mults = parse_multipliers(lr_multipliers)
         cfg = resolve_config(config, opt.run_overrides(**ctx.params))
-        check_study(cfg, opts, mults)
+        check_study(cfg, opts, mults, initial_accumulator)
         encoded = load_encoded(cfg.data)  # bad data fails before any progress output
         total = len(opts) * len(mults) * cfg.replicas
         with make_progress() as bar:
@@ -179,6 +188,7 @@ def register(app: typer.Typer) -> None:
                 force=force,
                 progress=on_progress,
                 encoded=encoded,
+                initial_accumulator=initial_accumulator,
             )
         err_console.print(render_stability_table(doc))
         err_console.print(f"loss curves: {Path(doc['run_dir']) / doc['plots'][0]}")

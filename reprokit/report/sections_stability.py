@@ -1,7 +1,8 @@
 """Report sections of a `stability` run directory (reprokit.runners.stability).
 
 Registered on import (reprokit.report imports this module): a context whose arms are the study's
-cells, and three sections — verdict, divergence table, loss curves with events marked.
+cells, and four sections — verdict, configuration (with the Adagrad-family accumulator start A0,
+which moves AUC as much as clipping does), divergence table, loss curves with events marked.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from matplotlib.figure import Figure
 from reprokit.errors import ReprokitError
 from reprokit.report import figures
 from reprokit.report.context import Arm, ReportContext, register_context
-from reprokit.report.sections import SectionOutput, fmt, register_section
-from reprokit.rundir import Run, as_float, read_json
+from reprokit.report.sections import SectionOutput, _flatten, fmt, register_section
+from reprokit.rundir import MANIFEST, Run, as_float, read_json
 
 KIND = "stability"
 
@@ -76,6 +77,78 @@ def _verdict(ctx: ReportContext) -> SectionOutput:
     return SectionOutput(data={"headline": headline, "notes": notes, "status": status})
 
 
+def _cell_manifest(ctx: ReportContext, cell: dict[str, Any]) -> dict[str, Any]:
+    """A cell's train-ensemble manifest, or {} when the cell directory is gone (the document
+    alone still describes the study)."""
+    path = ctx.run.path / str(cell["run_dir"]) / MANIFEST
+    return read_json(path, f"manifest of cell {cell['name']}") if path.is_file() else {}
+
+
+@register_section(
+    KIND,
+    id="configuration",
+    title="Configuration and environment",
+    order=5,
+    template="stability-configuration.j2",
+)
+def _configuration(ctx: ReportContext) -> SectionOutput:
+    doc = _study(ctx)
+    manifest = ctx.run.manifest or {}
+    cells = []
+    engines: list[str] = []
+    data_info: dict[str, Any] = {}
+    for cell in doc["cells"]:
+        sub = _cell_manifest(ctx, cell)
+        data_info = data_info or sub.get("data") or {}
+        engine = sub.get("engine")
+        if engine and engine not in engines:
+            engines.append(engine)
+        cells.append(
+            {
+                "name": cell["name"],
+                "optimizer": cell["optimizer"],
+                "lr_multiplier": cell["lr_multiplier"],
+                "lr": cell.get("lr"),
+                # From the cell's own manifest: what its training actually got.
+                "initial_accumulator_value": ((sub.get("config") or {}).get("optim") or {}).get(
+                    "initial_accumulator_value", cell.get("initial_accumulator_value")
+                ),
+                "engine": engine,
+            }
+        )
+    run_info = {
+        "kind": KIND,
+        "run directory": str(ctx.run.path),
+        "reprokit version": manifest.get("reprokit_version", doc.get("reprokit_version")),
+        "created": manifest.get("created"),
+        "optimizers": ", ".join(doc["optimizers"]),
+        "learning-rate multipliers": ", ".join(f"{m:g}" for m in doc["lr_multipliers"]),
+        "base learning rate": doc.get("base_lr"),
+        "replicas per cell": doc.get("replicas"),
+        "accumulator start A0 (Adagrad family)": doc.get("initial_accumulator_value"),
+        "engines": ", ".join(engines) or None,
+        "dataset": data_info.get("name"),
+        "train rows": data_info.get("train_rows"),
+        "eval rows": data_info.get("eval_rows"),
+        "data fingerprint": data_info.get("fingerprint"),
+    }
+    data = {
+        "run": {k: v for k, v in run_info.items() if v is not None or k.startswith("accumulator")},
+        "environment": _flatten(manifest.get("environment") or {}),
+        "config": _flatten(manifest.get("config") or {}),
+        "cells": cells,
+    }
+    # configuration.j2 (included by the template) also reads these; the per-cell table replaces
+    # its "differ across arms" table.
+    view = dict(data, arm_labels=[], config_source="", differs_across_arms={}, replica_seeds={})
+    notes = [
+        "Every Adagrad-family cell (adagrad, clippy*, adagrad+*) starts its accumulator at the "
+        "same A0, so AUC differences between them come from clipping, not from A0; '—': the "
+        "optimizer has no accumulator."
+    ]
+    return SectionOutput(data=data, view=view, notes=notes)
+
+
 @register_section(
     KIND, id="divergence", title="Divergence", order=10, template="stability-divergence.j2"
 )
@@ -93,6 +166,7 @@ def _divergence(ctx: ReportContext) -> SectionOutput:
                 "optimizer": cell["optimizer"],
                 "lr_multiplier": cell["lr_multiplier"],
                 "lr": cell.get("lr"),
+                "initial_accumulator_value": cell.get("initial_accumulator_value"),
                 "replicas": cell["replicas"],
                 "diverged": cell["diverged"]["count"],
                 "why": ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())) or "",

@@ -12,10 +12,16 @@ Table 2/3 conventions:
 - the clipping factor σ (Clippy's σ, or the gradient-clipping baselines' scale): its mean, its
   minimum and the fraction of steps in which some tensor was clipped (σ < 1).
 
+Every Adagrad-family cell (adagrad, clippy*, adagrad+*: `reprokit.training.loop.
+ACCUMULATOR_OPTIMIZERS`) starts its accumulator at the same A0 (default 0.1, the Clippy paper's):
+torch's Adagrad starts at 0 and Clippy at 0.1, and that difference alone moves AUC by points, which
+would read as the cost of clipping. Optimizers without an accumulator (adam, sgd) record None.
+
 Run directory (kind ``stability``)::
 
     RUN_DIR/manifest.json       schema_version, kind, reprokit_version, config (the base config),
-                                study {optimizers, lr_multipliers}, environment, created
+                                study {optimizers, lr_multipliers, initial_accumulator_value},
+                                environment, created
     RUN_DIR/stability.json      the study document (what --json prints): cells, one per
                                 (optimizer, lr multiplier), each with its summary numbers, its
                                 divergence statistics and `run_dir` "cells/<slug>"
@@ -51,6 +57,8 @@ CELLS = "cells"
 PLOT = "loss_curves"
 DEFAULT_OPTIMIZERS = ("adagrad", "clippy", "adagrad+gradclip")
 DEFAULT_MULTIPLIERS = (1.0, 2.0, 4.0, 8.0)
+#: The study's accumulator start A0 when neither the caller nor the config names one (the paper's).
+DEFAULT_INITIAL_ACCUMULATOR = 0.1
 #: Event markers of the loss-curve plots (kind → matplotlib marker, colour).
 EVENT_STYLE = {
     "spike": ("^", "#d62728"),
@@ -112,20 +120,70 @@ def cell_slug(optimizer: str, multiplier: float) -> str:
     return f"{name}_x{multiplier:g}"
 
 
-def cell_config(base: RunConfig, optimizer: str, multiplier: float) -> RunConfig:
+def study_accumulator(config: RunConfig, initial_accumulator: float | None = None) -> float:
+    """The study's A0: `initial_accumulator`, else the config's `optim.initial_accumulator_value`
+    (a TOML file may set it), else DEFAULT_INITIAL_ACCUMULATOR; a finite number >= 0."""
+    a0 = initial_accumulator
+    if a0 is None:
+        a0 = config.optim.initial_accumulator_value
+    if a0 is None:
+        a0 = DEFAULT_INITIAL_ACCUMULATOR
+    try:
+        a0 = float(a0)
+    except (TypeError, ValueError):
+        raise ReprokitError(f"--initial-accumulator must be a number, got {a0!r}") from None
+    if not (math.isfinite(a0) and a0 >= 0):
+        raise ReprokitError(f"--initial-accumulator must be a finite number >= 0, got {a0!r}")
+    return a0
+
+
+def cell_config(
+    base: RunConfig, optimizer: str, multiplier: float, initial_accumulator: float
+) -> RunConfig:
+    """The cell's config: `optimizer` at `multiplier` × the base lr, accumulator start A0 for the
+    Adagrad family and None (no accumulator) for the others."""
+    from reprokit.training.loop import ACCUMULATOR_OPTIMIZERS
+
     cfg = copy.deepcopy(base)
     cfg.optim.name = optimizer
     cfg.optim.lr = base.optim.lr * multiplier
+    has_accumulator = optimizer in ACCUMULATOR_OPTIMIZERS
+    cfg.optim.initial_accumulator_value = float(initial_accumulator) if has_accumulator else None
     return cfg.validate()
 
 
+def _check_optimizer(cfg: RunConfig) -> None:
+    """Build the cell's optimizer on one scalar so arguments it refuses (Clippy's paper preset has
+    no epsilon, so A0 = 0 would divide 0 by 0) fail before any cell trains."""
+    import torch
+
+    from reprokit.optim import make_optimizer
+    from reprokit.training.loop import optimizer_kwargs
+
+    probe = torch.zeros(1, requires_grad=True)
+    try:
+        make_optimizer(cfg.optim.name, [probe], cfg.optim.lr, **optimizer_kwargs(cfg))
+    except ReprokitError as exc:
+        a0 = cfg.optim.initial_accumulator_value
+        raise ReprokitError(
+            f"the {cfg.optim.name} cells cannot train with --initial-accumulator {a0:g}: {exc}"
+        ) from None
+
+
 def check_study(
-    config: RunConfig, optimizers: list[str], multipliers: list[float]
+    config: RunConfig,
+    optimizers: list[str],
+    multipliers: list[float],
+    initial_accumulator: float | None = None,
 ) -> list[RunConfig]:
     """Every cell's config, in study order; bad settings fail here, before any work."""
     if config.replicas < 2:
         raise ReprokitError("a stability study needs at least 2 replicas per cell")
-    return [cell_config(config, o, m) for o in optimizers for m in multipliers]
+    a0 = study_accumulator(config, initial_accumulator)
+    configs = [cell_config(config, o, m, a0) for o in optimizers for m in multipliers]
+    for cfg in configs[:: len(multipliers)]:  # one per optimizer: the lr does not matter here
+        _check_optimizer(cfg)
+    return configs
 
 
 # ----------------------------------------------------------------------------------- cell results
@@ -210,8 +268,12 @@ def cell_result(store: RunStore, summary: dict[str, Any]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------ the run
-def _study(optimizers: list[str], multipliers: list[float]) -> dict[str, Any]:
-    return {"optimizers": list(optimizers), "lr_multipliers": [float(m) for m in multipliers]}
+def _study(optimizers: list[str], multipliers: list[float], a0: float) -> dict[str, Any]:
+    return {
+        "optimizers": list(optimizers),
+        "lr_multipliers": [float(m) for m in multipliers],
+        "initial_accumulator_value": a0,
+    }
 
 
 def _prepare(path: Path, manifest: dict[str, Any], force: bool) -> None:
@@ -254,8 +316,13 @@ def run_stability(
     force: bool = False,
     progress: StudyProgress | None = None,
     encoded: Any = None,
+    initial_accumulator: float | None = None,
 ) -> dict[str, Any]:
-    """Train every (optimizer, lr multiplier) cell into `out` (resuming it); return the document."""
+    """Train every (optimizer, lr multiplier) cell into `out` (resuming it); return the document.
+
+    `initial_accumulator`: the accumulator start A0 of every Adagrad-family cell (see
+    `study_accumulator`: None takes the config's value, else 0.1).
+    """
     from reprokit import __version__
 
     optimizers = parse_optimizers(
@@ -264,16 +331,18 @@ def run_stability(
     multipliers = parse_multipliers(
         list(lr_multipliers) if not isinstance(lr_multipliers, str) else lr_multipliers
     )
-    config = config.validate()
+    config = copy.deepcopy(config).validate()
+    a0 = study_accumulator(config, initial_accumulator)
     cells_spec = [(o, m) for o in optimizers for m in multipliers]
-    configs = check_study(config, optimizers, multipliers)
+    configs = check_study(config, optimizers, multipliers, a0)
+    config.optim.initial_accumulator_value = a0  # the manifest's base config says which A0
     path = Path(out) if out is not None else default_run_dir(KIND)
     manifest = {
         "schema_version": 1,
         "kind": KIND,
         "reprokit_version": __version__,
         "config": config.to_dict(),
-        "study": _study(optimizers, multipliers),
+        "study": _study(optimizers, multipliers, a0),
         "environment": environment_fingerprint(config.device),
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
@@ -311,6 +380,7 @@ def run_stability(
                 "optimizer": opt,
                 "lr_multiplier": mult,
                 "lr": cfg.optim.lr,
+                "initial_accumulator_value": cfg.optim.initial_accumulator_value,
                 "run_dir": f"{CELLS}/{slug}",
                 **result,
             }
@@ -330,7 +400,7 @@ def run_stability(
             "hidden": list(config.model.hidden),
             "embedding_dim": config.model.embedding_dim,
         },
-        "initial_accumulator_value": config.optim.initial_accumulator_value,
+        "initial_accumulator_value": a0,
         "divergence_rule": vars(config.divergence).copy(),
         "cells": cells,
         "pd": {},  # PD is per cell (cells[i].pd); the key keeps generic summary readers working
