@@ -7,7 +7,10 @@ config is stored in the manifest, and a resumed run must resolve to the same one
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
+import types
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,8 @@ from reprokit.sources import parse_vary
 
 #: Model architectures (`model.arch`).
 ARCHS = ("mlp", "shared-bottom", "mmoe")
+#: Embedding tables (`model.embedding`).
+EMBEDDINGS = ("table",)
 
 
 @dataclass
@@ -112,11 +117,23 @@ class RunConfig:
         return asdict(self)
 
     def validate(self) -> RunConfig:
-        """Check ranges and names; return self with `vary` and the optimizer name canonicalised."""
+        """Check types, ranges and names; return self with its specs in canonical form.
+
+        The one validation path: the CLI, TOML files and the Python API all come here, so each
+        refuses the same things with the same sentence. Canonical forms (`vary` as an ordered list
+        of sources, the activation as `smelu:beta=1`, the optimizer name in lower case) make a
+        resumed run accept equivalent spellings.
+        """
         from reprokit.optim.factory import OPTIMIZER_NAMES  # torch: imported only when needed
 
-        if isinstance(self.optim.name, str):
-            self.optim.name = self.optim.name.strip().lower()
+        check_types(self)  # also splits a comma-separated `vary` string into its sources
+        self.optim.name = self.optim.name.strip().lower()
+        self.device = self.device.strip().lower()
+        non_finite = [
+            key for key, value in _leaves(self) if isinstance(value, float) and not math.isfinite(value)
+        ]
+        if non_finite:
+            raise ReprokitError(f"{non_finite[0]} must be a finite number")
         checks = [
             (self.replicas >= 1, "--replicas must be at least 1"),
             (self.optim.lr > 0, "the learning rate must be positive"),
@@ -180,32 +197,134 @@ class RunConfig:
         self.vary = list(parse_vary(self.vary, self.device))
         from reprokit.nn.registry import parse_spec
 
-        parse_spec(self.model.activation)  # an unknown activation fails before any work starts
+        # an unknown activation fails before any work starts; the stored form is canonical
+        self.model.activation = str(parse_spec(self.model.activation))
+        if self.model.embedding not in EMBEDDINGS:
+            raise ReprokitError(
+                f"unknown embedding table {self.model.embedding!r}; choose {', '.join(EMBEDDINGS)}"
+            )
+        check_device(self.device)
         return self
 
 
-def _merge(target: Any, values: dict[str, Any], where: str) -> None:
-    """Set dataclass fields from a mapping, recursing into nested sections; unknown keys are errors."""
+def check_device(device: str) -> None:
+    """Refuse a CUDA device this torch cannot use (a CPU build, or no such GPU)."""
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        build = "a CPU build of torch" if torch.version.cuda is None else "no CUDA device"
+        raise ReprokitError(
+            f"--device {device} needs a CUDA GPU, but this machine has {build} "
+            f"(torch {torch.__version__}); use --device cpu"
+        )
+    index = device.partition(":")[2]
+    if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+        raise ReprokitError(
+            f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+        )
+
+
+# ---- types ----------------------------------------------------------------------------------------
+_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _leaves(config: Any, prefix: str = "") -> typing.Iterator[tuple[str, Any]]:
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            yield from _leaves(value, f"{key}.")
+        else:
+            yield key, value
+
+
+def _expected(hint: Any) -> str:
+    """'an integer', 'a list of integers', 'a number or nothing' for a field's type hint."""
+    origin = typing.get_origin(hint)
+    if origin in (types.UnionType, typing.Union):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return " or ".join(_expected(a) for a in args)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return f"a list of {_expected(item).removeprefix('an ').removeprefix('a ')}s"
+    return _NAMES.get(hint, str(hint))
+
+
+def coerce(value: Any, hint: Any, key: str, where: str = "") -> Any:
+    """`value` checked against a config field's type hint (ints are accepted for floats, a
+    comma-separated string for a list of strings); a wrong type is one sentence naming the key."""
+    origin = typing.get_origin(hint)
+    if origin in (types.UnionType, typing.Union):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return coerce(value, arg, key, where)
+            except ReprokitError:
+                continue
+    elif origin is list:
+        (item,) = typing.get_args(hint)
+        if isinstance(value, str) and item is str:
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, list | tuple):
+            return [coerce(v, item, key, where) for v in value]
+    elif hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    elif hint in (int, str, bool) and isinstance(value, hint):
+        if hint is int and isinstance(value, bool):
+            pass
+        else:
+            return value
+    place = f" in {where}" if where else ""
+    raise ReprokitError(f"{key}{place} must be {_expected(hint)}, got {value!r}")
+
+
+def check_types(config: Any, prefix: str = "", where: str = "") -> None:
+    """Check (and coerce) every field of a config dataclass against its type hint."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(hints[f.name]):
+            if not isinstance(value, hints[f.name]):
+                raise ReprokitError(f"{key} must be a table of settings, got {value!r}")
+            check_types(value, f"{key}.", where)
+            continue
+        if f.name in ("hidden", "tower") and isinstance(value, str):
+            value = parse_widths(value)
+        setattr(config, f.name, coerce(value, hints[f.name], key, where))
+
+
+def _merge(target: Any, values: dict[str, Any], where: str, prefix: str = "") -> None:
+    """Set dataclass fields from a mapping, recursing into nested sections; unknown keys and
+    wrong types are errors naming the dotted key and `where` the value came from."""
     names = {f.name: f for f in dataclasses.fields(target)}
+    where_file = where.split(" [", 1)[0]
     for key, value in values.items():
         key_norm = key.replace("-", "_")
         if key_norm not in names:
+            section = f" [{prefix.rstrip('.')}]" if prefix else ""
             raise ReprokitError(
-                f"unknown key {key!r} in {where}; known keys: {', '.join(sorted(names))}"
+                f"unknown key {key!r} in {where_file}{section}; known keys: "
+                f"{', '.join(sorted(names))}"
             )
         current = getattr(target, key_norm)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
-                raise ReprokitError(f"{where}.{key} must be a table, got {value!r}")
-            _merge(current, value, f"{where}.{key}")
+                raise ReprokitError(
+                    f"{prefix}{key_norm} in {where_file} must be a table of settings "
+                    f"([{prefix}{key_norm}]), got {value!r}"
+                )
+            _merge(current, value, where, f"{prefix}{key_norm}.")
         else:
-            if isinstance(value, str) and key_norm == "vary":
-                value = [v for v in value.split(",") if v]
             if key_norm in ("hidden", "tower") and isinstance(value, str):
                 value = parse_widths(value)
-            if key_norm == "labels" and isinstance(value, str):
-                value = [v.strip() for v in value.split(",") if v.strip()]
-            setattr(target, key_norm, value)
+            hint = typing.get_type_hints(type(target))[key_norm]
+            dotted = f"{prefix}{key_norm}"
+            setattr(target, key_norm, coerce(value, hint, dotted, where_file))
 
 
 def parse_widths(text: str) -> list[int]:

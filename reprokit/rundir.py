@@ -33,12 +33,18 @@ from reprokit.errors import ReprokitError
 
 # Re-exported: report, gate and users' scripts read document numbers with `rundir.as_float`.
 from reprokit.jsonio import as_float as as_float
-from reprokit.store import MANIFEST, REPLICAS, SUMMARY, read_json
-
-#: Newest document schema this reader understands.
-
-TRAIN_ENSEMBLE = "train-ensemble"
-COMPARE = "compare-activations"
+from reprokit.runschema import (
+    COMPARE,
+    MANIFEST,
+    METRICS,
+    PREDICTIONS,
+    REPLICAS,
+    SUMMARY,
+    TRAIN_ENSEMBLE,
+    TRAIN_LOG,
+    ReplicaColumns,
+)
+from reprokit.store import read_json
 
 
 # -------------------------------------------------------------------------------------------- files
@@ -81,13 +87,11 @@ class Replica:
 
     @cached_property
     def metrics(self) -> dict[str, Any]:
-        return read_json(self.path / "metrics.json", f"replica {self.name} metrics.json")
+        return read_json(self.path / METRICS, f"replica {self.name} {METRICS}")
 
     @cached_property
     def train_log(self) -> pd.DataFrame:
-        frame = read_table(
-            self.path / "train_log.parquet", f"replica {self.name} train_log.parquet"
-        )
+        frame = read_table(self.path / TRAIN_LOG, f"replica {self.name} {TRAIN_LOG}")
         if "step" not in frame.columns or "loss" not in frame.columns:
             raise ReprokitError(
                 f"replica {self.name} train_log.parquet lacks the 'step' and 'loss' columns"
@@ -96,9 +100,7 @@ class Replica:
 
     def predictions(self) -> pd.DataFrame:
         """The prediction file (not cached: a consumer streams replicas to keep memory bounded)."""
-        return read_table(
-            self.path / "predictions.parquet", f"replica {self.name} predictions.parquet"
-        )
+        return read_table(self.path / PREDICTIONS, f"replica {self.name} {PREDICTIONS}")
 
 
 # ---------------------------------------------------------------------------------------------- run
@@ -243,20 +245,12 @@ def _load_directory(path: Path) -> Run:
 
 # ------------------------------------------------------------------------------ prediction matrices
 def prediction_columns(
-    frame: pd.DataFrame, label_hint: str | None = None
+    frame: pd.DataFrame, manifest: dict[str, Any] | None
 ) -> tuple[str, str | None]:
-    """(prediction column, label column or None) of a predictions.parquet frame."""
-    if "prediction" in frame.columns:
-        pred = "prediction"
-    else:
-        preds = [c for c in frame.columns if str(c).startswith("prediction")]
-        if not preds:
-            raise ReprokitError("predictions.parquet has no 'prediction' column")
-        pred = preds[0]
-    if label_hint and label_hint in frame.columns:
-        return pred, label_hint
-    labels = [c for c in frame.columns if str(c).startswith("label")]
-    return pred, (labels[0] if labels else None)
+    """(prediction column, label column or None) of the first task of a predictions.parquet
+    frame, as the run's manifest declares them (`reprokit.runschema`)."""
+    cols = ReplicaColumns.resolve(manifest, frame.columns)
+    return cols.predictions[0], (cols.labels[0] if cols.labels else None)
 
 
 def align_to(reference_ids: np.ndarray | None, frame: pd.DataFrame, where: str) -> pd.DataFrame:

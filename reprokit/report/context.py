@@ -88,14 +88,14 @@ def _quantile_edges(values: np.ndarray, bins: int) -> np.ndarray:
     return edges
 
 
-def compute_arm_stats(replicas: list[Replica], label_hint: str | None) -> ArmStats:
+def compute_arm_stats(replicas: list[Replica], manifest: dict[str, Any] | None) -> ArmStats:
     """Stream the replicas' predictions twice (sum, then deviations) so memory stays O(N)."""
     ref_ids = None
     total = None
     labels = None
     for rep in replicas:
         frame = rep.predictions()
-        pred_col, label_col = prediction_columns(frame, label_hint)
+        pred_col, label_col = prediction_columns(frame, manifest)
         if ref_ids is None:
             ref_ids = frame["example_id"].to_numpy() if "example_id" in frame.columns else None
             if label_col is not None:
@@ -117,7 +117,7 @@ def compute_arm_stats(replicas: list[Replica], label_hint: str | None) -> ArmSta
     stats: list[ReplicaStats] = []
     for rep in replicas:
         frame = align_to(ref_ids, rep.predictions(), f"replica {rep.name} predictions.parquet")
-        pred_col, _ = prediction_columns(frame, label_hint)
+        pred_col, _ = prediction_columns(frame, manifest)
         p = np.clip(frame[pred_col].to_numpy(dtype=np.float64), EPS, 1 - EPS)
         dev += np.abs(p - mean)
         log = rep.train_log
@@ -158,9 +158,7 @@ class Arm:
 
     @cached_property
     def stats(self) -> ArmStats:
-        config = (self.run.manifest or {}).get("config") or {}
-        hint = (config.get("data") or {}).get("label")
-        return compute_arm_stats(self.run.replicas(), hint)
+        return compute_arm_stats(self.run.replicas(), self.run.manifest)
 
     def pd(self, key: str = "rel") -> float:
         return as_float((self.summary.get("pd") or {}).get(key))

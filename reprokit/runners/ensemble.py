@@ -21,12 +21,16 @@ from reprokit.environment import environment_fingerprint
 from reprokit.errors import ReprokitError
 from reprokit.metrics.churn import DEFAULT_TOP_K, ChurnGroups, check_top_k
 from reprokit.runners.executors import run_local
+from reprokit.runschema import TRAIN_ENSEMBLE, check_label_names, prediction_column_names
 from reprokit.sources import SOURCES, replica_seeds
-from reprokit.store import RunStore, atomic_write_json
+from reprokit.store import RunStore, atomic_write_json, run_lock
 
-KIND = "train-ensemble"
+KIND = TRAIN_ENSEMBLE
 
 ProgressCallback = Callable[[int, int, dict[str, Any]], None]
+#: step_progress(done, total): optimizer steps of the vectorized engine, which trains every replica
+#: at once (replica-level progress then only moves at the end).
+StepProgress = Callable[[int, int], None]
 
 
 @dataclass
@@ -92,7 +96,9 @@ def _train_and_store(payload: ReplicaPayload, replica: int) -> dict[str, Any]:
     return _store_replica(payload, replica, seeds, out)
 
 
-def _train_vectorized(payload: ReplicaPayload, replicas: list[int]) -> Iterator[dict[str, Any]]:
+def _train_vectorized(
+    payload: ReplicaPayload, replicas: list[int], on_step: StepProgress | None = None
+) -> Iterator[dict[str, Any]]:
     """Train `replicas` together in this process (stacked parameters); write each one's files."""
     from reprokit.training.vectorized import train_replicas
 
@@ -100,7 +106,7 @@ def _train_vectorized(payload: ReplicaPayload, replicas: list[int]) -> Iterator[
     seeds = [replica_seeds(config.seed, config.vary, r) for r in replicas]
     if not replicas:
         return
-    outs = train_replicas(payload.encoded, config, replicas, seeds)
+    outs = train_replicas(payload.encoded, config, replicas, seeds, on_step=on_step)
     for replica, s, out in zip(replicas, seeds, outs, strict=True):
         yield _store_replica(payload, replica, s, out)
 
@@ -157,7 +163,7 @@ def _store_replica(
     frame = pd.DataFrame({"example_id": enc.eval_example_id.astype(np.int64)})
     for t, name in enumerate(enc.label_names):
         frame[name] = enc.eval_y[:, t].astype(np.float64)
-    for t, name in enumerate(prediction_columns(enc.label_names)):
+    for t, name in enumerate(prediction_column_names(enc.label_names)):
         frame[name] = out.predictions[:, t]
     # Divergence events (non-finite, spikes, recovery, collapse) and per-task accuracy.
     diverged, accuracy, extra, log = replica_divergence(out, enc, payload.config)
@@ -175,11 +181,14 @@ def _store_replica(
     return metrics
 
 
-def prediction_columns(label_names: list[str]) -> list[str]:
-    """`prediction` for one task, `prediction_<label>` for each task of a multitask model."""
-    if len(label_names) == 1:
-        return ["prediction"]
-    return [f"prediction_{name}" for name in label_names]
+def provenance(manifest: dict[str, Any]) -> dict[str, Any]:
+    """What a summary must carry so that a baseline can be checked against it: the reprokit
+    version, the resolved config and the data block (with its fingerprint) of the manifest."""
+    return {
+        "reprokit_version": manifest.get("reprokit_version"),
+        "config": manifest.get("config"),
+        "data": manifest.get("data"),
+    }
 
 
 def summarize_run(
@@ -187,7 +196,8 @@ def summarize_run(
 ) -> dict[str, Any]:
     """Summary document of a finished run directory; diverged replicas are excluded from PD.
 
-    With `churn` every task's summary also holds top-k churn per group."""
+    With `churn` every task's summary also holds top-k churn per group. The document ends with
+    the run's provenance (version, config, data fingerprint) from its manifest."""
     from reprokit.metrics.summary import summarize
     from reprokit.training.divergence import summary_without_pd
 
@@ -223,6 +233,7 @@ def summarize_run(
             "mean": float(np.mean([m["train_seconds"] for m in metrics])),
             "total": float(np.sum([m["train_seconds"] for m in metrics])),
         },
+        **provenance(store.manifest()),
     }
 
 
@@ -248,34 +259,41 @@ def train_ensemble(
     progress: ProgressCallback | None = None,
     encoded: Any = None,
     churn: ChurnGroups | None = None,
+    step_progress: StepProgress | None = None,
 ) -> dict[str, Any]:
     """Train `config.replicas` replicas into run directory `out` (resuming it) and return the summary.
 
     `churn` (groups of the evaluation examples, see `reprokit.data.splits.eval_groups`) adds top-k
-    churn per group to the summary; it does not change training, so a run resumes either way."""
+    churn per group to the summary; it does not change training, so a run resumes either way.
+    `step_progress` follows the vectorized engine's optimizer steps (the process engine has no
+    shared steps and never calls it).
+    The config is validated first, exactly as the CLI validates it."""
+    config.validate()
     if encoded is None:
         from reprokit.data.encoding import load_encoded
 
         encoded = load_encoded(config.data)
+    check_label_names(encoded.label_names)
     data_name = Path(config.data.path).stem if config.data.path else "synthetic"
     store = RunStore(out if out is not None else default_run_dir())
     engine = choose_engine(config, encoded)
-    finished = store.prepare(build_manifest(config, encoded, data_name, engine), force=force)
-    engine = _resume_engine(store, config, engine, finished)
-    todo = [r for r in range(config.replicas) if r not in finished]
-    done = len(finished)
-    if progress:
-        progress(done, config.replicas, {})
-    payload = ReplicaPayload(encoded=encoded, config=config, run_dir=str(store.path))
-    if engine == "vectorized":
-        results = _train_vectorized(payload, todo)
-    else:
-        results = run_local(_train_and_store, payload, todo, workers=workers)
-    for metrics in results:
-        done += 1
+    with run_lock(store.path):
+        finished = store.prepare(build_manifest(config, encoded, data_name, engine), force=force)
+        engine = _resume_engine(store, config, engine, finished)
+        todo = [r for r in range(config.replicas) if r not in finished]
+        done = len(finished)
         if progress:
-            progress(done, config.replicas, metrics)
-    summary = summarize_run(store, config, churn)
-    summary["run_dir"] = str(store.path)
-    store.write_summary(summary)
+            progress(done, config.replicas, {})
+        payload = ReplicaPayload(encoded=encoded, config=config, run_dir=str(store.path))
+        if engine == "vectorized":
+            results = _train_vectorized(payload, todo, step_progress)
+        else:
+            results = run_local(_train_and_store, payload, todo, workers=workers)
+        for metrics in results:
+            done += 1
+            if progress:
+                progress(done, config.replicas, metrics)
+        summary = summarize_run(store, config, churn)
+        summary["run_dir"] = str(store.path)
+        store.write_summary(summary)
     return summary
