@@ -67,7 +67,9 @@ def _section_ids(html: str) -> list[str]:
 def test_registry_lists_sections_per_kind():
     assert [s.id for s in sections_for("train-ensemble")] == ENSEMBLE_SECTIONS
     assert [s.id for s in sections_for("compare-activations")] == COMPARE_SECTIONS
-    assert [s.id for s in sections_for("stability")] == ["verdict", "divergence", "loss-curves"]
+    assert [s.id for s in sections_for("stability")] == [
+        "verdict", "configuration", "divergence", "loss-curves"
+    ]  # fmt: skip
     with pytest.raises(ReprokitError, match="no sections for 'online'"):
         sections_for("online")
 
