@@ -46,7 +46,7 @@ from reprokit.errors import ReprokitError
 from reprokit.metrics.churn import ChurnGroups
 from reprokit.metrics.stats import holm, pair_matrix, paired_test, pareto_front
 from reprokit.nn.registry import create_activation, parse_spec
-from reprokit.runners.ensemble import default_run_dir, train_ensemble
+from reprokit.runners.ensemble import StepProgress, default_run_dir, train_ensemble
 from reprokit.store import atomic_write_json, comparable_manifest, first_difference, read_json
 
 KIND = "compare-activations"
@@ -520,11 +520,12 @@ def compare_activations(
     progress: CompareProgress | None = None,
     encoded: Any = None,
     churn: ChurnGroups | None = None,
+    step_progress: StepProgress | None = None,
 ) -> dict[str, Any]:
     """Train `config` once per activation arm into ``out/arms/<slug>/`` and compare the arms.
 
     `churn` (see `reprokit.runners.ensemble.load_run_data`) adds top-k churn per group to every
-    arm's summary.
+    arm's summary. `step_progress` follows each arm's optimizer steps (vectorized engine).
 
     Every arm uses `config` with only ``model.activation`` replaced, so replica k of every arm has
     the same seeds. Re-running on the same `out` resumes every arm. Returns the compare.json
@@ -566,6 +567,7 @@ def compare_activations(
             progress=on_progress,
             encoded=encoded,
             churn=churn,
+            step_progress=step_progress,
         )
         wall.append(time.perf_counter() - start)
         summaries.append(summary)

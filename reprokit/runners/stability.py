@@ -48,7 +48,12 @@ import pandas as pd
 from reprokit.config import RunConfig
 from reprokit.environment import environment_fingerprint
 from reprokit.errors import ReprokitError
-from reprokit.runners.ensemble import default_run_dir, train_ensemble
+from reprokit.runners.ensemble import (
+    ProgressCallback,
+    StepProgress,
+    default_run_dir,
+    train_ensemble,
+)
 from reprokit.store import MANIFEST, RunStore, atomic_write_bytes, atomic_write_json, read_json
 
 KIND = "stability"
@@ -317,11 +322,16 @@ def run_stability(
     progress: StudyProgress | None = None,
     encoded: Any = None,
     initial_accumulator: float | None = None,
+    replica_progress: ProgressCallback | None = None,
+    step_progress: StepProgress | None = None,
 ) -> dict[str, Any]:
     """Train every (optimizer, lr multiplier) cell into `out` (resuming it); return the document.
 
     `initial_accumulator`: the accumulator start A0 of every Adagrad-family cell (see
     `study_accumulator`: None takes the config's value, else 0.1).
+    `replica_progress(done, total, metrics)` counts replicas over all cells like `progress`, with
+    the finished replica's metrics and its `cell` label (only `cell` at a cell's start);
+    `step_progress` follows each cell's optimizer steps (vectorized engine).
     """
     from reprokit import __version__
 
@@ -362,6 +372,8 @@ def run_stability(
         def on_progress(done: int, _total: int, _m: dict[str, Any], offset=offset, label=label):
             if progress:
                 progress(offset + done, total, label)
+            if replica_progress:
+                replica_progress(offset + done, total, {**_m, "cell": label})
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # undefined metrics of collapsed replicas
@@ -372,6 +384,7 @@ def run_stability(
                 force=force,
                 progress=on_progress,
                 encoded=encoded,
+                step_progress=step_progress,
             )
         result = cell_result(RunStore(path / CELLS / slug), summary)
         cells.append(

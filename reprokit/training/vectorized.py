@@ -38,7 +38,7 @@ values after the loop, with the values and order the per-step logging had.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -825,8 +825,12 @@ def train_replicas(
     config: RunConfig,
     replicas: Sequence[int],
     seeds: Sequence[dict[str, int]],
+    on_step: Callable[[int, int], None] | None = None,
 ) -> list[ReplicaOutput]:
-    """Train `replicas` (indices into the ensemble, with their seeds) together; one output each."""
+    """Train `replicas` (indices into the ensemble, with their seeds) together; one output each.
+
+    `on_step(done, total)` is called after every optimizer step of the stack (all replicas step
+    together), so a caller can show progress before the first replica finishes."""
     check_supported(config, encoded)
     if len(replicas) != len(seeds) or not replicas:
         raise ReprokitError("the vectorized engine needs one seed set per replica and at least one")
@@ -838,14 +842,18 @@ def train_replicas(
     # engine never reads memory it has not written, so the fill only costs time.
     torch.utils.deterministic.fill_uninitialized_memory = False
     try:
-        return _train(encoded, config, list(replicas), list(seeds))
+        return _train(encoded, config, list(replicas), list(seeds), on_step)
     finally:
         torch.set_num_threads(saved_threads)
         torch.utils.deterministic.fill_uninitialized_memory = saved_fill
 
 
 def _train(
-    encoded: Any, config: RunConfig, replicas: list[int], seeds: list[dict[str, int]]
+    encoded: Any,
+    config: RunConfig,
+    replicas: list[int],
+    seeds: list[dict[str, int]],
+    on_step: Callable[[int, int], None] | None = None,
 ) -> list[ReplicaOutput]:
     device = torch.device(config.device)
     n_real = len(replicas)
@@ -902,6 +910,7 @@ def _train(
     hist_task: list[np.ndarray] = []
     last_logged = [-1] * n_rep
     it = 0
+    total_steps = config.optim.epochs * -(-n // bs)
     start = time.perf_counter()
     with torch.no_grad():
         for epoch in range(config.optim.epochs):
@@ -963,6 +972,8 @@ def _train(
                             opt.step_replica(r, flat_r, table_r)
                 for r in range(n_rep):
                     steps[r] += int(alive[r])
+                if on_step is not None:
+                    on_step(it, total_steps)
                 if not any(alive):
                     break
             if not any(alive):
