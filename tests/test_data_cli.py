@@ -100,6 +100,7 @@ def test_import_and_describe(tmp_path):
     assert doc["path"] == str(default_out)
     ds = read_dataset(default_out)
     assert ds.frame["stars"].tolist() == [0, 1, 1, 0, 1, 0]
+    assert ds.frame["clicked"].tolist() == [0, 1, 1, 0, 1, 0]  # 0/1 already: no threshold
 
     result = invoke("describe", default_out, "--json")
     assert result.exit_code == 0, result.stderr

@@ -21,7 +21,7 @@ def clicks() -> pd.DataFrame:
             "user_id": rng.integers(0, 2500, n),  # many ints, but an id by name
             "country": rng.choice(["de", "fr", "us", None], n),
             "price": rng.random(n),
-            "views": np.arange(n) * 7,  # high-cardinality ints -> numeric
+            "views": (np.arange(n) // 2) * 7,  # 1500 ints (not one per row) -> numeric
             "is_mobile": rng.random(n) > 0.5,
             "slot": np.arange(n) % 5,  # low-cardinality ints -> categorical
             "when": pd.date_range("2021-03-01", periods=n, freq="min").astype(str),
@@ -44,6 +44,7 @@ def test_inference_of_roles(clicks, tmp_path):
     assert s.labels == ["click"]
     assert s.categorical == ["user_id", "country", "is_mobile", "slot"]
     assert s.numeric == ["price", "views"]
+    assert ds.dropped == {} and ds.positive == {}
     assert s.example_id == "example_id" and s.timestamp == "when" and s.name == "clicks"
     assert ds.frame["example_id"].tolist() == list(range(len(clicks)))
     assert ds.frame["when"].dtype == np.int64
@@ -102,7 +103,7 @@ def test_label_threshold_binarises():
     [
         (pd.DataFrame({"a": [1, 2]}), {}, "no label column"),
         (pd.DataFrame({"a": [1, 2], "label": [0, np.nan]}), {}, "missing value"),
-        (pd.DataFrame({"a": [1, 2], "label": ["x", "y"]}), {}, "non-numbers"),
+        (pd.DataFrame({"a": [1, 2], "label": ["x", "y"]}), {}, "--positive VALUE"),
         (pd.DataFrame({"a": [1, 2], "label": [0, 1]}), {"categorical": "nope"}, "'nope'"),
         (pd.DataFrame({"a": [1, 2], "label": [0, 1]}), {"labels": "nope"}, "--label"),
         (pd.DataFrame({"a": [1, 2], "label": [0, 1]}), {"timestamp": "b"}, "--timestamp"),
@@ -135,7 +136,7 @@ def test_read_table_refusals(tmp_path):
 
 
 def test_import_parquet_and_tsv(tmp_path):
-    frame = pd.DataFrame({"k": ["a", "b", "c"], "v": [0.5, 1.5, 2.5], "y": [0, 1, 0]})
+    frame = pd.DataFrame({"k": ["a", "b", "a"], "v": [0.5, 1.5, 2.5], "y": [0, 1, 0]})
     frame.to_parquet(tmp_path / "x.parquet")
     frame.to_csv(tmp_path / "x.tsv", sep="\t", index=False)
     a = import_file(tmp_path / "x.parquet")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -16,14 +17,34 @@ from reprokit.data.describe import describe_dataset, describe_file, describe_tab
 from reprokit.data.layout import Dataset, write_dataset
 from reprokit.errors import ReprokitError
 
+if TYPE_CHECKING:
+    from reprokit.data.importer import ImportedDataset
+
 JSON_HELP = "Print the dataset's describe document (JSON) on stdout."
 
 
-def _finish(kind: str, dataset: Dataset, out: Path, seconds: float, as_json: bool) -> None:
+def _finish(
+    kind: str,
+    dataset: Dataset,
+    out: Path,
+    seconds: float,
+    as_json: bool,
+    imported: ImportedDataset | None = None,
+) -> None:
+    """Summary table (and document) of a written dataset; for an import also the decisions it made
+    on the user's behalf (row ids dropped, text labels mapped), so none of them is silent."""
     doc = describe_dataset(dataset, out)
     doc["kind"] = kind
     doc["seconds"] = round(seconds, 3)
-    err_console.print(describe_table(doc))
+    table = describe_table(doc)
+    if imported is not None:
+        doc["dropped"] = dict(imported.dropped)
+        doc["positive"] = dict(imported.positive)
+        for col, why in imported.dropped.items():
+            table.add_row(col, f"dropped ({why})", "keep it with --categorical or --numeric", "0")
+    err_console.print(table)
+    for col, value in (imported.positive if imported is not None else {}).items():
+        err_console.print(f"label {col}: {value!r} → 1, every other value → 0", markup=False)
     err_console.print(f"wrote {out} ({len(dataset):,} rows) in {seconds:.2f} s")
     if as_json:
         print_json(doc)
@@ -142,7 +163,13 @@ def register(app: typer.Typer) -> None:
             None, "--timestamp", help="Time column, numbers or dates (default: timestamp)."
         ),
         label_threshold: float | None = typer.Option(
-            None, "--label-threshold", help="Binarise labels as value >= THRESHOLD."
+            None, "--label-threshold", help="Binarise numeric labels as value >= THRESHOLD."
+        ),
+        positive: str | None = typer.Option(
+            None,
+            "--positive",
+            help="For a text label: this value is 1, every other value 0 (e.g. '>50K', yes); "
+            "values are compared after stripping surrounding whitespace.",
         ),
         max_categories: int = typer.Option(
             1000,
@@ -154,7 +181,13 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Import a CSV or parquet file with a label column, inferring column roles.
 
+        Integer columns named like ids (ID, user_id, id_user, userId, adID, any case) are categorical; a
+        column of strings or integers with a different value in every row (a row id such as ID
+        or uuid) is dropped unless --categorical or --numeric names it.
+
         Example: reprokit data import clicks.csv --label click --categorical ad --out clicks.parquet
+
+        Text label: reprokit data import adult.csv --label income --positive '>50K'
         """
         from reprokit.data.importer import import_file
 
@@ -172,9 +205,10 @@ def register(app: typer.Typer) -> None:
             example_id=example_id,
             timestamp=timestamp,
             label_threshold=label_threshold,
+            positive=positive,
             max_categories=max_categories,
         )
-        _finish("data-import", dataset, out, time.perf_counter() - start, as_json)
+        _finish("data-import", dataset, out, time.perf_counter() - start, as_json, dataset)
 
     @data_app.command("describe")
     @cli_errors

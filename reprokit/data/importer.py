@@ -4,16 +4,27 @@ Roles are inferred, and every inference can be overridden:
 
 - labels: ``--label`` (repeatable or comma-separated); otherwise every column named ``label`` or
   starting with ``label``; otherwise the first of ``click``, ``clicked``, ``is_click``, ``target``,
-  ``y``. Labels must be 0/1 (or booleans) without missing values; ``--label-threshold T`` turns a
-  numeric column into ``value >= T`` (e.g. ratings). They are stored as int8.
+  ``y``. They are stored as int8 0/1 and must have no missing values. A label that already holds
+  0/1 (or booleans) is kept as it is; ``--label-threshold T`` turns any other numeric label into
+  ``value >= T`` (e.g. ratings); a label that holds text needs ``--positive VALUE``: that value
+  becomes 1, every other value 0 (``--positive '>50K'``, ``--positive yes``). Text is compared
+  after stripping surrounding whitespace, so the UCI adult file's ``' >50K'`` matches ``>50K``.
 - example id: ``--example-id COL`` or a column named ``example_id``; unique integers. Created as
   0..n-1 (file order) when absent.
 - timestamp: ``--timestamp COL`` or a column named ``timestamp``; numbers (kept as int64) or dates
   (converted to int64 seconds since the epoch, UTC).
+- row ids: any other column of strings or integers that holds a different value in every row
+  (``ID``, ``uuid``, ...) cannot generalise (no evaluation value is ever seen in training), so it
+  is dropped and reported in `ImportedDataset.dropped` (reason "unique per row") unless
+  ``--categorical`` or ``--numeric`` names it.
 - everything else is a feature: strings, booleans and categories are categorical; integers are
   categorical when they have at most ``max_categories`` distinct values or when the name looks like
-  an id (``id``, ``*_id``, ``*Id``), numeric otherwise; floats are numeric. ``--categorical`` and
-  ``--numeric`` override, ``--drop`` leaves columns out.
+  an id, numeric otherwise; floats are numeric, except integer-valued floats with an id-like name
+  (an id column with missing values). A name looks like an id when, in any case, it is ``id``,
+  starts with ``id`` plus a separator (``_``, ``-``, ``.`` or space) or ends with a separator plus
+  ``id`` (``ID``, ``user_id``, ``USER_ID``, ``id_user``), or is camelCase ``...Id`` / ``...ID``
+  (``userId``, ``adID``). ``--categorical`` and ``--numeric`` override, ``--drop`` leaves columns
+  out.
 """
 
 from __future__ import annotations
@@ -21,6 +32,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +46,23 @@ from reprokit.errors import ReprokitError
 LABEL_FALLBACKS = ("click", "clicked", "is_click", "target", "y")
 DEFAULT_MAX_CATEGORIES = 1000
 _PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
-_ID_NAME = re.compile(r"(^id$|_id$|[a-z0-9]Id$)")
+_ID_NAME = re.compile(r"^id$|^id[_\-. ]|[_\-. ]id$", re.IGNORECASE)
+_CAMEL_ID_NAME = re.compile(r"[a-z0-9](Id|ID)$")
+UNIQUE_PER_ROW = "unique per row"
+_SHOWN_VALUES = 5
+
+
+@dataclass
+class ImportedDataset(Dataset):
+    """A `Dataset` plus what the import decided on the user's behalf, so it can be shown."""
+
+    dropped: dict[str, str] = field(default_factory=dict)  # column -> why, e.g. "unique per row"
+    positive: dict[str, str] = field(default_factory=dict)  # text label -> the value mapped to 1
+
+
+def is_id_name(name: str) -> bool:
+    """Whether a column name looks like an id (see the module docstring for the rule)."""
+    return bool(_ID_NAME.search(name) or _CAMEL_ID_NAME.search(name))
 
 
 def split_names(values: str | Iterable[str] | None) -> list[str]:
@@ -85,28 +113,92 @@ def _check_known(frame: pd.DataFrame, names: Sequence[str], option: str, source:
         )
 
 
-def _binary_label(series: pd.Series, name: str, threshold: float | None) -> pd.Series:
+def _plain(series: pd.Series) -> pd.Series:
+    """A categorical column as its categories' dtype, so it is judged by its values."""
+    if isinstance(series.dtype, pd.CategoricalDtype):
+        return series.astype(series.cat.categories.dtype)
+    return series
+
+
+def _is_binary(series: pd.Series) -> bool:
+    if pd.api.types.is_bool_dtype(series):
+        return True
+    return pd.api.types.is_numeric_dtype(series) and bool(series.isin([0, 1]).all())
+
+
+def _is_text(series: pd.Series) -> bool:
+    return not (pd.api.types.is_bool_dtype(series) or pd.api.types.is_numeric_dtype(series))
+
+
+def _stripped_text(series: pd.Series) -> pd.Series:
+    """Text values with surrounding whitespace removed (CSV files often have ', >50K')."""
+    return series.map(lambda v: str(v).strip())
+
+
+def _show_values(values: pd.Series) -> str:
+    """'a', 'b' (most frequent first), or '4 of 9 distinct values: ...' when there are many."""
+    counts = values.value_counts(sort=True)
+    shown = ", ".join(repr(v) for v in counts.index[:_SHOWN_VALUES])
+    if len(counts) > _SHOWN_VALUES:
+        return f"{_SHOWN_VALUES} of {len(counts)} distinct values: {shown}, ..."
+    return shown
+
+
+def _check_label_options(
+    labels: dict[str, pd.Series], threshold: float | None, positive: str | None
+) -> None:
+    """Refuse --positive / --label-threshold when no label column is of the kind they apply to."""
+    names = ", ".join(repr(c) for c in labels)
+    if positive is not None and not any(_is_text(s) for s in labels.values()):
+        raise ReprokitError(
+            f"--positive applies to label columns that hold text, and none of {names} does; "
+            "leave it out (numeric labels take --label-threshold)"
+        )
+    if threshold is not None and not any(
+        not _is_text(s) and not _is_binary(s) for s in labels.values()
+    ):
+        raise ReprokitError(
+            f"--label-threshold applies to numeric label columns that are not already 0/1, and "
+            f"none of {names} is one; leave it out"
+        )
+
+
+def _binary_label(
+    series: pd.Series, name: str, threshold: float | None, positive: str | None
+) -> pd.Series:
+    """0/1 as int8: 0/1 and booleans as they are, other numbers by `threshold`, text by
+    `positive` (compared after stripping whitespace)."""
     missing = int(series.isna().sum())
     if missing:
         raise ReprokitError(
             f"label column {name!r} has {missing} missing value(s); drop or fill those rows first"
         )
-    if pd.api.types.is_bool_dtype(series):
+    if _is_binary(series):
         return series.astype(np.int8)
-    if not pd.api.types.is_numeric_dtype(series):
-        raise ReprokitError(
-            f"label column {name!r} holds non-numbers (e.g. {series.iloc[0]!r}); labels must be 0/1"
-        )
+    if _is_text(series):
+        values = _stripped_text(series)
+        if positive is None:
+            raise ReprokitError(
+                f"label column {name!r} holds text, not 0/1 (values {_show_values(values)}); "
+                "say which value is the positive class with --positive VALUE"
+            )
+        wanted = positive.strip()
+        hits = values == wanted
+        if not hits.any():
+            same = [v for v in pd.unique(values) if v.casefold() == wanted.casefold()]
+            hint = f"; did you mean {same[0]!r}?" if same else ""
+            raise ReprokitError(
+                f"--positive {wanted!r} does not occur in label column {name!r} (values "
+                f"{_show_values(values)}, compared after stripping whitespace){hint}"
+            )
+        return hits.astype(np.int8)
     if threshold is not None:
         return (series >= threshold).astype(np.int8)
-    values = pd.unique(series)
-    if not np.isin(values, [0, 1]).all():
-        odd = [v for v in values if v not in (0, 1)][:3]
-        raise ReprokitError(
-            f"label column {name!r} is not binary (it holds values such as "
-            f"{', '.join(str(v) for v in odd)}); give --label-threshold to binarise it"
-        )
-    return series.astype(np.int8)
+    odd = [v for v in pd.unique(series) if v not in (0, 1)][:3]
+    raise ReprokitError(
+        f"label column {name!r} is not binary (it holds values such as "
+        f"{', '.join(str(v) for v in odd)}); give --label-threshold to binarise it"
+    )
 
 
 def _example_id(series: pd.Series, name: str) -> pd.Series:
@@ -149,19 +241,39 @@ def _datetime_seconds(series: pd.Series) -> pd.Series:
     return seconds.astype("Int64") if seconds.isna().any() else seconds.astype(np.int64)
 
 
+def _integral(series: pd.Series) -> bool:
+    return bool((series.dropna() % 1 == 0).all())
+
+
+def _unique_per_row(series: pd.Series) -> bool:
+    """A column of strings or integers with a different value in every row: a row id (ID, uuid).
+    Floats (measurements, nearly always distinct), booleans and dates do not count."""
+    if len(series) < 2 or series.isna().any():
+        return False
+    if pd.api.types.is_bool_dtype(series) or pd.api.types.is_datetime64_any_dtype(series):
+        return False
+    if pd.api.types.is_float_dtype(series) and not _integral(series):
+        return False
+    try:
+        return bool(series.is_unique)
+    except TypeError:  # unhashable values (lists in a parquet column)
+        return False
+
+
 def _is_categorical(series: pd.Series, name: str, max_categories: int) -> bool:
     if pd.api.types.is_bool_dtype(series) or isinstance(series.dtype, pd.CategoricalDtype):
         return True
     if pd.api.types.is_integer_dtype(series):
-        return bool(_ID_NAME.search(name)) or series.nunique(dropna=True) <= max_categories
+        return is_id_name(name) or series.nunique(dropna=True) <= max_categories
+    if pd.api.types.is_float_dtype(series):
+        return is_id_name(name) and _integral(series)  # an id column with missing values
     numeric_like = pd.api.types.is_numeric_dtype(series)
     return not (numeric_like or pd.api.types.is_datetime64_any_dtype(series))  # strings, objects
 
 
 def _as_categorical(series: pd.Series) -> pd.Series:
     """Store a categorical column as ints, bools or strings (parquet-friendly, one type)."""
-    if isinstance(series.dtype, pd.CategoricalDtype):
-        series = series.astype(series.cat.categories.dtype)
+    series = _plain(series)
     if pd.api.types.is_float_dtype(series):
         finite = series.dropna()
         if (finite % 1 == 0).all():
@@ -203,11 +315,13 @@ def infer_dataset(
     example_id: str | None = None,
     timestamp: str | None = None,
     label_threshold: float | None = None,
+    positive: str | None = None,
     max_categories: int = DEFAULT_MAX_CATEGORIES,
     name: str = "dataset",
     source: str = "the file",
-) -> Dataset:
-    """Infer roles (see the module docstring), convert the columns, and return the dataset."""
+) -> ImportedDataset:
+    """Infer roles (see the module docstring), convert the columns, and return the dataset with
+    the columns dropped as row ids and the positive value of each text label."""
     labels_l, cat_l = split_names(labels), split_names(categorical)
     num_l, drop_l = split_names(numeric), split_names(drop)
     for option, names in (
@@ -221,6 +335,8 @@ def infer_dataset(
         _check_known(frame, names, option, source)
     if max_categories < 0:
         raise ReprokitError("--max-categories must be >= 0")
+    if positive is not None and not positive.strip():
+        raise ReprokitError("--positive needs a value, e.g. --positive yes")
     if len(frame) == 0:
         raise ReprokitError(f"{source} has no rows")
     non_str = [c for c in frame.columns if not isinstance(c, str)]
@@ -269,10 +385,14 @@ def infer_dataset(
         columns[id_name] = _example_id(frame[example_id], example_id).reset_index(drop=True)
 
     cat_out, num_out = [], []
+    dropped: dict[str, str] = {}
     for col in frame.columns:
         if col in roles and roles[col] not in ("--categorical", "--numeric"):
             continue
         series = frame[col].reset_index(drop=True)
+        if col not in roles and _unique_per_row(series):
+            dropped[col] = UNIQUE_PER_ROW
+            continue
         if col in cat_l or (col not in num_l and _is_categorical(series, col, max_categories)):
             columns[col] = _as_categorical(series)
             cat_out.append(col)
@@ -281,8 +401,13 @@ def infer_dataset(
             num_out.append(col)
     if timestamp is not None:
         columns[timestamp] = _timestamp(frame[timestamp], timestamp).reset_index(drop=True)
-    for col in labels_l:
-        columns[col] = _binary_label(frame[col], col, label_threshold).reset_index(drop=True)
+    raw_labels = {col: _plain(frame[col]) for col in labels_l}
+    _check_label_options(raw_labels, label_threshold, positive)
+    positives: dict[str, str] = {}
+    for col, raw in raw_labels.items():
+        columns[col] = _binary_label(raw, col, label_threshold, positive).reset_index(drop=True)
+        if positive is not None and _is_text(raw):
+            positives[col] = positive.strip()
 
     schema = DatasetSchema(
         categorical=cat_out,
@@ -294,7 +419,7 @@ def infer_dataset(
     )
     out = pd.DataFrame(columns)
     schema.validate(out)
-    return Dataset(frame=out, schema=schema)
+    return ImportedDataset(frame=out, schema=schema, dropped=dropped, positive=positives)
 
 
 def import_file(
@@ -303,8 +428,9 @@ def import_file(
     *,
     name: str | None = None,
     **options,
-) -> Dataset:
-    """Read `path`, infer its dataset (options as for `infer_dataset`) and write it to `out`."""
+) -> ImportedDataset:
+    """Read `path`, infer its dataset (options as for `infer_dataset`, e.g. ``labels="income",
+    positive=">50K"``) and write it to `out`; `.dropped` names the row-id columns left out."""
     path = Path(path)
     frame = read_table(path)
     stem = path.name.split(".")[0] or "dataset"

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from reprokit.config import DataConfig
 
 SPLIT_METHODS = ("random", "temporal")
+#: Training refuses data whose evaluation split would be smaller: AUC, log loss and PD over fewer
+#: examples are noise, and a run on them would look like a result.
+MIN_EVAL_ROWS = 50
 _RAW_SUFFIXES = (".csv", ".tsv", ".txt", ".gz", ".bz2", ".zip", ".xz", ".json", ".jsonl")
 
 
@@ -58,17 +61,33 @@ def _take(dataset: Dataset, positions: np.ndarray) -> Dataset:
     return Dataset(frame=frame, schema=dataclasses.replace(dataset.schema))
 
 
+def eval_rows(n: int, eval_fraction: float) -> int:
+    """How many of `n` rows the evaluation split gets: ``round(n · eval_fraction)``."""
+    if not 0.0 < eval_fraction < 1.0:
+        raise ReprokitError(f"the evaluation fraction must be in (0, 1), got {eval_fraction}")
+    return int(round(n * eval_fraction))
+
+
+def check_eval_size(n: int, eval_fraction: float, source: str, more: str = "more data") -> None:
+    """Refuse training on data whose evaluation split would hold fewer than `MIN_EVAL_ROWS` rows."""
+    n_eval = eval_rows(n, eval_fraction)
+    if n_eval < MIN_EVAL_ROWS:
+        raise ReprokitError(
+            f"{source} has {n:,} rows; the evaluation split (fraction {eval_fraction:g}) would "
+            f"hold only {n_eval} rows, fewer than {MIN_EVAL_ROWS} — use {more} or a larger "
+            "eval_fraction ([data] in --config)"
+        )
+
+
 def split_dataset(
     dataset: Dataset, method: str = "random", eval_fraction: float = 0.2, seed: int = 0
 ) -> tuple[Dataset, Dataset]:
     """Split into (train, eval); deterministic for the arguments (see the module docstring)."""
     if method not in SPLIT_METHODS:
         raise ReprokitError(f"unknown split {method!r}; choose random or temporal")
-    if not 0.0 < eval_fraction < 1.0:
-        raise ReprokitError(f"the evaluation fraction must be in (0, 1), got {eval_fraction}")
     dataset = _with_example_id(dataset)
     n = len(dataset)
-    n_eval = int(round(n * eval_fraction))
+    n_eval = eval_rows(n, eval_fraction)
     if n_eval < 1 or n - n_eval < 1:
         raise ReprokitError(
             f"cannot split {n} rows with evaluation fraction {eval_fraction}: "
@@ -145,8 +164,18 @@ def load_dataset(data_config: DataConfig) -> Dataset:
 
 
 def load_training_data(data_config: DataConfig) -> tuple[Dataset, Dataset]:
-    """(train, eval) for a run: load, keep the configured label, split as configured."""
+    """(train, eval) for a run: load, keep the configured label, refuse an evaluation split too
+    small to measure anything (before any training), split as configured."""
     dataset = select_labels(load_dataset(data_config), data_config.labels or data_config.label)
+    if data_config.path is None:
+        check_eval_size(
+            len(dataset),
+            data_config.eval_fraction,
+            "the built-in synthetic data",
+            "more rows (--synth-rows)",
+        )
+    else:
+        check_eval_size(len(dataset), data_config.eval_fraction, data_config.path)
     return split_dataset(
         dataset,
         method=data_config.split,
