@@ -6,7 +6,12 @@ Two layouts are accepted:
   optionally ``label``;
 * **wide**: one row per example: ``example_id``, optionally ``label``, and one numeric column per
   replica (any name, e.g. ``replica_0``, ``r1``). Non-numeric columns and other ``label*`` columns
-  are ignored.
+  are ignored. A column of only 0/1 integers (or booleans) is a label, not a replica's
+  probabilities: unless it is the label column it is refused, naming it, so that a label called
+  ``click`` is never counted as one more replica.
+
+The label column is ``label`` unless the caller names another (``label="click"``); ``label`` may be
+absent (no AUC then), any other name must exist.
 
 Either layout may carry a group column (e.g. ``user_id``) for top-k churn per group; it is read by
 `load_predictions_with_groups` and must give each example one group.
@@ -18,6 +23,7 @@ with one sentence naming the file, the column or the replica.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import NamedTuple
 
@@ -27,6 +33,8 @@ import pandas as pd
 from reprokit.errors import ReprokitError
 
 FORMATS = ("auto", "long", "wide")
+#: The label column when the caller names none; it may be absent (any other named one must exist).
+DEFAULT_LABEL = "label"
 LONG_COLUMNS = ("example_id", "replica", "prediction")
 _PARQUET_SUFFIXES = {".parquet", ".pq", ".parq"}
 
@@ -42,6 +50,24 @@ class PredictionSet(NamedTuple):
     predictions: np.ndarray
     #: [N] float64 labels, or None when the file has no ``label`` column
     labels: np.ndarray | None
+
+
+def fingerprint(data: PredictionSet) -> str:
+    """sha256[:16] of the example ids and labels: two files measured the same examples with the
+    same labels exactly when their fingerprints agree (what `reprokit gate` checks a baseline by)."""
+    h = hashlib.sha256()
+    ids = np.asarray(data.example_ids)
+    if ids.dtype.kind in "iub":
+        h.update(b"int64:" + np.ascontiguousarray(ids, dtype=np.int64).tobytes())
+    elif ids.dtype.kind == "f":
+        h.update(b"float64:" + np.ascontiguousarray(ids, dtype=np.float64).tobytes())
+    else:  # strings or objects: their text, NUL-separated (object arrays' bytes are pointers)
+        h.update(b"str:" + "\0".join(map(str, ids.tolist())).encode("utf-8"))
+    if data.labels is None:
+        h.update(b"labels:none")
+    else:
+        h.update(b"labels:" + np.ascontiguousarray(data.labels, dtype=np.float64).tobytes())
+    return h.hexdigest()[:16]
 
 
 def _read_table(path: Path) -> pd.DataFrame:
@@ -68,8 +94,26 @@ def _read_table(path: Path) -> pd.DataFrame:
     return df
 
 
-def _label_column(df: pd.DataFrame) -> str | None:
-    return "label" if "label" in df.columns else None
+def _label_column(df: pd.DataFrame, label: str, path: Path) -> str | None:
+    """The frame's column named `label`; None when the default `label` is absent."""
+    for column in df.columns:
+        if str(column) == label:
+            return column
+    if label == DEFAULT_LABEL:
+        return None
+    raise ReprokitError(
+        f"{path} has no label column {label!r}; its columns are "
+        f"{', '.join(str(c) for c in df.columns)}"
+    )
+
+
+def _binary_kind(series: pd.Series) -> str | None:
+    """'booleans' or '0/1 integers' when the column holds nothing else (a label's look), else None."""
+    if pd.api.types.is_bool_dtype(series):
+        return "booleans"
+    if pd.api.types.is_integer_dtype(series) and bool(series.isin([0, 1]).all()):
+        return "0/1 integers"
+    return None
 
 
 def _numeric(series: pd.Series, what: str, path: Path) -> np.ndarray:
@@ -98,13 +142,13 @@ def _check_predictions(preds: np.ndarray, names: list[str], path: Path) -> None:
             raise ReprokitError(f"replica {name!r} in {path} has {out} predictions outside [0, 1]")
 
 
-def _check_labels(labels: np.ndarray, path: Path) -> None:
+def _check_labels(labels: np.ndarray, path: Path, column: str) -> None:
     missing = int(np.count_nonzero(~np.isfinite(labels)))
     if missing:
-        raise ReprokitError(f"column 'label' in {path} has {missing} missing or infinite values")
+        raise ReprokitError(f"column {column!r} in {path} has {missing} missing or infinite values")
     out = int(np.count_nonzero((labels < 0.0) | (labels > 1.0)))
     if out:
-        raise ReprokitError(f"column 'label' in {path} has {out} values outside [0, 1]")
+        raise ReprokitError(f"column {column!r} in {path} has {out} values outside [0, 1]")
 
 
 def _example_ids(series: pd.Series, path: Path) -> np.ndarray:
@@ -127,7 +171,7 @@ def _group_codes(df: pd.DataFrame, column: str, path: Path) -> np.ndarray:
 
 
 def _load_long(
-    df: pd.DataFrame, path: Path, group_column: str | None = None
+    df: pd.DataFrame, path: Path, group_column: str | None = None, label: str = DEFAULT_LABEL
 ) -> tuple[PredictionSet, np.ndarray | None]:
     missing = [c for c in LONG_COLUMNS if c not in df.columns]
     if missing:
@@ -146,8 +190,8 @@ def _load_long(
         raise ReprokitError(f"{path} holds {m} replica(s); PD needs at least 2")
     id_codes, id_values = pd.factorize(pd.Series(ids), sort=True)
     pred = _numeric(df["prediction"], "column 'prediction'", path)
-    label_col = _label_column(df)
-    labels = _numeric(df[label_col], "column 'label'", path) if label_col else None
+    label_col = _label_column(df, label, path)
+    labels = _numeric(df[label_col], f"column {label!r}", path) if label_col is not None else None
 
     # Scatter every row to its (replica, example) cell: O(rows), no sort of the long table.
     n = len(id_values)
@@ -174,7 +218,7 @@ def _load_long(
     preds = preds.reshape(m, n)
     _check_predictions(preds, names, path)
     if labels is not None:
-        _check_labels(labels, path)
+        _check_labels(labels, path, label)
         lab = np.empty(m * n)
         lab[flat] = labels
         lab = lab.reshape(m, n)
@@ -198,7 +242,7 @@ def _load_long(
 
 
 def _load_wide(
-    df: pd.DataFrame, path: Path, group_column: str | None = None
+    df: pd.DataFrame, path: Path, group_column: str | None = None, label: str = DEFAULT_LABEL
 ) -> tuple[PredictionSet, np.ndarray | None]:
     if "example_id" not in df.columns:
         raise ReprokitError(
@@ -206,14 +250,22 @@ def _load_wide(
             "label, and one numeric column per replica"
         )
     group_codes = None if group_column is None else _group_codes(df, group_column, path)
-    label_col = _label_column(df)
+    label_col = _label_column(df, label, path)
     names = [
         str(c)
         for c in df.columns
-        if c not in ("example_id", group_column)
+        if c not in ("example_id", group_column, label_col)
         and not str(c).lower().startswith("label")
-        and (pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]))
+        and pd.api.types.is_numeric_dtype(df[c])  # booleans too: refused below, as labels
     ]
+    for name in names:
+        kind = _binary_kind(df[name])
+        if kind is not None:
+            raise ReprokitError(
+                f"column {name!r} in {path} holds only {kind}, so it looks like a label, not a "
+                f"replica's predictions; pass --label {name} if it is the label, or drop it "
+                "(or store it as floats if a replica really predicts hard 0/1 classes)"
+            )
     if len(names) < 2:
         raise ReprokitError(
             f"{path} (wide format) has {len(names)} numeric replica column(s); PD needs at least 2"
@@ -227,25 +279,28 @@ def _load_wide(
     preds = np.stack([_numeric(df[c], f"column {c!r}", path)[order] for c in names])
     _check_predictions(preds, names, path)
     labels = None
-    if label_col:
-        labels = _numeric(df[label_col], "column 'label'", path)[order]
-        _check_labels(labels, path)
+    if label_col is not None:
+        labels = _numeric(df[label_col], f"column {label!r}", path)[order]
+        _check_labels(labels, path, label)
     groups = None if group_codes is None else group_codes[order]
     return PredictionSet(names, np.asarray(id_values), preds, labels), groups
 
 
-def load_predictions(path: str | Path, format: str = "auto") -> PredictionSet:
+def load_predictions(
+    path: str | Path, format: str = "auto", label: str = DEFAULT_LABEL
+) -> PredictionSet:
     """Read a long- or wide-format predictions file (parquet or CSV); see the module docstring.
 
-    Raises ReprokitError for a missing or unreadable file, missing columns, duplicate example ids,
-    replicas that cover different examples, NaN or out-of-range predictions (naming the replica and
-    the count), fewer than 2 replicas, and labels that disagree across replicas.
+    Raises ReprokitError for a missing or unreadable file, missing columns, a named label column
+    that is absent, a wide 0/1 column that is not the label, duplicate example ids, replicas that
+    cover different examples, NaN or out-of-range predictions (naming the replica and the count),
+    fewer than 2 replicas, and labels that disagree across replicas.
     """
-    return load_predictions_with_groups(path, None, format)[0]
+    return load_predictions_with_groups(path, None, format, label)[0]
 
 
 def load_predictions_with_groups(
-    path: str | Path, group_column: str | None, format: str = "auto"
+    path: str | Path, group_column: str | None, format: str = "auto", label: str = DEFAULT_LABEL
 ) -> tuple[PredictionSet, np.ndarray | None]:
     """`load_predictions` plus the group of every example ([N] integer codes aligned with the
     sorted example ids; None without `group_column`). A missing group column, missing group ids,
@@ -258,4 +313,4 @@ def load_predictions_with_groups(
     if fmt == "auto":
         fmt = "long" if {"replica", "prediction"} <= set(map(str, df.columns)) else "wide"
     load = _load_long if fmt == "long" else _load_wide
-    return load(df, p, group_column)
+    return load(df, p, group_column, label)

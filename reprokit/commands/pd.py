@@ -1,5 +1,8 @@
 """`reprokit pd FILE`: PD / AUC / log-loss of replica predictions produced anywhere.
 
+With `--out DIR` the summary document is also stored as DIR/summary.json (kind "pd"), a run
+directory of documents only that `reprokit report` renders and `reprokit gate` reads.
+
 Also home of `render_summary_table`, the Rich table of a summary document that train-ensemble and
 other commands print on stderr.
 """
@@ -23,7 +26,7 @@ from reprokit.errors import ReprokitError
 from reprokit.jsonio import as_float
 from reprokit.metrics.churn import DEFAULT_TOP_K, check_top_k
 
-__all__ = ["render_summary_table", "register", "run_pd"]
+__all__ = ["render_summary_table", "register", "run_pd", "write_pd_dir"]
 
 KIND = "pd"
 
@@ -127,20 +130,27 @@ def run_pd(
     show_progress: bool = False,
     group_column: str | None = None,
     top_k: int = DEFAULT_TOP_K,
+    label: str = "label",
 ) -> tuple[dict[str, Any], list[str]]:
     """Load FILE, summarise it; returns (summary document with kind "pd", warning messages).
 
-    With `group_column` the document also holds top-k churn per group (e.g. per user)."""
+    `label` names the label column (``label`` may be absent; another name must exist). With
+    `group_column` the document also holds top-k churn per group (e.g. per user). The document's
+    ``data`` block records the file and a fingerprint of its example ids and labels, so a gate can
+    tell whether two pd summaries measured the same examples."""
+    from reprokit import __version__
     from reprokit.metrics.accuracy import UndefinedMetricWarning
     from reprokit.metrics.summary import summarize
-    from reprokit.predictions import load_predictions_with_groups
+    from reprokit.predictions import fingerprint, load_predictions_with_groups
 
     if not (math.isfinite(threshold) and 0.0 < threshold < 1.0):
         raise ReprokitError(f"--threshold must be strictly between 0 and 1, got {threshold:g}")
     if resamples < 1:
         raise ReprokitError(f"--resamples must be positive, got {resamples}")
     check_top_k(top_k, "--top-k")
-    data, groups = load_predictions_with_groups(file, group_column, format=fmt)
+    if not label:
+        raise ReprokitError("--label must name a column")
+    data, groups = load_predictions_with_groups(file, group_column, format=fmt, label=label)
     messages: list[str] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UndefinedMetricWarning)
@@ -162,7 +172,45 @@ def run_pd(
         msg = str(w.message)
         if issubclass(w.category, UndefinedMetricWarning) and msg not in messages:
             messages.append(msg)
+    summary["reprokit_version"] = __version__
+    summary["data"] = {
+        "path": str(file),
+        "labels": [label] if data.labels is not None else [],
+        "fingerprint": fingerprint(data),
+    }
     return summary, messages
+
+
+def check_pd_dir(out: Path) -> Path:
+    """OUT/summary.json, refused when OUT is a file or holds a run of another kind (checked before
+    any work so a long PD computation never ends in a refusal)."""
+    from reprokit.store import MANIFEST, SUMMARY, read_json
+
+    if out.exists() and not out.is_dir():
+        raise ReprokitError(f"--out {out} is a file; give a directory for the pd summary")
+    for name in (MANIFEST, "compare.json", "stability.json"):
+        if (out / name).exists():
+            raise ReprokitError(
+                f"--out {out} holds another reprokit run ({name}); choose another directory"
+            )
+    target = out / SUMMARY
+    if target.exists():
+        kind = read_json(target, "summary.json").get("kind")
+        if kind != KIND:
+            raise ReprokitError(
+                f"--out {out} holds the summary.json of a {kind or 'non-pd'} run; "
+                "choose another directory"
+            )
+    return target
+
+
+def write_pd_dir(out: Path, summary: dict[str, Any]) -> Path:
+    """Store a pd summary as OUT/summary.json (atomically); refuse to overwrite another run."""
+    from reprokit.store import atomic_write_json
+
+    target = check_pd_dir(out)
+    atomic_write_json(target, summary)
+    return target
 
 
 def register(app: typer.Typer) -> None:
@@ -191,6 +239,18 @@ def register(app: typer.Typer) -> None:
         resamples: int = typer.Option(9999, "--resamples", help="Bootstrap resamples."),
         group_column: opt.ChurnBy = None,
         top_k: opt.TopK = DEFAULT_TOP_K,
+        label: str = typer.Option(
+            "label",
+            "--label",
+            help="Label column (AUC, log-loss, calibration); 'label' may be absent, another "
+            "name must exist. In the wide layout every other 0/1 integer column is refused.",
+        ),
+        out: Path | None = typer.Option(
+            None,
+            "--out",
+            help="Also store the summary as DIR/summary.json, for `reprokit report DIR` and "
+            "`reprokit gate`.",
+        ),
     ) -> None:
         """PD / AUC / log-loss of replica predictions produced anywhere.
 
@@ -206,9 +266,13 @@ def register(app: typer.Typer) -> None:
           reprokit pd preds.csv --format wide --threshold 0.3 --json > pd.json
 
           reprokit pd preds.parquet --churn-by user_id --top-k 5
+
+          reprokit pd wide.parquet --label click --out runs/pd-click
         """
         if fmt not in ("auto", "long", "wide"):
             raise ReprokitError(f"--format must be auto, long or wide, got {fmt!r}")
+        if out is not None:
+            check_pd_dir(out)
         summary, messages = run_pd(
             file,
             threshold=threshold,
@@ -218,9 +282,13 @@ def register(app: typer.Typer) -> None:
             show_progress=err_console.is_terminal,
             group_column=group_column,
             top_k=top_k,
+            label=label,
         )
+        written = write_pd_dir(out, summary) if out is not None else None
         for msg in messages:
             err_console.print(f"warning: {msg}", markup=False, highlight=False)
         err_console.print(render_summary_table(summary, title=f"reprokit pd: {file}"))
+        if written is not None:
+            err_console.print(f"wrote {written}", markup=False, highlight=False)
         if json_out:
             print_json(summary)
