@@ -233,6 +233,28 @@ def test_naming_a_row_id_keeps_it():
     assert kept.frame["ID"].tolist() == list(range(n))
 
 
+def test_distinct_integers_are_row_ids_only_when_id_named_or_consecutive(tmp_path):
+    n = 300
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame(
+        {
+            "row": rng.permutation(n) + 17,  # a shuffled row counter
+            "fnlwgt": rng.choice(np.arange(10_000, 10**6), n, replace=False),  # distinct weights
+            "order_id": rng.choice(np.arange(10**15, 10**15 + 10**6), n, replace=False),
+            "label": np.arange(n) % 2,
+        }
+    )
+    csv = tmp_path / "with_index.csv"
+    frame.to_csv(csv)  # index=True: pandas adds an unnamed 0..n-1 column
+    ds = import_file(csv)
+    assert ds.dropped == {"Unnamed: 0": UNIQUE_PER_ROW, "row": UNIQUE_PER_ROW,
+                          "order_id": UNIQUE_PER_ROW}  # fmt: skip
+    assert ds.schema.numeric == ["fnlwgt"] and ds.schema.categorical == []
+    assert ds.frame["fnlwgt"].tolist() == frame["fnlwgt"].tolist()
+    # distinct in every row, so numeric even where --max-categories would allow a category
+    assert infer_dataset(frame, max_categories=10_000).schema.numeric == ["fnlwgt"]
+
+
 def test_columns_that_repeat_a_value_or_miss_one_are_not_row_ids():
     frame = pd.DataFrame(
         {

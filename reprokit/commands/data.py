@@ -181,9 +181,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Import a CSV or parquet file with a label column, inferring column roles.
 
-        Integer columns named like ids (ID, user_id, id_user, userId, adID, any case) are categorical; a
-        column of strings or integers with a different value in every row (a row id such as ID
-        or uuid) is dropped unless --categorical or --numeric names it.
+        Integer columns named like ids (ID, user_id, id_user, userId, adID, any case) are
+        categorical. A row id, a column with a different value in every row that is text (uuid)
+        or an id-named or consecutive integer (ID, a row counter), is dropped unless --categorical
+        or --numeric names it.
 
         Example: reprokit data import clicks.csv --label click --categorical ad --out clicks.parquet
 

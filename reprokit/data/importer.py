@@ -13,13 +13,15 @@ Roles are inferred, and every inference can be overridden:
   0..n-1 (file order) when absent.
 - timestamp: ``--timestamp COL`` or a column named ``timestamp``; numbers (kept as int64) or dates
   (converted to int64 seconds since the epoch, UTC).
-- row ids: any other column of strings or integers that holds a different value in every row
-  (``ID``, ``uuid``, ...) cannot generalise (no evaluation value is ever seen in training), so it
-  is dropped and reported in `ImportedDataset.dropped` (reason "unique per row") unless
-  ``--categorical`` or ``--numeric`` names it.
+- row ids: any other column that holds a different value in every row and is text (``uuid``),
+  or whole numbers named like an id (``ID``) or running through one consecutive range (a row
+  counter such as pandas' ``Unnamed: 0``), cannot generalise (no evaluation value is ever seen in
+  training), so it is dropped and reported in `ImportedDataset.dropped` (reason "unique per row")
+  unless ``--categorical`` or ``--numeric`` names it. Other integers distinct in every row (a
+  weight, an amount) are numeric.
 - everything else is a feature: strings, booleans and categories are categorical; integers are
-  categorical when they have at most ``max_categories`` distinct values or when the name looks like
-  an id, numeric otherwise; floats are numeric, except integer-valued floats with an id-like name
+  categorical when the name looks like an id or when they have at most ``max_categories`` distinct
+  values that repeat (not one per row), numeric otherwise; floats are numeric, except integer-valued floats with an id-like name
   (an id column with missing values). A name looks like an id when, in any case, it is ``id``,
   starts with ``id`` plus a separator (``_``, ``-``, ``.`` or space) or ends with a separator plus
   ``id`` (``ID``, ``user_id``, ``USER_ID``, ``id_user``), or is camelCase ``...Id`` / ``...ID``
@@ -245,9 +247,9 @@ def _integral(series: pd.Series) -> bool:
     return bool((series.dropna() % 1 == 0).all())
 
 
-def _unique_per_row(series: pd.Series) -> bool:
-    """A column of strings or integers with a different value in every row: a row id (ID, uuid).
-    Floats (measurements, nearly always distinct), booleans and dates do not count."""
+def _distinct_per_row(series: pd.Series) -> bool:
+    """Whether every row holds its own value (no missing values, no repeats). Floats that are not
+    whole numbers (measurements, nearly always distinct), booleans and dates never count."""
     if len(series) < 2 or series.isna().any():
         return False
     if pd.api.types.is_bool_dtype(series) or pd.api.types.is_datetime64_any_dtype(series):
@@ -260,11 +262,25 @@ def _unique_per_row(series: pd.Series) -> bool:
         return False
 
 
+def _is_row_id(series: pd.Series, name: str) -> bool:
+    """A row id (ID, uuid, a row counter): distinct per row, and text, or whole numbers that are
+    named like an id or run through one consecutive range. Other distinct integers (a weight, an
+    amount) are measurements and stay numeric."""
+    if not _distinct_per_row(series):
+        return False
+    if isinstance(series.dtype, pd.CategoricalDtype) or not pd.api.types.is_numeric_dtype(series):
+        return True
+    return is_id_name(name) or int(series.max()) - int(series.min()) + 1 == len(series)
+
+
 def _is_categorical(series: pd.Series, name: str, max_categories: int) -> bool:
     if pd.api.types.is_bool_dtype(series) or isinstance(series.dtype, pd.CategoricalDtype):
         return True
     if pd.api.types.is_integer_dtype(series):
-        return is_id_name(name) or series.nunique(dropna=True) <= max_categories
+        if is_id_name(name):
+            return True
+        # few values are categories; values distinct per row would all be unseen in evaluation
+        return series.nunique(dropna=True) <= max_categories and not _distinct_per_row(series)
     if pd.api.types.is_float_dtype(series):
         return is_id_name(name) and _integral(series)  # an id column with missing values
     numeric_like = pd.api.types.is_numeric_dtype(series)
@@ -390,7 +406,7 @@ def infer_dataset(
         if col in roles and roles[col] not in ("--categorical", "--numeric"):
             continue
         series = frame[col].reset_index(drop=True)
-        if col not in roles and _unique_per_row(series):
+        if col not in roles and _is_row_id(series, col):
             dropped[col] = UNIQUE_PER_ROW
             continue
         if col in cat_l or (col not in num_l and _is_categorical(series, col, max_categories)):
