@@ -17,7 +17,7 @@ from rich.table import Table
 
 from reprokit.commands import options as opt
 from reprokit.commands.common import cli_errors, err_console, fmt_significant, print_json
-from reprokit.commands.train import make_progress
+from reprokit.commands.progress import TrainingProgress
 from reprokit.jsonio import as_float
 from reprokit.metrics.churn import DEFAULT_TOP_K
 
@@ -224,16 +224,15 @@ def register(app: typer.Typer) -> None:
             cfg, arms or None, baseline, out, sweep=sweep or None, force=force, test=test
         )
         encoded, churn = load_run_data(cfg, churn_by, top_k)
-        with make_progress() as bar:
-            task = bar.add_task("training", total=len(specs) * cfg.replicas)
+        with TrainingProgress("training", len(specs) * cfg.replicas) as progress:
 
             def on_progress(done: int, total: int, info: dict[str, Any]) -> None:
                 arm = info.get("arm", "")
                 index = info.get("arm_index", 0) + 1
-                bar.update(
-                    task,
-                    completed=done,
-                    total=total,
+                progress.replicas(
+                    done,
+                    total,
+                    info.get("metrics") or {},
                     description=f"arm {index}/{info.get('arms', len(specs))} {arm}",
                 )
 
@@ -249,6 +248,7 @@ def register(app: typer.Typer) -> None:
                 progress=on_progress,
                 encoded=encoded,
                 churn=churn,
+                step_progress=progress.steps,
             )
         table = render_compare_table(doc)
         if err_console.is_terminal:

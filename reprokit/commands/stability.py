@@ -11,7 +11,7 @@ from rich.table import Table
 
 from reprokit.commands import options as opt
 from reprokit.commands.common import cli_errors, err_console, print_json
-from reprokit.commands.train import make_progress
+from reprokit.commands.progress import TrainingProgress
 
 
 def _pm(entry: dict[str, Any] | None, digits: int = 4) -> str:
@@ -173,11 +173,11 @@ def register(app: typer.Typer) -> None:
         check_study(cfg, opts, mults, initial_accumulator)
         encoded = load_encoded(cfg.data)  # bad data fails before any progress output
         total = len(opts) * len(mults) * cfg.replicas
-        with make_progress() as bar:
-            task = bar.add_task("stability", total=total)
+        with TrainingProgress("stability", total) as progress:
 
-            def on_progress(done: int, total_: int, cell: str) -> None:
-                bar.update(task, completed=done, total=total_, description=f"stability: {cell}")
+            def on_replica(done: int, total_: int, info: dict[str, Any]) -> None:
+                metrics = {k: v for k, v in info.items() if k != "cell"}
+                progress.replicas(done, total_, metrics, description=f"stability: {info['cell']}")
 
             doc = run_stability(
                 cfg,
@@ -186,9 +186,10 @@ def register(app: typer.Typer) -> None:
                 out=out,
                 workers=workers,
                 force=force,
-                progress=on_progress,
                 encoded=encoded,
                 initial_accumulator=initial_accumulator,
+                replica_progress=on_replica,
+                step_progress=progress.steps,
             )
         err_console.print(render_stability_table(doc))
         err_console.print(f"loss curves: {Path(doc['run_dir']) / doc['plots'][0]}")

@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from reprokit.commands import options as opt
 from reprokit.commands.common import cli_errors, err_console, print_json
+from reprokit.commands.progress import TrainingProgress
 from reprokit.metrics.churn import DEFAULT_TOP_K
 
 
@@ -39,17 +39,6 @@ def summary_table(summary: dict[str, Any], title: str) -> Any:
                 "",
             )
     return table
-
-
-def make_progress() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=False,
-    )
 
 
 def register(app: typer.Typer) -> None:
@@ -122,22 +111,17 @@ def register(app: typer.Typer) -> None:
         cfg = resolve_config(config, opt.run_overrides(**ctx.params))
         # bad data (and a bad --churn-by column) fails here, before any progress output
         encoded, churn = load_run_data(cfg, churn_by, top_k)
-        with make_progress() as bar:
-            task = bar.add_task(
-                f"training (vary: {','.join(cfg.vary) or 'none'})", total=cfg.replicas
-            )
-
-            def on_progress(done: int, total: int, _metrics: dict[str, Any]) -> None:
-                bar.update(task, completed=done, total=total)
-
+        description = f"training (vary: {','.join(cfg.vary) or 'none'})"
+        with TrainingProgress(description, cfg.replicas) as progress:
             summary = train_ensemble(
                 cfg,
                 out=out,
                 workers=workers,
                 force=force,
-                progress=on_progress,
+                progress=progress.replicas,
                 encoded=encoded,
                 churn=churn,
+                step_progress=progress.steps,
             )
         err_console.print(summary_table(summary, title=f"train-ensemble: {summary['run_dir']}"))
         if json_out:
