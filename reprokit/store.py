@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 
 from reprokit.data.layout import atomic_write_table
 from reprokit.errors import ReprokitError
+from reprokit.fsio import atomic_write_bytes
 from reprokit.jsonio import to_json
 from reprokit.runschema import (
     LOCK,
@@ -65,21 +66,6 @@ SUPPORTED_SCHEMA = 1
 #: Manifest keys that must agree for a run directory to be resumed (the rest is informational).
 #: The replica count may grow (a resumed run is extended), so it is compared apart.
 RESUME_KEYS = ("kind", "config", "replica_seeds", "data")
-
-
-def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def atomic_write_json(path: str | os.PathLike, doc: Any) -> None:
@@ -266,10 +252,15 @@ class RunStore:
                 old_n = int((old.get("config") or {}).get("replicas") or 0)
                 kept = [r for r in range(new_n, old_n) if self.replica_dir(r).exists()]
                 if kept and not force:
+                    which = (
+                        f"replica {kept[0]:03d}"
+                        if len(kept) == 1
+                        else f"replicas {kept[0]:03d}..{kept[-1]:03d}"
+                    )
                     raise ReprokitError(
                         f"{self.path} holds {old_n} replicas; --replicas {new_n} would leave "
-                        f"replicas {kept[0]:03d}..{old_n - 1:03d} out of its summary; use "
-                        f"--replicas {old_n} or more, or pass --force to start over"
+                        f"{which} out of its summary; use --replicas {old_n} or more, or pass "
+                        "--force to start over"
                     )
                 if kept:
                     self._clear()

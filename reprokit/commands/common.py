@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 import sys
@@ -43,17 +44,56 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def os_error_sentence(exc: OSError) -> str:
+    """One sentence for an operating-system failure: what failed, on which path, and a hint."""
+    import errno
+
+    path = exc.filename if exc.filename is not None else ""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    hints = {
+        errno.EACCES: "check the permissions or choose another --out",
+        errno.EPERM: "check the permissions or choose another --out",
+        errno.EROFS: "choose another --out",
+        errno.ENOSPC: "free some space or choose another --out; files already written are intact",
+        errno.EDQUOT: "free some space or choose another --out; files already written are intact",
+        errno.ENOTDIR: "a part of the path is a file, not a directory",
+        errno.EISDIR: "name a file, not a directory",
+        errno.EEXIST: "a file of that name is in the way",
+    }
+    hint = hints.get(exc.errno or -1)
+    where = f" ({path})" if path else ""
+    return f"{reason.rstrip('.')}{where}" + (f"; {hint}" if hint else "")
+
+
+class _NoteHandler(logging.Handler):
+    """Library notes (logger "reprokit", e.g. a damaged replica trained again) as stderr lines."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        err_console.print(f"note: {record.getMessage()}", markup=False, highlight=False)
+
+
+def show_library_notes() -> None:
+    """Route the library's warnings-level log records to stderr (once per process)."""
+    logger = logging.getLogger("reprokit")
+    if not any(isinstance(h, _NoteHandler) for h in logger.handlers):
+        logger.addHandler(_NoteHandler(level=logging.WARNING))
+        logger.propagate = False
+
+
 def cli_errors(func: F) -> F:
     """Turn ReprokitError (and the usual file errors) into one stderr line and exit 2."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        show_library_notes()
         try:
             return func(*args, **kwargs)
         except ReprokitError as exc:
             fail(str(exc), exc.exit_code)
         except FileNotFoundError as exc:
             fail(f"file not found: {exc.filename or exc}")
+        except OSError as exc:  # permissions, a full disk, a path under a file, ...
+            fail(os_error_sentence(exc))
         except KeyboardInterrupt:
             fail("interrupted; finished work is kept and a re-run resumes it", 130)
         return None

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from reprokit.errors import ReprokitError
+from reprokit.fsio import atomic_write
 
 SCHEMA_KEY = b"reprokit.schema"
 SCHEMA_VERSION = 1
@@ -65,15 +66,7 @@ class Dataset:
 
 def atomic_write_table(table: pa.Table, path: str | os.PathLike) -> None:
     """Write parquet to a temporary name and rename: a killed process never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def write_dataset(frame: pd.DataFrame, schema: DatasetSchema, path: str | os.PathLike) -> Path:
