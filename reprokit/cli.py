@@ -9,6 +9,7 @@ import typer
 
 from reprokit import __version__
 from reprokit.commands import register_all
+from reprokit.commands.common import cli_warnings
 
 app = typer.Typer(
     name="reprokit",
@@ -28,11 +29,21 @@ def _version_callback(value: bool) -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     version: bool = typer.Option(
         False, "--version", callback=_version_callback, is_eager=True, help="Print the version."
     ),
+    verbose: bool = typer.Option(
+        False,
+        "--verbose",
+        envvar="REPROKIT_VERBOSE",
+        help="Show the Python warnings of dependencies (torch, pandas, ...); reprokit's own "
+        "warnings are always shown.",
+    ),
 ) -> None:
     """reprokit trains N identically configured models and measures how differently they predict."""
+    # Entered here, left when the command's context closes: the filters cover the whole command.
+    ctx.with_resource(cli_warnings(verbose))
 
 
 register_all(app)

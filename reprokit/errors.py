@@ -10,3 +10,8 @@ class ReprokitError(Exception):
     """A bad input (file, column, config, option value) described in one sentence."""
 
     exit_code = 2
+
+
+class ReprokitWarning(UserWarning):
+    """Something the user should know that does not stop the command; the CLI shows these as
+    `warning: ...` lines even when it hides the warnings of dependencies."""

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
 import os
 import sys
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
+import click
 import typer
 from rich.console import Console
 
-from reprokit.errors import ReprokitError
+from reprokit.errors import ReprokitError, ReprokitWarning
 from reprokit.jsonio import as_float, to_json
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -89,6 +92,7 @@ def cli_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except ReprokitError as exc:
+            emit_json_error(kwargs, str(exc))
             fail(str(exc), exc.exit_code)
         except FileNotFoundError as exc:
             fail(f"file not found: {exc.filename or exc}")
@@ -99,3 +103,64 @@ def cli_errors(func: F) -> F:
         return None
 
     return wrapper  # type: ignore[return-value]
+
+
+def json_requested(kwargs: dict[str, Any]) -> bool:
+    """Whether the running command got `--json`, whatever its parameter is called (`json_out`,
+    `as_json`): the command's options say which parameter declares the flag."""
+    ctx = click.get_current_context(silent=True)
+    params = ctx.command.params if ctx is not None else []
+    names = [p.name for p in params if "--json" in getattr(p, "opts", ())]
+    return any(bool(kwargs.get(name)) for name in names or ("json_out", "as_json"))
+
+
+def emit_json_error(kwargs: dict[str, Any], message: str) -> None:
+    """With `--json`, a failure also prints `{"schema_version": 1, "error": message}` on stdout, so a
+    script that parses stdout gets a document either way (the sentence still goes to stderr)."""
+    if json_requested(kwargs):
+        print_json({"schema_version": 1, "error": message})
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+    *,
+    fallback: Callable[..., None],
+) -> None:
+    if issubclass(category, ReprokitWarning):
+        sys.stderr.write(f"warning: {message}\n")
+        sys.stderr.flush()
+    else:
+        fallback(message, category, filename, lineno, file, line)
+
+
+@contextlib.contextmanager
+def cli_warnings(verbose: bool = False) -> Iterator[None]:
+    """Python warnings during one CLI invocation.
+
+    reprokit's own (`ReprokitWarning`, e.g. an undefined metric) are one `warning: ...` line each;
+    those of dependencies (torch UserWarnings, pandas FutureWarnings, ...) are noise to a user and
+    only shown with `--verbose`. Spawned worker processes inherit the choice (PYTHONWARNINGS).
+    Filters the user set (`python -W`, PYTHONWARNINGS) are left alone. Filters, the display hook
+    and the environment are restored afterwards.
+    """
+    saved_env = os.environ.get("PYTHONWARNINGS")
+    with warnings.catch_warnings():
+        if verbose:
+            warnings.simplefilter("default")
+        elif not sys.warnoptions:
+            warnings.simplefilter("ignore")
+            warnings.filterwarnings("default", category=ReprokitWarning)
+            os.environ["PYTHONWARNINGS"] = "ignore"
+        warnings.showwarning = functools.partial(_show_warning, fallback=warnings.showwarning)
+        try:
+            yield
+        finally:
+            if saved_env is None:
+                os.environ.pop("PYTHONWARNINGS", None)
+            else:
+                os.environ["PYTHONWARNINGS"] = saved_env

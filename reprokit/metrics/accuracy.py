@@ -14,12 +14,12 @@ from typing import Any
 import numpy as np
 from scipy.stats import rankdata
 
-from reprokit.errors import ReprokitError
+from reprokit.errors import ReprokitError, ReprokitWarning
 from reprokit.metrics.pd import EPS
 from reprokit.metrics.stats import mean_std
 
 
-class UndefinedMetricWarning(UserWarning):
+class UndefinedMetricWarning(ReprokitWarning):
     """A metric is NaN for these labels; the message is one sentence saying why."""
 
 
