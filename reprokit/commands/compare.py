@@ -168,7 +168,9 @@ def register(app: typer.Typer) -> None:
         replicas: Annotated[
             int | None,
             typer.Option(
-                "--replicas", "-n", help=f"Replicas per arm (default {DEFAULT_REPLICAS})."
+                "--replicas",
+                "-n",
+                help=opt.with_default("Replicas per arm.", str(DEFAULT_REPLICAS)),
             ),
         ] = None,
         vary: opt.Vary = None,
@@ -190,7 +192,13 @@ def register(app: typer.Typer) -> None:
         workers: opt.Workers = 1,
         out: Annotated[
             Path | None,
-            typer.Option("--out", "-o", help="Run directory (re-running resumes every arm)."),
+            typer.Option(
+                "--out",
+                "-o",
+                help=opt.out_help(
+                    "Run directory (re-running resumes every arm).", "compare-activations"
+                ),
+            ),
         ] = None,
         force: Annotated[
             bool, typer.Option("--force", help="Overwrite arms of another config.")

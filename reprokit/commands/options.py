@@ -5,6 +5,8 @@ commands declare it as `epochs: Epochs = None` and its flag and help text live h
 whose help differs per command stay in that command. `CONFIG_KEYS` maps every training option to its
 config key and `run_overrides` applies it to a command's parsed parameters (`ctx.params`), so adding
 a training option means one alias and one row here, plus the parameter in each command that takes it.
+Those options default to None (the value comes from the config), so their help states the config's
+default itself (`config_help`, read from the dataclasses in `reprokit.config`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
+from reprokit.config import RunConfig
 from reprokit.errors import ReprokitError
 from reprokit.sources import SOURCE_HELP
 
@@ -33,51 +37,6 @@ OPTIMIZER_HELP = (
     "adagrad+gradclip, adagrad+gradclip-layer, adagrad+agc, adagrad+agc-unitwise, adagrad+lamb."
 )
 MODEL_HELP = "Architecture: mlp, shared-bottom or mmoe (experts, per-task gates and towers)."
-
-DataPath = Annotated[
-    Path | None,
-    typer.Option(
-        "--data", help="Dataset in reprokit's parquet layout (default: built-in synthetic)."
-    ),
-]
-ConfigFile = Annotated[
-    Path | None, typer.Option("--config", help="TOML config; options override it.")
-]
-Vary = Annotated[str | None, typer.Option("--vary", help=VARY_HELP)]
-EmbeddingDim = Annotated[int | None, typer.Option("--embedding-dim", help="Embedding width.")]
-Hidden = Annotated[str | None, typer.Option("--hidden", help="MLP widths, e.g. 256-128-64.")]
-Dropout = Annotated[float | None, typer.Option("--dropout", help="Dropout probability.")]
-BatchNorm = Annotated[
-    bool | None,
-    typer.Option("--batch-norm/--no-batch-norm", help="BatchNorm after each hidden layer."),
-]
-Optimizer = Annotated[str | None, typer.Option("--optimizer", help=OPTIMIZER_HELP)]
-Model = Annotated[str | None, typer.Option("--model", help=MODEL_HELP)]
-Experts = Annotated[int | None, typer.Option("--experts", help="MMoE experts.")]
-Tower = Annotated[str | None, typer.Option("--tower", help="Per-task tower widths, e.g. 16-8.")]
-Tasks = Annotated[str | None, typer.Option("--tasks", help=TASKS_HELP)]
-LearningRate = Annotated[float | None, typer.Option("--lr", help="Learning rate.")]
-BatchSize = Annotated[int | None, typer.Option("--batch-size", help="Training batch size.")]
-Epochs = Annotated[int | None, typer.Option("--epochs", help="Training epochs.")]
-Split = Annotated[str | None, typer.Option("--split", help="random or temporal.")]
-Label = Annotated[str | None, typer.Option("--label", help="Label column to train on.")]
-SynthRows = Annotated[
-    int | None, typer.Option("--synth-rows", help="Rows of the built-in synthetic dataset.")
-]
-Seed = Annotated[int | None, typer.Option("--seed", help="Base seed of every source.")]
-Device = Annotated[str | None, typer.Option("--device", help="cpu or cuda[:N].")]
-Engine = Annotated[str | None, typer.Option("--engine", help="auto, process or vectorized.")]
-Threads = Annotated[int | None, typer.Option("--threads", help="Intra-op threads per replica.")]
-Workers = Annotated[int, typer.Option("--workers", "-j", help="Parallel worker processes.")]
-ChurnBy = Annotated[
-    str | None,
-    typer.Option(
-        "--churn-by",
-        help="Column naming each example's group (e.g. user_id): adds top-k churn per group.",
-        show_default=False,
-    ),
-]
-TopK = Annotated[int, typer.Option("--top-k", help="k of the top-k churn (with --churn-by).")]
 
 #: Command parameter → dotted config key, for every training option a command may declare.
 #: `tasks` is not here: one `--tasks` value sets several keys (`tasks_overrides`).
@@ -106,6 +65,137 @@ CONFIG_KEYS: dict[str, str] = {
     "tower": "model.tower",
     "initial_accumulator": "optim.initial_accumulator_value",
 }
+
+
+#: What a config key whose dataclass default is None means, for the help text.
+NONE_DEFAULTS: dict[str, str] = {
+    "data.path": "built-in synthetic",
+    "data.label": "the dataset's first label column",
+}
+
+
+def config_default(key: str) -> Any:
+    """The default of dotted config `key`, read from the config dataclasses (never restated)."""
+    value: Any = RunConfig()
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _default_text(param: str) -> str:
+    """A config default as the option's syntax writes it: 64-32 for widths, init,dropout for
+    sources, no-batch-norm for a flag that is off."""
+    key = CONFIG_KEYS[param]
+    value = config_default(key)
+    if value is None:
+        return NONE_DEFAULTS.get(key, "")
+    if isinstance(value, bool):
+        return ("" if value else "no-") + param.replace("_", "-")
+    if isinstance(value, list):
+        sep = "-" if all(isinstance(v, int) for v in value) else ","
+        return sep.join(map(str, value)) or "none"
+    return str(value)
+
+
+def with_default(text: str, default: str) -> str:
+    """`text` ending with Typer's `[default: ...]` (escaped: the help is Rich markup)."""
+    return f"{text} {escape(f'[default: {default}]')}" if default else text
+
+
+def config_help(param: str, text: str) -> str:
+    """Help of a training option whose default (None on the command line) comes from the config:
+    `text` plus the config's default, e.g. "Learning rate. [default: 0.05]"."""
+    return with_default(text, _default_text(param))
+
+
+def out_help(text: str, kind: str) -> str:
+    """Help of `--out`: the run directory made when none is given (see `default_run_dir`)."""
+    return with_default(text, f"runs/{kind}-YYYYmmdd-HHMMSS")
+
+
+DataPath = Annotated[
+    Path | None,
+    typer.Option("--data", help=config_help("data", "Dataset in reprokit's parquet layout.")),
+]
+ConfigFile = Annotated[
+    Path | None, typer.Option("--config", help="TOML config; options override it.")
+]
+Vary = Annotated[str | None, typer.Option("--vary", help=config_help("vary", VARY_HELP))]
+EmbeddingDim = Annotated[
+    int | None,
+    typer.Option("--embedding-dim", help=config_help("embedding_dim", "Embedding width.")),
+]
+Hidden = Annotated[
+    str | None, typer.Option("--hidden", help=config_help("hidden", "MLP widths, e.g. 256-128-64."))
+]
+Dropout = Annotated[
+    float | None, typer.Option("--dropout", help=config_help("dropout", "Dropout probability."))
+]
+BatchNorm = Annotated[
+    bool | None,
+    typer.Option(
+        "--batch-norm/--no-batch-norm",
+        help=config_help("batch_norm", "BatchNorm after each hidden layer."),
+    ),
+]
+Optimizer = Annotated[
+    str | None, typer.Option("--optimizer", help=config_help("optimizer", OPTIMIZER_HELP))
+]
+Model = Annotated[str | None, typer.Option("--model", help=config_help("model", MODEL_HELP))]
+Experts = Annotated[
+    int | None, typer.Option("--experts", help=config_help("experts", "MMoE experts."))
+]
+Tower = Annotated[
+    str | None,
+    typer.Option("--tower", help=config_help("tower", "Per-task tower widths, e.g. 16-8.")),
+]
+Tasks = Annotated[
+    str | None, typer.Option("--tasks", help=with_default(TASKS_HELP, "1, the --label column"))
+]
+LearningRate = Annotated[
+    float | None, typer.Option("--lr", help=config_help("lr", "Learning rate."))
+]
+BatchSize = Annotated[
+    int | None, typer.Option("--batch-size", help=config_help("batch_size", "Training batch size."))
+]
+Epochs = Annotated[
+    int | None, typer.Option("--epochs", help=config_help("epochs", "Training epochs."))
+]
+Split = Annotated[
+    str | None, typer.Option("--split", help=config_help("split", "random or temporal."))
+]
+Label = Annotated[
+    str | None, typer.Option("--label", help=config_help("label", "Label column to train on."))
+]
+SynthRows = Annotated[
+    int | None,
+    typer.Option(
+        "--synth-rows", help=config_help("synth_rows", "Rows of the built-in synthetic dataset.")
+    ),
+]
+Seed = Annotated[
+    int | None, typer.Option("--seed", help=config_help("seed", "Base seed of every source."))
+]
+Device = Annotated[
+    str | None, typer.Option("--device", help=config_help("device", "cpu or cuda[:N]."))
+]
+Engine = Annotated[
+    str | None, typer.Option("--engine", help=config_help("engine", "auto, process or vectorized."))
+]
+Threads = Annotated[
+    int | None,
+    typer.Option("--threads", help=config_help("threads", "Intra-op threads per replica.")),
+]
+Workers = Annotated[int, typer.Option("--workers", "-j", help="Parallel worker processes.")]
+ChurnBy = Annotated[
+    str | None,
+    typer.Option(
+        "--churn-by",
+        help="Column naming each example's group (e.g. user_id): adds top-k churn per group.",
+        show_default=False,
+    ),
+]
+TopK = Annotated[int, typer.Option("--top-k", help="k of the top-k churn (with --churn-by).")]
 
 
 def run_overrides(**options: Any) -> dict[str, Any]:

@@ -101,7 +101,10 @@ def register(app: typer.Typer) -> None:
         data: opt.DataPath = None,
         config: opt.ConfigFile = None,
         replicas: Annotated[
-            int | None, typer.Option("--replicas", "-n", help="Replicas per cell.")
+            int | None,
+            typer.Option(
+                "--replicas", "-n", help=opt.config_help("replicas", "Replicas per cell.")
+            ),
         ] = None,
         vary: opt.Vary = None,
         model: opt.Model = None,
@@ -109,14 +112,16 @@ def register(app: typer.Typer) -> None:
         experts: opt.Experts = None,
         tower: opt.Tower = None,
         activation: Annotated[
-            str | None, typer.Option("--activation", help="Activation spec.")
+            str | None,
+            typer.Option("--activation", help=opt.config_help("activation", "Activation spec.")),
         ] = None,
         embedding_dim: opt.EmbeddingDim = None,
         hidden: opt.Hidden = None,
         dropout: opt.Dropout = None,
         batch_norm: opt.BatchNorm = None,
         lr: Annotated[
-            float | None, typer.Option("--lr", help="Base learning rate (multiplied).")
+            float | None,
+            typer.Option("--lr", help=opt.config_help("lr", "Base learning rate (multiplied).")),
         ] = None,
         initial_accumulator: Annotated[
             float | None,
@@ -137,7 +142,11 @@ def register(app: typer.Typer) -> None:
         out: Annotated[
             Path | None,
             typer.Option(
-                "--out", "-o", help="Run directory (re-running resumes it, cell by cell)."
+                "--out",
+                "-o",
+                help=opt.out_help(
+                    "Run directory (re-running resumes it, cell by cell).", "stability"
+                ),
             ),
         ] = None,
         force: Annotated[

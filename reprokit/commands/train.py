@@ -49,12 +49,20 @@ def register(app: typer.Typer) -> None:
         data: opt.DataPath = None,
         config: opt.ConfigFile = None,
         replicas: Annotated[
-            int | None, typer.Option("--replicas", "-n", help="Number of replicas.")
+            int | None,
+            typer.Option(
+                "--replicas", "-n", help=opt.config_help("replicas", "Number of replicas.")
+            ),
         ] = None,
         vary: opt.Vary = None,
         activation: Annotated[
             str | None,
-            typer.Option("--activation", help="Activation spec, e.g. relu, smelu:beta=0.5, gelu."),
+            typer.Option(
+                "--activation",
+                help=opt.config_help(
+                    "activation", "Activation spec, e.g. relu, smelu:beta=0.5, gelu."
+                ),
+            ),
         ] = None,
         embedding_dim: opt.EmbeddingDim = None,
         hidden: opt.Hidden = None,
@@ -65,8 +73,9 @@ def register(app: typer.Typer) -> None:
             float | None,
             typer.Option(
                 "--initial-accumulator",
-                help="Adagrad-family accumulator start (default: 0 for adagrad, 0.1 for the "
-                "others).",
+                help=opt.with_default(
+                    "Adagrad-family accumulator start.", "0 for adagrad, 0.1 for the others"
+                ),
             ),
         ] = None,
         model: opt.Model = None,
@@ -86,7 +95,11 @@ def register(app: typer.Typer) -> None:
         workers: opt.Workers = 1,
         out: Annotated[
             Path | None,
-            typer.Option("--out", "-o", help="Run directory (re-running resumes it)."),
+            typer.Option(
+                "--out",
+                "-o",
+                help=opt.out_help("Run directory (re-running resumes it).", "train-ensemble"),
+            ),
         ] = None,
         force: Annotated[
             bool, typer.Option("--force", help="Overwrite a run of another config.")
