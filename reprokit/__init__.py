@@ -9,9 +9,10 @@ try:
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+local"
 
+from reprokit.config import RunConfig, resolve_config
 from reprokit.errors import ReprokitError
 
-__all__ = ["ReprokitError", "__version__", "train_ensemble"]
+__all__ = ["ReprokitError", "RunConfig", "__version__", "resolve_config", "train_ensemble"]
 
 
 def __getattr__(name: str):

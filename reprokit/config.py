@@ -130,7 +130,9 @@ class RunConfig:
         self.optim.name = self.optim.name.strip().lower()
         self.device = self.device.strip().lower()
         non_finite = [
-            key for key, value in _leaves(self) if isinstance(value, float) and not math.isfinite(value)
+            key
+            for key, value in _leaves(self)
+            if isinstance(value, float) and not math.isfinite(value)
         ]
         if non_finite:
             raise ReprokitError(f"{non_finite[0]} must be a finite number")

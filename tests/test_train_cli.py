@@ -83,9 +83,11 @@ def test_resume_after_kill_keeps_finished_replicas(tmp_path):
     kept = {p.parent.name: (p.parent / "predictions.parquet").read_bytes() for p in finished}
     assert 2 <= len(kept) < 6
     assert not (out / "summary.json").exists()
+    assert (out / ".reprokit.lock").exists()  # the killed run's lock is left behind, stale
     result = subprocess.run(cmd + ["--json"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["replicas"] == 6
+    assert not (out / ".reprokit.lock").exists()  # taken over, then released
     for name, payload in kept.items():  # finished replicas were not retrained
         assert (out / "replicas" / name / "predictions.parquet").read_bytes() == payload
 
