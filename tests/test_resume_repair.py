@@ -4,7 +4,6 @@ and a lock file keeps two live runs out of one directory."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
