@@ -18,12 +18,22 @@ every arm is judged (strictest); ``arms`` restricts the rules to the named arms 
 spec). Against a baseline, units are matched by arm; a baseline with a single unit (a train-ensemble
 run) serves every arm.
 
+Provenance: a baseline comparison means something only on the same data and setup, so each unit and
+its baseline unit must agree on the data fingerprint and differ in at most one key of the resolved
+config (the field under test, e.g. ``model.activation``; ``data.path`` and the run name are
+ignored). The fingerprint and config come from the summary document (``data``, ``config``), else
+from the run directory's manifest. Anything else, a unit without them included, is refused unless
+``allow_different``; the one allowed difference is reported with both values.
+
+A run whose replicas all diverged has no PD (and no AUC): its rules fail, saying so.
+
 Exit codes: 0 every rule holds (or ``warn_only``), 1 a rule failed, 2 bad input (raised as
 ReprokitError before any verdict).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass, field
@@ -38,6 +48,10 @@ PD_KEYS = ("abs", "rel", "abs_mean", "rel_mean", "l2", "rel_std", "flip")
 EXIT_PASS = 0
 EXIT_FAIL = 1
 
+#: Config keys that do not change what a run measures (where its data lives, what it is called).
+IGNORED_CONFIG_KEYS = frozenset({"name", "data.path"})
+ALLOW = "pass --allow-different to compare anyway"
+
 
 @dataclass
 class GateRules:
@@ -50,6 +64,7 @@ class GateRules:
     max_churn: float | None = None
     arms: list[str] = field(default_factory=list)
     warn_only: bool = False
+    allow_different: bool = False  # compare with a baseline of other data or setup
 
     @property
     def needs_baseline(self) -> bool:
@@ -76,6 +91,7 @@ class Unit:
     name: str  # arm slug, or "" for a train-ensemble run
     label: str  # what users see: the activation spec, or the run name
     summary: dict[str, Any]
+    run: Run | None = None  # the run it belongs to (its manifest holds the provenance)
 
 
 @dataclass
@@ -90,6 +106,9 @@ class RuleResult:
     message: str
     baseline: float | None = None
     current: float | None = None
+    #: baseline rules: the config key in which unit and baseline differ, {"key", "baseline",
+    #: "current"} (the field under test), or None when they agree
+    differs: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -102,6 +121,10 @@ class GateResult:
     baseline: str | None
     rules: list[RuleResult]
     warn_only: bool = False
+    allow_different: bool = False
+    #: per unit compared with a baseline: {"unit", "baseline_unit", "key", "baseline", "current"}
+    #: for each config key (or "data.fingerprint") that differs
+    differences: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -125,6 +148,8 @@ class GateResult:
             "run_kind": self.run_kind,
             "baseline": self.baseline,
             "warn_only": self.warn_only,
+            "allow_different": self.allow_different,
+            "differences": self.differences,
             "verdict": self.verdict,
             "passed": self.passed,
             "exit_code": self.exit_code,
@@ -138,12 +163,12 @@ def units(run: Run) -> list[Unit]:
     if run.kind == COMPARE:
         assert run.compare is not None
         return [
-            Unit(name=a["name"], label=str(a.get("activation") or a["name"]), summary=a)
+            Unit(name=a["name"], label=str(a.get("activation") or a["name"]), summary=a, run=run)
             for a in run.compare["arms"]
         ]
     if run.summary is None:
         raise ReprokitError(f"{run.path} has no summary to gate")
-    return [Unit(name="", label=run.name, summary=run.summary)]
+    return [Unit(name="", label=run.name, summary=run.summary, run=run)]
 
 
 def _matches(unit: Unit, name: str) -> bool:
@@ -191,7 +216,134 @@ def baseline_unit(unit: Unit, baseline: Run, arms: list[str], current_is_compare
     return found[0]
 
 
+# -------------------------------------------------------------------------------------- provenance
+def _manifest(unit: Unit) -> dict[str, Any]:
+    """The manifest of the unit's run directory (an arm's own one for a compare run), or {}."""
+    run = unit.run
+    if run is None or run.documents_only:
+        return {}
+    if run.kind == COMPARE:
+        try:
+            return run.arm_run(unit.summary).manifest or {}
+        except ReprokitError:  # an arm directory that is gone: no provenance from it
+            return {}
+    return run.manifest or {}
+
+
+def _flatten(doc: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in doc.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _default_config() -> dict[str, Any]:
+    from reprokit.config import RunConfig
+
+    return _flatten(RunConfig().to_dict())
+
+
+def provenance(unit: Unit) -> tuple[str | None, dict[str, Any] | None]:
+    """(data fingerprint, flattened resolved config) of a unit; None for what it does not record.
+
+    Keys an older config lacks take today's defaults, so a baseline from before a new setting is
+    compared as it ran rather than refused for every key added since."""
+    config, data = unit.summary.get("config"), unit.summary.get("data")
+    if not (isinstance(config, dict) and isinstance(data, dict)):
+        manifest = _manifest(unit)
+        config = config if isinstance(config, dict) else manifest.get("config")
+        data = data if isinstance(data, dict) else manifest.get("data")
+    fp = data.get("fingerprint") if isinstance(data, dict) else None
+    flat = {**_default_config(), **_flatten(config)} if isinstance(config, dict) else None
+    return (str(fp) if fp else None), flat
+
+
+def _same(a: Any, b: Any) -> bool:
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+
+def config_differences(
+    baseline: dict[str, Any], current: dict[str, Any]
+) -> list[tuple[str, Any, Any]]:
+    """(dotted key, baseline value, current value) for every key that differs, ignored ones aside."""
+    keys = sorted((set(baseline) | set(current)) - IGNORED_CONFIG_KEYS)
+    return [
+        (k, baseline.get(k), current.get(k))
+        for k in keys
+        if not _same(baseline.get(k), current.get(k))
+    ]
+
+
+def _where(run: Run, unit: Unit) -> str:
+    return f"{run.path} (arm {unit.label})" if run.kind == COMPARE else str(run.path)
+
+
+def check_provenance(
+    unit: Unit, run: Run, base: Unit, baseline: Run, allow_different: bool
+) -> list[dict[str, Any]]:
+    """The differences between a unit and its baseline unit; refuse (ReprokitError) other data,
+    more than one differing config key, or a side without provenance, unless `allow_different`."""
+    cur_fp, cur_cfg = provenance(unit)
+    base_fp, base_cfg = provenance(base)
+    here, there = _where(run, unit), _where(baseline, base)
+    found: list[tuple[str, Any, Any]] = []
+    if cur_fp and base_fp and cur_fp != base_fp:
+        found.append(("data.fingerprint", base_fp, cur_fp))
+    if cur_cfg is not None and base_cfg is not None:
+        found += config_differences(base_cfg, cur_cfg)
+    rows = [
+        {"unit": unit.label, "baseline_unit": base.label, "key": k, "baseline": b, "current": c}
+        for k, b, c in found
+    ]
+    if allow_different:
+        return rows
+    for side, where, fp, cfg in (
+        ("baseline", there, base_fp, base_cfg),
+        ("run", here, cur_fp, cur_cfg),
+    ):
+        if fp is None or cfg is None:
+            what = " or ".join(
+                w for w, v in (("data fingerprint", fp), ("resolved config", cfg)) if v is None
+            )
+            raise ReprokitError(
+                f"{side} {where} lacks provenance (no {what}: made by an older reprokit, or by "
+                f"reprokit pd), so it cannot be checked to measure the same data and setup; {ALLOW}"
+            )
+    if cur_fp != base_fp:
+        raise ReprokitError(
+            f"baseline {there} was measured on other data (fingerprint {base_fp}, this run "
+            f"{cur_fp}); {ALLOW}"
+        )
+    if len(found) > 1:
+        listed = "; ".join(f"{k}: {b!r} there, {c!r} here" for k, b, c in found)
+        raise ReprokitError(
+            f"baseline {there} differs from {here} in {len(found)} config keys ({listed}), but a "
+            f"baseline comparison allows one, the field under test; {ALLOW}"
+        )
+    return rows
+
+
 # -------------------------------------------------------------------------------------- quantities
+def undefined_pd_reason(summary: dict[str, Any]) -> str | None:
+    """Why a summary's PD is undefined because of divergence ("every replica diverged (2 of 2)",
+    "only 1 of 3 replicas finished without diverging"), or None when divergence is not the cause.
+
+    A summary counts in ``replicas`` only the replicas that did not diverge; ``diverged.count``
+    holds the others (PD needs at least 2 of the former)."""
+    diverged = summary.get("diverged")
+    count = diverged.get("count") if isinstance(diverged, dict) else None
+    healthy = summary.get("replicas")
+    if not isinstance(count, int) or count <= 0 or not isinstance(healthy, int) or healthy >= 2:
+        return None
+    total = healthy + count
+    if healthy <= 0:
+        return f"every replica diverged ({count} of {total})"
+    return f"only {healthy} of {total} replicas finished without diverging"
+
+
 def pd_keys(summary: dict[str, Any]) -> list[str]:
     return [*PD_KEYS, *(k for k in summary.get("pd") or {} if k not in PD_KEYS)]
 
@@ -209,6 +361,8 @@ def pd_value(summary: dict[str, Any], metric: str, use_ci_upper: bool) -> float:
 
 def auc_value(unit: Unit, where: str, option: str) -> float:
     auc = unit.summary.get("auc")
+    if not isinstance(auc, dict) and unit.summary.get("replicas") == 0 and _diverged(unit):
+        return math.nan  # no replica left to score: the rule fails, saying why
     if not isinstance(auc, dict):
         raise ReprokitError(
             f"{where} has no AUC (its evaluation data has no labels), so {option} cannot be judged"
@@ -218,6 +372,8 @@ def auc_value(unit: Unit, where: str, option: str) -> float:
 
 def churn_value(unit: Unit, where: str, use_ci_upper: bool) -> float:
     churn = unit.summary.get("churn")
+    if not isinstance(churn, dict) and _diverged(unit):
+        return math.nan  # PD (churn with it) is undefined: the rule fails, saying why
     if not isinstance(churn, dict):
         raise ReprokitError(
             f"{where} has no top-k churn (train or measure it with --churn-by COLUMN), so "
@@ -226,6 +382,10 @@ def churn_value(unit: Unit, where: str, use_ci_upper: bool) -> float:
     if use_ci_upper:
         return as_float((churn.get("ci") or [None, None])[1])
     return as_float(churn.get("value"))
+
+
+def _diverged(unit: Unit) -> str | None:
+    return undefined_pd_reason(unit.summary)
 
 
 def _known(x: float) -> float | None:
@@ -250,6 +410,8 @@ def validate(rules: GateRules, run: Run, baseline: Run | None) -> None:
         raise ReprokitError("--max-pd-increase and --max-auc-drop need --baseline OTHER_RUN_DIR")
     if baseline is not None and not rules.needs_baseline:
         raise ReprokitError("--baseline needs --max-pd-increase or --max-auc-drop")
+    if rules.allow_different and baseline is None:
+        raise ReprokitError("--allow-different applies only with --baseline")
     for name, value in (
         ("--max-pd", rules.max_pd),
         ("--max-pd-increase", rules.max_pd_increase),
@@ -301,12 +463,16 @@ def _rule(
     comparison: str,
     threshold: float,
     observed: float,
+    undefined: str | None = None,
     **extra: Any,
 ) -> RuleResult:
+    """One rule's result; `undefined` says why a missing value is missing (e.g. divergence)."""
     known = _known(observed)
     if known is None:
         passed = False
         why = "is infinite" if math.isinf(observed) else "is missing (null)"
+        if undefined and not math.isinf(observed):
+            why = f"is undefined because {undefined}"
         message = f"{quantity} {why}, so the rule cannot hold"
     else:
         passed = known <= threshold if comparison == "<=" else known >= threshold
@@ -325,33 +491,67 @@ def _rule(
     )
 
 
+def _baseline_reason(unit: Unit, base: Unit) -> str | None:
+    """Why a baseline comparison has no value: this run's or the baseline's divergence."""
+    if reason := _diverged(unit):
+        return reason
+    if reason := _diverged(base):
+        return f"in the baseline {reason}"
+    return None
+
+
 def evaluate(run: Run, rules: GateRules, baseline: Run | None = None) -> GateResult:
-    """Judge every rule for every selected unit of `run` (against `baseline` where needed)."""
+    """Judge every rule for every selected unit of `run` (against `baseline` where needed).
+
+    Against a baseline every unit's provenance is checked first (`check_provenance`), so other
+    data or a changed setup is refused before any verdict."""
     validate(rules, run, baseline)
     metric = rules.metric
     pd_quantity = f"pd_ci.{metric}[upper]" if rules.use_ci_upper else f"pd.{metric}"
     is_compare = run.kind == COMPARE
     selected = select_units(run, rules.arms) if is_compare else units(run)
-    results: list[RuleResult] = []
+    pairs: list[tuple[Unit, Unit | None, dict[str, Any] | None]] = []
+    differences: list[dict[str, Any]] = []
     for unit in selected:
+        if baseline is None:
+            pairs.append((unit, None, None))
+            continue
+        base = baseline_unit(unit, baseline, rules.arms, is_compare)
+        found = check_provenance(unit, run, base, baseline, rules.allow_different)
+        differences += found
+        one = found[0] if len(found) == 1 else None
+        differs = {k: one[k] for k in ("key", "baseline", "current")} if one else None
+        pairs.append((unit, base, differs))
+    results: list[RuleResult] = []
+    for unit, base, differs in pairs:
         label = unit.label
+        why = _diverged(unit)
         if rules.max_pd is not None:
             observed = pd_value(unit.summary, metric, rules.use_ci_upper)
-            results.append(_rule("max-pd", label, pd_quantity, "<=", rules.max_pd, observed))
+            results.append(
+                _rule("max-pd", label, pd_quantity, "<=", rules.max_pd, observed, undefined=why)
+            )
         if rules.min_auc is not None:
             observed = auc_value(unit, str(run.path), "--min-auc")
-            results.append(_rule("min-auc", label, "auc.mean", ">=", rules.min_auc, observed))
+            results.append(
+                _rule("min-auc", label, "auc.mean", ">=", rules.min_auc, observed, undefined=why)
+            )
         if rules.max_churn is not None:
             observed = churn_value(unit, str(run.path), rules.use_ci_upper)
             quantity = "churn.ci[upper]" if rules.use_ci_upper else "churn.value"
-            results.append(_rule("max-churn", label, quantity, "<=", rules.max_churn, observed))
-        if baseline is None:
+            results.append(
+                _rule("max-churn", label, quantity, "<=", rules.max_churn, observed, undefined=why)
+            )
+        if base is None:
             continue
-        base = baseline_unit(unit, baseline, rules.arms, is_compare)
+        assert baseline is not None
+        both_why = _baseline_reason(unit, base)
         if rules.max_pd_increase is not None:
             cur = pd_value(unit.summary, metric, rules.use_ci_upper)
             ref = pd_value(base.summary, metric, rules.use_ci_upper)
-            if ref == 0 and cur == 0:
+            if math.isnan(cur) or math.isnan(ref):
+                change = math.nan
+            elif ref == 0 and cur == 0:
                 change = 0.0
             elif ref == 0:
                 change = math.inf
@@ -364,8 +564,10 @@ def evaluate(run: Run, rules: GateRules, baseline: Run | None = None) -> GateRes
                 "<=",
                 rules.max_pd_increase,
                 change,
+                undefined=both_why,
                 baseline=_known(ref),
                 current=_known(cur),
+                differs=differs,
             )
             if not result.passed and math.isinf(change):
                 result.message = (
@@ -385,8 +587,10 @@ def evaluate(run: Run, rules: GateRules, baseline: Run | None = None) -> GateRes
                 "<=",
                 rules.max_auc_drop,
                 ref - cur,
+                undefined=both_why,
                 baseline=_known(ref),
                 current=_known(cur),
+                differs=differs,
             )
             if result.observed is not None:
                 result.message += f" (baseline {_fmt(ref)}, now {_fmt(cur)})"
@@ -397,7 +601,15 @@ def evaluate(run: Run, rules: GateRules, baseline: Run | None = None) -> GateRes
         baseline=str(baseline.path) if baseline is not None else None,
         rules=results,
         warn_only=rules.warn_only,
+        allow_different=rules.allow_different,
+        differences=differences,
     )
+
+
+def describe_difference(d: dict[str, Any]) -> str:
+    """'relu vs baseline relu: model.activation = 'relu' in the baseline, 'gelu' here'."""
+    unit = d.get("unit") or "run"
+    return f"{unit}: {d['key']} = {d['baseline']!r} in the baseline, {d['current']!r} here"
 
 
 # ------------------------------------------------------------------------------------------ JUnit
@@ -420,9 +632,12 @@ def junit_xml(result: GateResult) -> str:
         ("run_kind", result.run_kind),
         ("baseline", result.baseline or ""),
         ("warn_only", str(result.warn_only).lower()),
+        ("allow_different", str(result.allow_different).lower()),
         ("verdict", result.verdict),
     ):
         ET.SubElement(props, "property", name=key, value=value)
+    for d in result.differences:
+        ET.SubElement(props, "property", name="differs_from_baseline", value=describe_difference(d))
     for r in result.rules:
         case = ET.SubElement(
             suite,
@@ -430,14 +645,22 @@ def junit_xml(result: GateResult) -> str:
             classname=f"reprokit.gate.{r.unit}",
             name=f"{r.rule}: {r.quantity} {r.comparison} {_fmt(r.threshold)}",
         )
+        differs = (
+            f"\nconfig differs from the baseline in {r.differs['key']}: "
+            f"{r.differs['baseline']!r} there, {r.differs['current']!r} here"
+            if r.differs
+            else ""
+        )
         if not r.passed:
             failure = ET.SubElement(case, "failure", message=r.message, type="GateRuleFailed")
-            failure.text = f"rule {r.rule} failed for {r.unit}: {r.message}" + (
-                " (warn-only: the gate did not fail the build)" if result.warn_only else ""
+            failure.text = (
+                f"rule {r.rule} failed for {r.unit}: {r.message}"
+                + (" (warn-only: the gate did not fail the build)" if result.warn_only else "")
+                + differs
             )
         else:
             out = ET.SubElement(case, "system-out")
-            out.text = r.message
+            out.text = r.message + differs
     ET.indent(suites)
     return (
         '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"

@@ -7,6 +7,7 @@ implementation below, which follows the same formulas.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -170,6 +171,22 @@ def summarize(preds: np.ndarray, labels: np.ndarray | None) -> dict:
     return dict(project_summarize(preds, labels, **fast))
 
 
+def summarize_healthy(preds: np.ndarray, labels: np.ndarray | None, healthy: list[int]) -> dict:
+    """Like the runner: PD over the replicas that did not diverge; with fewer than 2 the project's
+    PD-less summary (null PD keys, accuracy of the one healthy replica if any)."""
+    if len(healthy) >= 2:
+        return summarize(preds[healthy], labels)
+    from reprokit.training.divergence import summary_without_pd
+
+    kept = preds[healthy] if healthy else preds
+    return summary_without_pd(kept[:, :, None], 0, labels, len(healthy))
+
+
+def fixture_fingerprint(truth_seed: int, examples: int) -> str:
+    """The data fingerprint of fixture runs: equal exactly when they predict the same examples."""
+    return hashlib.sha256(f"fixture:{truth_seed}:{examples}".encode()).hexdigest()[:16]
+
+
 # -------------------------------------------------------------------------------------- run writers
 def _environment() -> dict[str, Any]:
     return {
@@ -215,11 +232,20 @@ def make_train_ensemble(
     steps: int = 60,
     diverged: tuple[int, ...] = (),
     truth_seed: int = 1234,
+    nan_diverged: bool = False,
+    provenance: bool = True,
+    fingerprint: str | None = None,
+    config: dict[str, Any] | None = None,
 ) -> Path:
     """Write a train-ensemble run directory whose replicas differ by `noise` on the logit scale.
 
     Labels and the true logits depend only on `truth_seed`, so several runs (arms, baselines)
-    predict the same examples. Larger `skill` gives a higher AUC; larger `noise` a larger PD.
+    predict the same examples (and share a data fingerprint). Larger `skill` gives a higher AUC;
+    larger `noise` a larger PD. Replicas in `diverged` are flagged and left out of PD, as the runner
+    does; with `nan_diverged` they predict NaN. Like the runner the summary carries its provenance
+    (`reprokit_version`, `config`, `data`) unless `provenance=False` (an older reprokit: the
+    manifest still has `config` and `data`). `config` overrides keys of the resolved config, e.g.
+    {"optim": {"lr": 0.1}}.
     """
     path = Path(path)
     truth = np.random.default_rng(truth_seed)
@@ -230,9 +256,29 @@ def make_train_ensemble(
     preds = np.stack(
         [1 / (1 + np.exp(-(base + rng.normal(0, noise, examples)))) for _ in range(replicas)]
     )
+    if nan_diverged:
+        preds[list(diverged)] = np.nan
     example_id = np.arange(examples, dtype=np.int64) + 10_000
-    summary = summarize(preds, labels)
+    healthy = [r for r in range(replicas) if r not in diverged]
+    summary = summarize_healthy(preds, labels, healthy)
     summary["kind"] = "train-ensemble"
+    summary["diverged"] = {"count": len(diverged), "replicas": sorted(diverged)}
+    resolved = _config(replicas, list(vary), activation, name)
+    for section, values in (config or {}).items():
+        if isinstance(values, dict):
+            resolved[section] = {**resolved.get(section, {}), **values}
+        else:
+            resolved[section] = values
+    data_block = {
+        "name": data_name,
+        "path": None,
+        "train_rows": examples * 4,
+        "eval_rows": examples,
+        "labels": ["label"],
+        "fingerprint": fingerprint or fixture_fingerprint(truth_seed, examples),
+    }
+    if provenance:
+        summary.update(reprokit_version="0.1.0", config=resolved, data=data_block)
 
     seeds = {
         f"{r:03d}": {src: (seed * 1000 + r if src in vary else seed * 1000) for src in
@@ -243,7 +289,7 @@ def make_train_ensemble(
         "schema_version": 1,
         "kind": "train-ensemble",
         "reprokit_version": "0.1.0",
-        "config": _config(replicas, list(vary), activation, name),
+        "config": resolved,
         "sources": {
             "varied": list(vary),
             "available": ["init", "data-order", "dropout", "bitflip", "async", "threads"],
@@ -252,13 +298,7 @@ def make_train_ensemble(
         "environment": _environment(),
         "engine": "vectorized",
         "created": "2025-01-01T00:00:00+00:00",
-        "data": {
-            "name": data_name,
-            "path": None,
-            "train_rows": examples * 4,
-            "eval_rows": examples,
-            "fingerprint": "sha256:" + "0" * 16,
-        },
+        "data": data_block,
     }
     if name is not None:
         manifest["name"] = name
@@ -282,11 +322,17 @@ def make_train_ensemble(
             }
         )
         atomic_write_table(log, rdir / "train_log.parquet")
+        k = healthy.index(r) if r in healthy else None
+
+        def per_replica(key: str, default: float = math.nan, k: int | None = k) -> float:
+            values = (summary.get(key) or {}).get("per_replica") or []
+            return values[k] if k is not None and k < len(values) else default
+
         metrics = {
             "replica": r,
-            "auc": summary.get("auc", {}).get("per_replica", [math.nan] * replicas)[r],
-            "logloss": summary.get("logloss", {}).get("per_replica", [math.nan] * replicas)[r],
-            "calibration": summary.get("calibration", {}).get("per_replica", [1.0] * replicas)[r],
+            "auc": per_replica("auc"),
+            "logloss": per_replica("logloss"),
+            "calibration": per_replica("calibration"),
             "train_seconds": 1.5 + 0.1 * r,
             "diverged": r in diverged,
             "seeds": seeds[f"{r:03d}"],
@@ -311,8 +357,11 @@ def make_compare(
     examples: int = 400,
     seed: int = 0,
     name: str | None = None,
+    **arm_options: Any,
 ) -> Path:
-    """Write a compare-activations run directory: `arms` maps activation spec → (noise, skill)."""
+    """Write a compare-activations run directory: `arms` maps activation spec → (noise, skill).
+
+    `arm_options` go to every arm's `make_train_ensemble` (e.g. `provenance`, `config`)."""
     path = Path(path)
     arms = arms or {"relu": (0.06, 1.5), "smelu:beta=1": (0.03, 1.48), "gelu": (0.055, 1.2)}
     if baseline not in arms:
@@ -329,6 +378,7 @@ def make_compare(
             seed=seed,
             activation=spec,
             name=name,
+            **arm_options,
         )
         summary = json.loads((arm_dir / "summary.json").read_text())
         entries.append(

@@ -15,7 +15,9 @@ HELP = (
     "Exit status: 0 when every rule holds (always with --warn-only), 1 when a rule fails, 2 on bad "
     "input (missing or corrupt run directory, unknown metric or arm, no rule given).\n\n"
     "For a compare-activations run every arm is judged unless --arm names some. Against a baseline, "
-    "arms are matched by name; a train-ensemble baseline serves every arm.\n\n"
+    "arms are matched by name; a train-ensemble baseline serves every arm. A baseline must be "
+    "measured on the same data (fingerprint) and differ from the run in at most one config key, "
+    "the field under test, which the verdict reports; --allow-different lifts this check.\n\n"
     "Examples:\n\n"
     "  reprokit gate runs/pr --max-pd 0.05 --use-ci-upper\n\n"
     "  reprokit gate runs/pr --baseline baseline/ --max-pd-increase 10 --max-auc-drop 0.005 "
@@ -26,7 +28,17 @@ HELP = (
 
 
 def _table(result) -> Table:
-    table = Table(title=f"reprokit gate: {result.verdict.upper()}", title_justify="left")
+    from reprokit.gate import describe_difference
+
+    caption = "; ".join(
+        f"differs from the baseline: {describe_difference(d)}" for d in result.differences
+    )
+    table = Table(
+        title=f"reprokit gate: {result.verdict.upper()}",
+        title_justify="left",
+        caption=escape(caption) or None,
+        caption_justify="left",
+    )
     for column in ("rule", "unit", "quantity", "threshold", "observed", "result"):
         table.add_column(column, justify="right" if column in ("threshold", "observed") else "left")
     for r in result.rules:
@@ -89,6 +101,12 @@ def register(app: typer.Typer) -> None:
         warn_only: bool = typer.Option(
             False, "--warn-only", help="Report failed rules but exit 0 (informational gate)."
         ),
+        allow_different: bool = typer.Option(
+            False,
+            "--allow-different",
+            help="Compare with a baseline of other data, a changed setup (more than one config "
+            "key) or no recorded provenance; the differences are still reported.",
+        ),
         junit: Path | None = typer.Option(None, "--junit", help="Write JUnit XML to FILE."),
         json_out: bool = typer.Option(False, "--json", help="Print the verdict JSON on stdout."),
     ) -> None:
@@ -106,6 +124,7 @@ def register(app: typer.Typer) -> None:
             max_churn=max_churn,
             arms=list(arm or []),
             warn_only=warn_only,
+            allow_different=allow_different,
         )
         run = load_run(run_dir)
         base = load_run(baseline) if baseline is not None else None

@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,9 @@ from reprokit.rundir import (
     prediction_columns,
 )
 
+#: `reprokit pd --out DIR`: a directory holding only a summary.json of kind "pd".
+PD = "pd"
+
 EPS = 1e-7
 RELIABILITY_BINS = 10
 LOSS_POINTS = 300
@@ -38,11 +42,15 @@ class ReplicaStats:
     loss_steps: np.ndarray
     loss: np.ndarray
     reliability: dict[str, list[float]] | None  # mean_prediction, observed_rate, count per bin
+    # (None for a replica left out of PD: diverged, or non-finite predictions)
 
 
 @dataclass
 class ArmStats:
-    """Numbers computed from an arm's replica files (two streaming passes over predictions)."""
+    """Numbers computed from an arm's replica files (two streaming passes over predictions).
+
+    Like the summary, the per-example numbers leave out replicas that diverged (or predicted
+    non-finite values): `pd_replicas` names the ones used; with none the arrays are empty."""
 
     examples: int
     per_example_abs: np.ndarray  # mean_m |p_m - p̄| per example
@@ -50,6 +58,16 @@ class ArmStats:
     has_labels: bool
     replicas: list[ReplicaStats]
     ensemble_reliability: dict[str, list[float]] | None
+    pd_replicas: list[str] = field(default_factory=list)
+
+    @property
+    def has_pd(self) -> bool:
+        """Whether per-example PD is defined: at least 2 replicas without divergence."""
+        return len(self.pd_replicas) >= 2
+
+    @property
+    def has_predictions(self) -> bool:
+        return bool(self.pd_replicas)
 
 
 def _downsample(steps: np.ndarray, values: np.ndarray, points: int = LOSS_POINTS):
@@ -88,11 +106,18 @@ def _quantile_edges(values: np.ndarray, bins: int) -> np.ndarray:
     return edges
 
 
+def _enters_pd(rep: Replica, p: np.ndarray) -> bool:
+    """A replica's predictions enter the per-example numbers unless it diverged (the summary
+    leaves it out of PD too) or predicted NaN/inf."""
+    return not rep.metrics.get("diverged") and bool(np.isfinite(p).all())
+
+
 def compute_arm_stats(replicas: list[Replica], manifest: dict[str, Any] | None) -> ArmStats:
     """Stream the replicas' predictions twice (sum, then deviations) so memory stays O(N)."""
     ref_ids = None
     total = None
     labels = None
+    used: list[str] = []
     for rep in replicas:
         frame = rep.predictions()
         pred_col, label_col = prediction_columns(frame, manifest)
@@ -109,17 +134,25 @@ def compute_arm_stats(replicas: list[Replica], manifest: dict[str, Any] | None) 
             raise ReprokitError(
                 f"replica {rep.name} has {len(p)} predictions but replica 000 has {len(total)}"
             )
-        total += p
+        if _enters_pd(rep, p):
+            total += p
+            used.append(rep.name)
     assert total is not None
-    mean = total / len(replicas)
+    examples = len(total)
+    mean = total / len(used) if used else np.empty(0)
     dev = np.zeros_like(mean)
-    edges = _quantile_edges(mean, RELIABILITY_BINS)
+    edges = _quantile_edges(mean, RELIABILITY_BINS) if used else np.array([0.0, 1.0])
     stats: list[ReplicaStats] = []
     for rep in replicas:
-        frame = align_to(ref_ids, rep.predictions(), f"replica {rep.name} predictions.parquet")
-        pred_col, _ = prediction_columns(frame, manifest)
-        p = np.clip(frame[pred_col].to_numpy(dtype=np.float64), EPS, 1 - EPS)
-        dev += np.abs(p - mean)
+        reliability = None
+        if rep.name in used:
+            where = f"replica {rep.name} predictions.parquet"
+            frame = align_to(ref_ids, rep.predictions(), where)
+            pred_col, _ = prediction_columns(frame, manifest)
+            p = np.clip(frame[pred_col].to_numpy(dtype=np.float64), EPS, 1 - EPS)
+            dev += np.abs(p - mean)
+            if labels is not None:
+                reliability = _reliability(p, labels, edges)
         log = rep.train_log
         steps, loss = _downsample(
             log["step"].to_numpy(dtype=np.float64), log["loss"].to_numpy(dtype=np.float64)
@@ -130,17 +163,21 @@ def compute_arm_stats(replicas: list[Replica], manifest: dict[str, Any] | None) 
                 metrics=rep.metrics,
                 loss_steps=steps,
                 loss=loss,
-                reliability=_reliability(p, labels, edges) if labels is not None else None,
+                reliability=reliability,
             )
         )
-    dev /= len(replicas)
+    if used:
+        dev /= len(used)
     return ArmStats(
-        examples=len(mean),
+        examples=examples,
         per_example_abs=dev,
         per_example_mean=mean,
         has_labels=labels is not None,
         replicas=stats,
-        ensemble_reliability=_reliability(mean, labels, edges) if labels is not None else None,
+        ensemble_reliability=(
+            _reliability(mean, labels, edges) if labels is not None and used else None
+        ),
+        pd_replicas=used,
     )
 
 
@@ -204,7 +241,7 @@ def register_context(kind: str) -> Callable[[ContextBuilder], ContextBuilder]:
 
 
 def build_context(run: Run) -> ReportContext:
-    if run.documents_only:
+    if run.documents_only and run.kind != PD:
         raise ReprokitError(
             f"{run.path} is a single document; `reprokit report` needs the whole run directory"
         )
@@ -271,4 +308,16 @@ def _compare_context(run: Run) -> ReportContext:
     title = run.name
     return ReportContext(
         run=run, kind=run.kind, title=title, arms=arms, baseline=baseline, pareto=pareto
+    )
+
+
+@register_context(PD)
+def _pd_context(run: Run) -> ReportContext:
+    """A `reprokit pd --out DIR` directory: one ensemble known only by its summary document."""
+    assert run.summary is not None
+    source = (run.summary.get("data") or {}).get("path")
+    label = Path(source).name if isinstance(source, str) and source else run.name
+    arm = Arm(name=run.name, label=label, summary=run.summary, run=run)
+    return ReportContext(
+        run=run, kind=run.kind, title=run.name, arms=[arm], baseline=None, pareto=[arm.name]
     )

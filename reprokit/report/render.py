@@ -120,7 +120,8 @@ def twin_path(out: Path) -> Path:
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> tuple[Path, Path, Report]:
     """Render and write `out` (default RUN_DIR/report.html) and its JSON twin, atomically."""
     run_dir = Path(run_dir)
-    out = Path(out) if out is not None else run_dir / "report.html"
+    home = run_dir.parent if run_dir.is_file() else run_dir  # RUN_DIR/summary.json: beside it
+    out = Path(out) if out is not None else home / "report.html"
     if out.suffix.lower() == ".json":
         raise ReprokitError(f"--out {out} ends in .json; that name is reserved for the JSON twin")
     if out.is_dir():

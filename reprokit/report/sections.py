@@ -21,8 +21,9 @@ import numpy as np
 from markupsafe import Markup
 
 from reprokit.errors import ReprokitError
+from reprokit.gate import undefined_pd_reason
 from reprokit.report import figures
-from reprokit.report.context import Arm, ReportContext
+from reprokit.report.context import PD, Arm, ReportContext
 from reprokit.rundir import COMPARE, TRAIN_ENSEMBLE, as_float
 
 #: The PD keys of the metrics contract, in display order.
@@ -142,9 +143,26 @@ def _varied(arm: Arm) -> list[str] | None:
     return list(varied) if isinstance(varied, list) else None
 
 
+def _undefined_pd(arm: Arm) -> str | None:
+    """Why the arm's PD is undefined because replicas diverged (None when they did not)."""
+    if isinstance(arm.summary.get("diverged"), dict) or arm.run.documents_only:
+        return undefined_pd_reason(arm.summary)
+    # A summary without its `diverged` block: count the replicas' metrics instead.
+    flags = [bool(r.metrics.get("diverged")) for r in arm.run.replicas()]
+    counts = {"replicas": flags.count(False), "diverged": {"count": flags.count(True)}}
+    return undefined_pd_reason(counts)
+
+
+def _no_pd_reason(arm: Arm) -> str:
+    return _undefined_pd(arm) or "fewer than 2 replicas predicted finite values"
+
+
 # ------------------------------------------------------------------------------------------ verdict
 def _headline_ensemble(arm: Arm) -> str:
     rel, ci = arm.pd("rel"), arm.ci("rel")
+    why = _undefined_pd(arm) if math.isnan(rel) else None
+    if why is not None:
+        return f"PD rel = n/a: {why}, so prediction difference is undefined"
     text = f"PD rel = {fmt(rel)}"
     if ci is not None and not any(math.isnan(v) for v in ci):
         text += f" [{fmt(ci[0])}, {fmt(ci[1])}]"
@@ -229,6 +247,51 @@ def _verdict_compare(ctx: ReportContext) -> SectionOutput:
     return SectionOutput(data=data)
 
 
+@register_section(PD, id="verdict", title="Verdict", order=0)
+def _verdict_pd(ctx: ReportContext) -> SectionOutput:
+    arm = ctx.arms[0]
+    info = arm.summary.get("data") or {}
+    notes = []
+    if info.get("path"):
+        notes.append(
+            f"Measured by reprokit pd from {info['path']} "
+            f"(data fingerprint {info.get('fingerprint') or 'not recorded'})."
+        )
+    notes.append(
+        "This directory holds only the summary, no replica files, so the report has no "
+        "per-example PD, calibration diagram, training curves or replica table."
+    )
+    return SectionOutput(data={"headline": _headline_ensemble(arm), "notes": notes, "status": "ok"})
+
+
+@register_section(PD, id="configuration", title="Source", order=10)
+def _configuration_pd(ctx: ReportContext) -> SectionOutput:
+    summary = ctx.arms[0].summary
+    info = summary.get("data") or {}
+    labels = info.get("labels")
+    run_info = {
+        "kind": ctx.kind,
+        "run directory": str(ctx.run.path),
+        "reprokit version": summary.get("reprokit_version"),
+        "predictions file": info.get("path"),
+        "label column": (", ".join(map(str, labels)) or "none")
+        if isinstance(labels, list)
+        else None,
+        "data fingerprint": info.get("fingerprint"),
+        "replicas": summary.get("replicas"),
+        "examples": summary.get("examples"),
+        "flip threshold": summary.get("flip_threshold"),
+    }
+    data = {
+        "run": {k: v for k, v in run_info.items() if v is not None},
+        "environment": {},
+        "config": {},
+        "differs_across_arms": {},
+        "replica_seeds": {},
+    }
+    return SectionOutput(data=data, view=dict(data, arm_labels=[ctx.arms[0].label]))
+
+
 # ------------------------------------------------------------------------------------ configuration
 @register_section(*_both(), id="configuration", title="Configuration and environment", order=10)
 def _configuration(ctx: ReportContext) -> SectionOutput:
@@ -291,7 +354,7 @@ def _add_churn_rows(ctx: ReportContext, arms: dict[str, Any]) -> str | None:
     return key
 
 
-@register_section(*_both(), id="pd-table", title="Prediction difference", order=20)
+@register_section(*_both(), PD, id="pd-table", title="Prediction difference", order=20)
 def _pd_table(ctx: ReportContext) -> SectionOutput:
     keys = list(PD_KEYS)
     for arm in ctx.arms:
@@ -318,7 +381,7 @@ def _pd_table(ctx: ReportContext) -> SectionOutput:
 
 
 # ----------------------------------------------------------------------------------------- accuracy
-@register_section(*_both(), id="accuracy", title="AUC, log-loss and calibration", order=30)
+@register_section(*_both(), PD, id="accuracy", title="AUC, log-loss and calibration", order=30)
 def _accuracy(ctx: ReportContext) -> SectionOutput:
     rows = {}
     for arm in ctx.arms:
@@ -327,7 +390,11 @@ def _accuracy(ctx: ReportContext) -> SectionOutput:
             for name in ("auc", "logloss", "calibration")
         }
     has = any(v["auc"]["mean"] is not None for v in rows.values())
-    notes = [] if has else ["The evaluation data has no labels, so there is no AUC or log-loss."]
+    # No replica left to score (every one diverged) is not the same as data without labels.
+    unscored = [a for a in ctx.arms if a.summary.get("replicas") == 0 and _undefined_pd(a)]
+    notes = [f"No AUC or log-loss for {a.label}: {_undefined_pd(a)}." for a in unscored]
+    if not has and not unscored:
+        notes = ["The evaluation data has no labels, so there is no AUC or log-loss."]
     return SectionOutput(data={"arms": rows}, notes=notes)
 
 
@@ -358,11 +425,25 @@ def _pd_vs_auc(ctx: ReportContext) -> SectionOutput:
 # ------------------------------------------------------------------------- per-example PD histogram
 @register_section(*_both(), id="pd-distribution", title="Per-example PD", order=50)
 def _pd_distribution(ctx: ReportContext) -> SectionOutput:
-    stats = [a.stats for a in ctx.arms]
-    top = max(float(np.quantile(s.per_example_abs, 0.999)) for s in stats) or 1e-12
+    all_stats = [a.stats for a in ctx.arms]
+    shown = [(a, s) for a, s in zip(ctx.arms, all_stats, strict=True) if s.has_pd]
+    unknown = dict.fromkeys(("mean", "median", "p90", "p99", "max"))
+    arms: dict[str, Any] = {}
+    no_pd: list[str] = []
+    for arm, st in zip(ctx.arms, all_stats, strict=True):
+        if not st.has_pd:  # every replica (or all but one) diverged
+            arms[arm.label] = {
+                "examples": st.examples,
+                "abs": unknown,
+                "rel": unknown,
+                "counts": [],
+            }
+            no_pd.append(f"No per-example PD for {arm.label}: {_no_pd_reason(arm)}.")
+    if not shown:
+        return SectionOutput(data={"edges": [], "arms": arms}, notes=no_pd)
+    top = max(float(np.quantile(s.per_example_abs, 0.999)) for _, s in shown) or 1e-12
     edges = np.linspace(0.0, top, 41)
-    arms = {}
-    for arm, st in zip(ctx.arms, stats, strict=True):
+    for arm, st in shown:
         counts, _ = np.histogram(np.clip(st.per_example_abs, 0, top), edges)
         with np.errstate(divide="ignore", invalid="ignore"):
             rel = st.per_example_abs / st.per_example_mean
@@ -372,14 +453,14 @@ def _pd_distribution(ctx: ReportContext) -> SectionOutput:
             "rel": _quantiles(rel[np.isfinite(rel)]),
             "counts": counts.tolist(),
         }
-    data = {"edges": edges.tolist(), "arms": arms}
+    data = {"edges": edges.tolist(), "arms": {a.label: arms[a.label] for a in ctx.arms}}
     notes = [
-        "Per example: the mean over replicas of |p_m − p̄|, from the replicas' prediction files. "
-        "The last bin also holds the top 0.1 %."
+        "Per example: the mean over replicas of |p_m − p̄|, from the replicas' prediction files "
+        "(diverged replicas left out, as in the PD table). The last bin also holds the top 0.1 %.",
+        *no_pd,
     ]
-    return SectionOutput(
-        data=data, figure=figures.pd_histogram(ctx.arms, stats, edges), notes=notes
-    )
+    figure = figures.pd_histogram([a for a, _ in shown], [s for _, s in shown], edges)
+    return SectionOutput(data=data, figure=figure, notes=notes)
 
 
 # ------------------------------------------------------------------------------------- PD by bucket
@@ -404,12 +485,17 @@ def _computed_buckets(arm: Arm) -> list[dict[str, Any]]:
     return rows
 
 
-@register_section(*_both(), id="pd-by-bucket", title="PD by prediction bucket", order=60)
+@register_section(*_both(), PD, id="pd-by-bucket", title="PD by prediction bucket", order=60)
 def _pd_by_bucket(ctx: ReportContext) -> SectionOutput:
     per_arm = []
     for arm in ctx.arms:
         stored = arm.summary.get("pd_by_bucket")
-        rows = stored if isinstance(stored, list) and stored else _computed_buckets(arm)
+        if isinstance(stored, list) and stored:
+            rows = stored
+        elif not arm.run.documents_only and arm.stats.has_pd:
+            rows = _computed_buckets(arm)
+        else:  # every replica diverged (PD undefined), or a bare summary without buckets
+            rows = []
         rows = [
             {k: (_f(r.get(k)) if k != "count" else r.get("count")) for k in
              ("lo", "hi", "count", "abs_mean", "rel_mean")}
@@ -419,11 +505,17 @@ def _pd_by_bucket(ctx: ReportContext) -> SectionOutput:
     data = {"arms": {a.label: rows for a, rows in zip(ctx.arms, per_arm, strict=True)}}
     view = dict(data, show_arm=len(ctx.arms) > 1)
     shown = [[r for r in rows if r["count"]] for rows in per_arm]
+    notes = ["Buckets of the ensemble-mean prediction p̄; empty buckets are not shown."]
+    notes += [
+        f"No PD buckets for {a.label}: {_no_pd_reason(a)}."
+        for a, rows in zip(ctx.arms, shown, strict=True)
+        if not rows
+    ]
     return SectionOutput(
         data=data,
         view=dict(view, arms={a.label: s for a, s in zip(ctx.arms, shown, strict=True)}),
-        figure=figures.pd_by_bucket(ctx.arms, shown),
-        notes=["Buckets of the ensemble-mean prediction p̄; empty buckets are not shown."],
+        figure=figures.pd_by_bucket(ctx.arms, shown) if any(shown) else None,
+        notes=notes,
     )
 
 
@@ -442,13 +534,22 @@ def _calibration(ctx: ReportContext) -> SectionOutput:
             "ensemble_bins": st.ensemble_reliability,
             "replica_bins": {r.name: r.reliability for r in st.replicas},
         }
+    drawn = [(a, s) for a, s in zip(ctx.arms, stats, strict=True) if s.has_predictions]
+    notes = [
+        f"Nothing to calibrate for {a.label}: {_undefined_pd(a) or 'no finite predictions'}."
+        for a, s in zip(ctx.arms, stats, strict=True)
+        if not s.has_predictions
+    ]
+    if not drawn:
+        return SectionOutput(data={"arms": arms}, notes=notes)
     return SectionOutput(
         data={"arms": arms},
-        figure=figures.calibration(ctx.arms, stats),
+        figure=figures.calibration([a for a, _ in drawn], [s for _, s in drawn]),
         notes=[
             "Reliability diagram: examples binned by deciles of the ensemble-mean prediction; thin "
-            "lines are replicas, black the ensemble mean. Calibration ratio = mean prediction / "
-            "mean label."
+            "lines are replicas, black the ensemble mean (diverged replicas left out). "
+            "Calibration ratio = mean prediction / mean label.",
+            *notes,
         ],
     )
 
