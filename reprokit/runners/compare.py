@@ -47,7 +47,14 @@ from reprokit.metrics.churn import ChurnGroups
 from reprokit.metrics.stats import holm, pair_matrix, paired_test, pareto_front
 from reprokit.nn.registry import create_activation, parse_spec
 from reprokit.runners.ensemble import StepProgress, default_run_dir, train_ensemble
-from reprokit.store import atomic_write_json, comparable_manifest, first_difference, read_json
+from reprokit.runschema import LOCK
+from reprokit.store import (
+    atomic_write_json,
+    comparable_manifest,
+    first_difference,
+    read_json,
+    run_lock,
+)
 
 KIND = "compare-activations"
 COMPARE_FILE = "compare.json"
@@ -435,7 +442,7 @@ def build_compare_document(
 def _prepare_out(out: Path, force: bool) -> None:
     if out.exists() and not out.is_dir():
         raise ReprokitError(f"{out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()):
+    if out.is_dir() and any(p.name != LOCK for p in out.iterdir()):
         is_compare = (out / COMPARE_FILE).exists() or (out / ARMS_DIR).is_dir()
         if not is_compare and not force:
             raise ReprokitError(
@@ -540,49 +547,50 @@ def compare_activations(
 
         encoded = load_encoded(config.data)
 
-    total = len(specs) * config.replicas
-    summaries: list[dict[str, Any]] = []
-    wall: list[float] = []
-    for index, spec in enumerate(specs):
-        offset = index * config.replicas
+    with run_lock(root):  # one live study per directory
+        total = len(specs) * config.replicas
+        summaries: list[dict[str, Any]] = []
+        wall: list[float] = []
+        for index, spec in enumerate(specs):
+            offset = index * config.replicas
 
-        def on_progress(
-            done: int,
-            _total: int,
-            metrics: dict[str, Any],
-            spec: str = spec,
-            index: int = index,
-            offset: int = offset,
-        ) -> None:
-            if progress:
-                info = {"arm": spec, "arm_index": index, "arms": len(specs), "metrics": metrics}
-                progress(offset + done, total, info)
+            def on_progress(
+                done: int,
+                _total: int,
+                metrics: dict[str, Any],
+                spec: str = spec,
+                index: int = index,
+                offset: int = offset,
+            ) -> None:
+                if progress:
+                    info = {"arm": spec, "arm_index": index, "arms": len(specs), "metrics": metrics}
+                    progress(offset + done, total, info)
 
-        start = time.perf_counter()
-        summary = train_ensemble(
-            arm_config(config, spec),
-            out=root / ARMS_DIR / arm_slug(spec),
-            workers=workers,
-            force=force,
-            progress=on_progress,
-            encoded=encoded,
-            churn=churn,
-            step_progress=step_progress,
+            start = time.perf_counter()
+            summary = train_ensemble(
+                arm_config(config, spec),
+                out=root / ARMS_DIR / arm_slug(spec),
+                workers=workers,
+                force=force,
+                progress=on_progress,
+                encoded=encoded,
+                churn=churn,
+                step_progress=step_progress,
+            )
+            wall.append(time.perf_counter() - start)
+            summaries.append(summary)
+
+        doc = build_compare_document(
+            summaries, specs, base, wall_seconds=wall, test_method=test, seed=config.seed
         )
-        wall.append(time.perf_counter() - start)
-        summaries.append(summary)
+        doc["replicas"] = config.replicas
+        doc["vary"] = list(config.vary)
+        doc["seed"] = config.seed
+        doc["created"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+        doc["run_dir"] = str(root)
+        if plot:
+            from reprokit.runners.compare_plot import plot_tradeoff
 
-    doc = build_compare_document(
-        summaries, specs, base, wall_seconds=wall, test_method=test, seed=config.seed
-    )
-    doc["replicas"] = config.replicas
-    doc["vary"] = list(config.vary)
-    doc["seed"] = config.seed
-    doc["created"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-    doc["run_dir"] = str(root)
-    if plot:
-        from reprokit.runners.compare_plot import plot_tradeoff
-
-        doc["plots"] = plot_tradeoff(doc, root, stem=PLOT_STEM)
-    atomic_write_json(root / COMPARE_FILE, doc)
+            doc["plots"] = plot_tradeoff(doc, root, stem=PLOT_STEM)
+        atomic_write_json(root / COMPARE_FILE, doc)
     return doc

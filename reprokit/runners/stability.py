@@ -54,7 +54,15 @@ from reprokit.runners.ensemble import (
     default_run_dir,
     train_ensemble,
 )
-from reprokit.store import MANIFEST, RunStore, atomic_write_bytes, atomic_write_json, read_json
+from reprokit.runschema import LOCK
+from reprokit.store import (
+    MANIFEST,
+    RunStore,
+    atomic_write_bytes,
+    atomic_write_json,
+    read_json,
+    run_lock,
+)
 
 KIND = "stability"
 DOCUMENT = "stability.json"
@@ -290,8 +298,15 @@ def _prepare(path: Path, manifest: dict[str, Any], force: bool) -> None:
     mpath = path / MANIFEST
     if mpath.exists():
         old = read_json(mpath, "manifest")
-        keys = ("kind", "config", "study")
-        same = to_json({k: old.get(k) for k in keys}) == to_json({k: manifest.get(k) for k in keys})
+
+        def comparable(doc: dict[str, Any]) -> str:
+            # more replicas extend a study (each cell's run is extended), so the count is apart
+            config = {k: v for k, v in (doc.get("config") or {}).items() if k != "replicas"}
+            return to_json({"kind": doc.get("kind"), "config": config, "study": doc.get("study")})
+
+        same = comparable(old) == comparable(manifest)
+        if same and old.get("config", {}).get("replicas") != manifest["config"]["replicas"]:
+            atomic_write_json(mpath, {**old, "config": manifest["config"]})
         if not same:
             if not force:
                 raise ReprokitError(
@@ -300,7 +315,7 @@ def _prepare(path: Path, manifest: dict[str, Any], force: bool) -> None:
                 )
             shutil.rmtree(path / CELLS, ignore_errors=True)
             atomic_write_json(mpath, manifest)
-    elif path.exists() and any(path.iterdir()):
+    elif path.exists() and any(p.name != LOCK for p in path.iterdir()):
         if not force:
             raise ReprokitError(
                 f"{path} exists, is not empty and is not a reprokit run directory; "
@@ -360,68 +375,69 @@ def run_stability(
         from reprokit.data.encoding import load_encoded
 
         encoded = load_encoded(config.data)
-    _prepare(path, manifest, force)
+    with run_lock(path):
+        _prepare(path, manifest, force)
 
-    total = len(cells_spec) * config.replicas
-    cells = []
-    for i, ((opt, mult), cfg) in enumerate(zip(cells_spec, configs, strict=True)):
-        slug = cell_slug(opt, mult)
-        label = f"{opt} ×{mult:g}"
-        offset = i * config.replicas
+        total = len(cells_spec) * config.replicas
+        cells = []
+        for i, ((opt, mult), cfg) in enumerate(zip(cells_spec, configs, strict=True)):
+            slug = cell_slug(opt, mult)
+            label = f"{opt} ×{mult:g}"
+            offset = i * config.replicas
 
-        def on_progress(done: int, _total: int, _m: dict[str, Any], offset=offset, label=label):
-            if progress:
-                progress(offset + done, total, label)
-            if replica_progress:
-                replica_progress(offset + done, total, {**_m, "cell": label})
+            def on_progress(done: int, _total: int, _m: dict[str, Any], offset=offset, label=label):
+                if progress:
+                    progress(offset + done, total, label)
+                if replica_progress:
+                    replica_progress(offset + done, total, {**_m, "cell": label})
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # undefined metrics of collapsed replicas
-            summary = train_ensemble(
-                cfg,
-                out=path / CELLS / slug,
-                workers=workers,
-                force=force,
-                progress=on_progress,
-                encoded=encoded,
-                step_progress=step_progress,
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # undefined metrics of collapsed replicas
+                summary = train_ensemble(
+                    cfg,
+                    out=path / CELLS / slug,
+                    workers=workers,
+                    force=force,
+                    progress=on_progress,
+                    encoded=encoded,
+                    step_progress=step_progress,
+                )
+            result = cell_result(RunStore(path / CELLS / slug), summary)
+            cells.append(
+                {
+                    "name": slug,
+                    "optimizer": opt,
+                    "lr_multiplier": mult,
+                    "lr": cfg.optim.lr,
+                    "initial_accumulator_value": cfg.optim.initial_accumulator_value,
+                    "run_dir": f"{CELLS}/{slug}",
+                    **result,
+                }
             )
-        result = cell_result(RunStore(path / CELLS / slug), summary)
-        cells.append(
-            {
-                "name": slug,
-                "optimizer": opt,
-                "lr_multiplier": mult,
-                "lr": cfg.optim.lr,
-                "initial_accumulator_value": cfg.optim.initial_accumulator_value,
-                "run_dir": f"{CELLS}/{slug}",
-                **result,
-            }
-        )
-    doc = {
-        "schema_version": 1,
-        "kind": KIND,
-        "reprokit_version": __version__,
-        "run_dir": str(path),
-        "optimizers": optimizers,
-        "lr_multipliers": multipliers,
-        "base_lr": config.optim.lr,
-        "replicas": config.replicas,
-        "labels": list(encoded.label_names),
-        "model": {
-            "arch": config.model.arch,
-            "hidden": list(config.model.hidden),
-            "embedding_dim": config.model.embedding_dim,
-        },
-        "initial_accumulator_value": a0,
-        "divergence_rule": vars(config.divergence).copy(),
-        "cells": cells,
-        "pd": {},  # PD is per cell (cells[i].pd); the key keeps generic summary readers working
-        "plots": [f"{PLOT}.png", f"{PLOT}.svg"],
-    }
-    write_plots(path, doc)
-    atomic_write_json(path / DOCUMENT, doc)
-    atomic_write_json(path / "summary.json", doc)
+        doc = {
+            "schema_version": 1,
+            "kind": KIND,
+            "reprokit_version": __version__,
+            "run_dir": str(path),
+            "optimizers": optimizers,
+            "lr_multipliers": multipliers,
+            "base_lr": config.optim.lr,
+            "replicas": config.replicas,
+            "labels": list(encoded.label_names),
+            "model": {
+                "arch": config.model.arch,
+                "hidden": list(config.model.hidden),
+                "embedding_dim": config.model.embedding_dim,
+            },
+            "initial_accumulator_value": a0,
+            "divergence_rule": vars(config.divergence).copy(),
+            "cells": cells,
+            "pd": {},  # PD is per cell (cells[i].pd); the key keeps generic summary readers working
+            "plots": [f"{PLOT}.png", f"{PLOT}.svg"],
+        }
+        write_plots(path, doc)
+        atomic_write_json(path / DOCUMENT, doc)
+        atomic_write_json(path / "summary.json", doc)
     return doc
 
 
