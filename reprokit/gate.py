@@ -607,7 +607,7 @@ def evaluate(run: Run, rules: GateRules, baseline: Run | None = None) -> GateRes
 
 
 def describe_difference(d: dict[str, Any]) -> str:
-    """'relu vs baseline relu: model.activation = 'relu' in the baseline, 'gelu' here'."""
+    """One difference for people: "gelu: model.activation = 'relu' in the baseline, 'gelu' here"."""
     unit = d.get("unit") or "run"
     return f"{unit}: {d['key']} = {d['baseline']!r} in the baseline, {d['current']!r} here"
 

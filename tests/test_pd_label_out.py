@@ -205,3 +205,13 @@ def test_out_dir_renders_as_a_report(tmp_path: Path):
     for absent in ('id="training-loss"', 'id="calibration"', 'id="replicas"'):
         assert absent not in html
     assert "no replica files" in html
+
+
+def test_report_of_the_summary_file_writes_beside_it(tmp_path: Path):
+    path = tmp_path / "preds.parquet"
+    click_frame(n=100).to_parquet(path)
+    out = tmp_path / "pd-run"
+    assert invoke(path, "--label", "click", "--out", out, "--resamples", 50).exit_code == 0
+    result = runner.invoke(app, ["report", str(out / "summary.json")])
+    assert result.exit_code == 0, result.output
+    assert (out / "report.html").is_file() and (out / "report.json").is_file()
