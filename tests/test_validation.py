@@ -111,3 +111,24 @@ def test_ensemble_auc_with_heavy_ties_equals_sklearn_on_the_plain_mean():
     assert doc["auc"]["per_replica"] == pytest.approx(
         [roc_auc_score(y, p) for p in preds], abs=1e-12
     )
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["train-ensemble", "--lr", "abc"], "Invalid value for '--lr'"),
+        (["train-ensemble", "--bogus"], "No such option: --bogus"),
+        (["pd"], "Missing argument"),
+    ],
+)
+def test_usage_errors_are_one_line_and_exit_2(args, fragment):
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "reprokit.cli", *args], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], proc.stderr
+    assert "--help" in lines[0]

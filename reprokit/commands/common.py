@@ -95,9 +95,13 @@ def cli_errors(func: F) -> F:
             emit_json_error(kwargs, str(exc))
             fail(str(exc), exc.exit_code)
         except FileNotFoundError as exc:
-            fail(f"file not found: {exc.filename or exc}")
+            message = f"file not found: {exc.filename or exc}"
+            emit_json_error(kwargs, message)
+            fail(message)
         except OSError as exc:  # permissions, a full disk, a path under a file, ...
-            fail(os_error_sentence(exc))
+            message = os_error_sentence(exc)
+            emit_json_error(kwargs, message)
+            fail(message)
         except KeyboardInterrupt:
             fail("interrupted; finished work is kept and a re-run resumes it", 130)
         return None
