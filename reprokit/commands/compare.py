@@ -183,6 +183,7 @@ def register(app: typer.Typer) -> None:
         batch_size: opt.BatchSize = None,
         epochs: opt.Epochs = None,
         split: opt.Split = None,
+        eval_fraction: opt.EvalFraction = None,
         label: opt.Label = None,
         synth_rows: opt.SynthRows = None,
         seed: opt.Seed = None,

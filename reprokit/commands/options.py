@@ -43,6 +43,7 @@ MODEL_HELP = "Architecture: mlp, shared-bottom or mmoe (experts, per-task gates 
 CONFIG_KEYS: dict[str, str] = {
     "data": "data.path",
     "split": "data.split",
+    "eval_fraction": "data.eval_fraction",
     "label": "data.label",
     "synth_rows": "data.synth_rows",
     "replicas": "replicas",
@@ -163,6 +164,13 @@ Epochs = Annotated[
 ]
 Split = Annotated[
     str | None, typer.Option("--split", help=config_help("split", "random or temporal."))
+]
+EvalFraction = Annotated[
+    float | None,
+    typer.Option(
+        "--eval-fraction",
+        help=config_help("eval_fraction", "Share of the rows held out for evaluation."),
+    ),
 ]
 Label = Annotated[
     str | None, typer.Option("--label", help=config_help("label", "Label column to train on."))

@@ -75,7 +75,7 @@ def check_eval_size(n: int, eval_fraction: float, source: str, more: str = "more
         raise ReprokitError(
             f"{source} has {n:,} rows; the evaluation split (fraction {eval_fraction:g}) would "
             f"hold only {n_eval} rows, fewer than {MIN_EVAL_ROWS} — use {more} or a larger "
-            "eval_fraction ([data] in --config)"
+            "--eval-fraction"
         )
 
 
