@@ -76,7 +76,7 @@ class OptimConfig:
 
 @dataclass
 class DivergenceConfig:
-    """Loss-divergence detection (reprokit.training.divergence; reference/clippy.md §1.1, §5).
+    """Loss-divergence detection (reprokit.training.divergence; docs/methods.md §4).
 
     A *spike* is a step whose loss has a robust z-score (loss − median) / (1.4826·MAD) above
     `threshold` against the trailing `window` of normal steps (at least `min_history` of them;

@@ -14,7 +14,7 @@ import numpy as np
 
 from reprokit.errors import ReprokitError
 
-#: Every source, in the order DESIGN.md lists them. Names are a public contract.
+#: Every source, in the order docs/methods.md §7 lists them. Names are a public contract.
 SOURCES: tuple[str, ...] = (
     "init",
     "data-order",

@@ -13,7 +13,7 @@ from reprokit.errors import ReprokitError
 from reprokit.nn import functional as RF
 
 # ----------------------------------------------------------------------------------------------
-# Independent numpy references (piecewise, straight from the formulas in smelu.md)
+# Independent numpy references (piecewise, straight from the formulas in docs/methods.md §2)
 # ----------------------------------------------------------------------------------------------
 
 
@@ -85,7 +85,7 @@ def grid(lo=-4.0, hi=4.0, n=801):
 
 
 # ----------------------------------------------------------------------------------------------
-# Published test vectors (smelu.md §1.2)
+# Published test vectors (docs/methods.md §2.1)
 # ----------------------------------------------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""ClippyAdagrad against hand computations, the TFRS test vectors (reference/clippy.md §2.4) and a
+"""ClippyAdagrad against hand computations, the TFRS test vectors (docs/methods.md §3.3) and a
 literal transcription of the paper's Algorithm 1."""
 
 from __future__ import annotations
@@ -258,7 +258,7 @@ def test_nan_gradient_is_not_silently_masked():
     assert torch.isnan(opt.last_sigma[0])
 
 
-# -- TFRS semantics: the test vectors of clippy_adagrad_test.py (reference §2.4) ------------------
+# -- TFRS semantics: the test vectors of clippy_adagrad_test.py (docs/methods.md §3.3) -----------
 
 
 def _tfrs_setup(sparse_emb: bool = True, **kw):

@@ -20,7 +20,7 @@ from reprokit.metrics.pd import (
 
 
 def brute_pd(rows: list[list[float]], t: float = 0.5) -> tuple[dict, dict]:
-    """Every key straight from the DESIGN.md table, one example and one pair at a time."""
+    """Every key straight from docs/methods.md §1.2, one example and one pair at a time."""
     p = [[min(max(float(v), EPS), 1.0 - EPS) for v in row] for row in rows]
     m, n = len(p), len(p[0])
     pairs = [(i, j) for i in range(m) for j in range(i + 1, m)]

@@ -10,8 +10,8 @@ examples of u with the highest predictions, ties broken by example order. For a 
 and the metric is the mean over pairs of the mean over groups. Only groups with more than k
 examples count: in a smaller group the top k is the whole group and cannot churn, so including it
 would only dilute the mean (they are counted in ``groups_skipped``). Predictions are clipped to
-[EPS, 1 - EPS] first, as for every metric (DESIGN.md), so values that differ only beyond the clip
-tie. Bitwise identical replicas give exactly 0.
+[EPS, 1 - EPS] first, as for every metric (docs/methods.md §1.1), so values that differ only
+beyond the clip tie. Bitwise identical replicas give exactly 0.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Prediction difference (PD) between M replicas on the same N examples.
 
-Definitions (DESIGN.md, "Metrics"; the names are a contract). With p_m(n) clipped to
+Definitions (docs/methods.md §1.2; the names are a contract). With p_m(n) clipped to
 [EPS, 1 - EPS], p̄(n) the replica mean and pairs i < j:
 
 ========== =====================================================================
@@ -16,7 +16,7 @@ flip       mean over pairs of mean_n 1[(p_i >= t) != (p_j >= t)]
 ========== =====================================================================
 
 For M = 2, ``abs_mean == abs / 2`` and ``rel_mean == rel / 2`` (the factor-of-2 pitfall of
-reference/smelu.md §2.2: always quote the key, not just "PD").
+docs/methods.md §1.3: always quote the key, not just "PD").
 
 Computation is float64, vectorised and chunked over examples: each chunk holds ``M x chunk_size``
 values, and the per-pair terms are formed block-wise (all pairs (i, j > i) of one replica i at once)
@@ -38,7 +38,7 @@ import numpy as np
 
 from reprokit.errors import ReprokitError
 
-#: Predictions are clipped to [EPS, 1 - EPS] before any metric (DESIGN.md).
+#: Predictions are clipped to [EPS, 1 - EPS] before any metric (docs/methods.md §1.1).
 EPS = 1e-7
 
 #: The PD keys, in the order documents list them.
@@ -214,7 +214,7 @@ def prediction_difference(
     progress: ProgressCallback | None = None,
     replica_names: list[str] | None = None,
 ) -> PDResult:
-    """Every PD key of DESIGN.md for a [M, N] prediction matrix (float32 or float64).
+    """Every PD key (docs/methods.md §1.2) for a [M, N] prediction matrix (float32 or float64).
 
     Raises ReprokitError for fewer than 2 replicas, no examples, NaN/Inf or values outside [0, 1].
     ``progress(done_examples, total_examples)`` is called from the calling thread as chunks finish.

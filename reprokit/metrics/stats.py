@@ -1,6 +1,6 @@
 """Statistics for PD: bootstrap over replicas, paired tests across arms, Holm, Pareto front.
 
-The replica is the unit (reference/peers.md §5.2): M replicas give M(M-1)/2 pairwise PDs, but pairs
+The replica is the unit (docs/methods.md §1.5): M replicas give M(M-1)/2 pairwise PDs, but pairs
 share models, so they are not independent samples and a bootstrap over pairs would be too narrow.
 """
 

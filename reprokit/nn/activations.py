@@ -67,7 +67,7 @@ class ReLU(Activation):
 
 
 class SmeLU(Activation):
-    """Smooth ReLU with a fixed half-width β (smelu.md §1.2)."""
+    """Smooth ReLU with a fixed half-width β (docs/methods.md §2.1)."""
 
     registry_name = "smelu"
 
@@ -83,7 +83,7 @@ class SmeLU(Activation):
 
 
 class GSmeLU(Activation):
-    """Generalised SmeLU: left width α, right width β, slope g, shift t (smelu.md §1.3)."""
+    """Generalised SmeLU: left width α, right width β, slope g, shift t (docs/methods.md §2.3)."""
 
     registry_name = "gsmelu"
 
@@ -112,9 +112,9 @@ class LearnableSmeLU(Activation):
     """SmeLU whose half-width is learned: β = softplus(b) + ε with ε = ``LEARNABLE_BETA_EPS``.
 
     β is strictly positive for every value of the raw parameter ``b`` (it cannot reach 0 even after
-    huge optimizer steps), and β's gradient is (β² - x²)/(4β²) on |x| < β (smelu.md §1.2). ``beta``
-    is the initial value. ``spec`` reports the initial β, so re-creating from it gives a fresh,
-    untrained module.
+    huge optimizer steps), and β's gradient is (β² - x²)/(4β²) on |x| < β (docs/methods.md
+    §2.2). ``beta`` is the initial value. ``spec`` reports the initial β, so re-creating from it
+    gives a fresh, untrained module.
     """
 
     registry_name = "smelu_learnable"

@@ -1,4 +1,4 @@
-"""Functional forms of reprokit's activations (smelu.md §1.2-§1.5).
+"""Functional forms of reprokit's activations (docs/methods.md §2).
 
 Every function here takes a tensor and plain-number parameters and returns a tensor of the same
 shape and dtype. The modules in :mod:`reprokit.nn.activations` and the registry in
@@ -93,9 +93,10 @@ def _check_finite(name: str, value: float) -> float:
 def _smelu_into(x: torch.Tensor, beta: float) -> torch.Tensor:
     """SmeLU_β(x) = max(x, β·m²) with m = clamp((x+β)/(2β), 0, 1), in one allocation.
 
-    Why this equals §1.2: in the middle β·m² = (x+β)²/(4β) >= x (AM-GM); at x >= β, m = 1 and
-    max(x, β) = x; at x <= -β, m = 0 and max(x, 0) = 0. Writing s = √β·m keeps every intermediate
-    within [0, β] so nothing overflows, and the tails come out exactly (no cancellation).
+    Why this is SmeLU (docs/methods.md §2.1): in the middle β·m² = (x+β)²/(4β) >= x (AM-GM); at
+    x >= β, m = 1 and max(x, β) = x; at x <= -β, m = 0 and max(x, 0) = 0. Writing s = √β·m keeps
+    every intermediate within [0, β] so nothing overflows, and the tails come out exactly (no
+    cancellation).
     """
     root = math.sqrt(beta)
     s = torch.mul(x, 0.5 / root)
@@ -261,7 +262,7 @@ def _reduce_to(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
 
 
 def smelu(x: torch.Tensor, beta: float | torch.Tensor = 1.0) -> torch.Tensor:
-    """Smooth ReLU (smelu.md §1.2): 0 for x <= -β, (x+β)²/(4β) for |x| <= β, x for x >= β.
+    """Smooth ReLU (docs/methods.md §2.1): 0 for x <= -β, (x+β)²/(4β) for |x| <= β, x for x >= β.
 
     ``beta`` is a float (>= :data:`MIN_BETA`) or a positive tensor broadcastable to ``x``; a tensor
     β receives the gradient ∂f/∂β = (β² - x²)/(4β²) on |x| < β. A tensor β is not validated (that
@@ -348,7 +349,7 @@ class _GSmeLUFunction(torch.autograd.Function):
 def gsmelu(
     x: torch.Tensor, alpha: float = 1.0, beta: float = 1.0, g: float = 1.0, t: float = 0.0
 ) -> torch.Tensor:
-    """Generalised SmeLU (smelu.md §1.3; that parameterisation is flagged UNVERIFIED there).
+    """Generalised SmeLU (docs/methods.md §2.3; the parameterisation is a reconstruction).
 
     t for x <= -α; g(x+α)²/(2(α+β)) + t for -α <= x <= β; g·x + g(α-β)/2 + t for x >= β.
     C¹ at both knots, monotone for g > 0, and equal to SmeLU_β when α = β, g = 1, t = 0.
@@ -363,7 +364,7 @@ def gsmelu(
 
 
 # --------------------------------------------------------------------------------------------
-# The other activations (standard formulas, smelu.md §1.5)
+# The other activations (standard formulas, docs/methods.md §2.4)
 # --------------------------------------------------------------------------------------------
 
 

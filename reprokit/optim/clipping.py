@@ -1,4 +1,4 @@
-"""The baselines Clippy is compared with (reference/clippy.md §1.3), for dense parameters.
+"""The baselines Clippy is compared with (docs/methods.md §3.5), for dense parameters.
 
 Gradient transforms edit ``p.grad`` in place and are called between ``loss.backward()`` and
 ``optimizer.step()``::
@@ -175,7 +175,7 @@ class AdaptiveGradClip(GradientTransform):
 
 
 class LambAdagrad(Optimizer):
-    """Adagrad with a LAMB-style trust ratio per tensor (the paper's LAMB baseline, §1.3).
+    """Adagrad with a LAMB-style trust ratio per tensor (LAMB baseline, docs/methods.md §3.5).
 
     ``A ← A + g²`` (paper order), ``r = g/√(A+ε)``, then
     ``w ← w − η·μ·(‖w‖₂/‖r‖₂)·r``; the trust ratio is 1 where ``‖w‖ = 0`` or ``‖r‖ = 0`` (as in

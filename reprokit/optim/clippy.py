@@ -1,7 +1,7 @@
 """Clippy: Adagrad with per-tensor L∞ clipping of the update (Tang et al., KDD 2023).
 
-Reference: ``reference/clippy.md`` (§1.4 Algorithm 1, §2.3 the TensorFlow Recommenders semantics,
-§5 the presets). Two accumulator orders, never mixed silently:
+Reference: ``docs/methods.md`` §3 (§3.2 Algorithm 1, §3.3 the TensorFlow Recommenders semantics,
+§3.4 the presets). Two accumulator orders, never mixed silently:
 
 ``accumulator_order="paper"`` (Algorithm 1, the default)::
 
@@ -56,7 +56,7 @@ ACCUMULATOR_ORDERS = ("paper", "tfrs_delayed")
 
 @dataclass(frozen=True)
 class ClippyPreset:
-    """A named set of :class:`ClippyAdagrad` hyperparameters (reference/clippy.md §5)."""
+    """A named set of :class:`ClippyAdagrad` hyperparameters (docs/methods.md §3.4)."""
 
     description: str
     accumulator_order: str

@@ -15,7 +15,7 @@ default N = 5) or ``family:param=V1|V2|V3``; other parameters stay fixed, e.g.
 ``gsmelu:alpha=0.5,beta=0.1..2:4``. Values are rounded to 6 significant digits, so a spec's label
 is exactly what the model uses.
 
-Paired statistics, per replica k (reference/peers.md §5.2: the replica is the unit):
+Paired statistics, per replica k (docs/methods.md §5: the replica is the unit):
 
 * PD: replica k's contribution to ``rel``, ``c_k = mean_{j != k} rel(k, j)`` over the pairwise
   ``rel`` values of the summary; ``mean_k c_k`` is exactly the arm's ``rel``, so the test compares

@@ -2,7 +2,7 @@
 
 Each *cell* (one optimizer at one multiple of the base learning rate) is a train-ensemble run of
 the same configuration in ``RUN_DIR/cells/<slug>/`` (resumed like any train-ensemble run), on data
-encoded once. Per cell the study reports, following reference/clippy.md §5 and the paper's
+encoded once. Per cell the study reports, following docs/methods.md §4 and the paper's
 Table 2/3 conventions:
 
 - the divergence ratio (diverged / tried replicas) and the reasons (nonfinite, unrecovered spike,

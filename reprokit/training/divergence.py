@@ -1,7 +1,7 @@
 """Loss-divergence detection: non-finite steps, loss spikes, recovery and full divergence.
 
-Operational versions of the definitions in reference/clippy.md §1.1 (micro- vs full divergence) and
-§5 ("Divergence labels"); the thresholds are design choices, all in `config.DivergenceConfig`:
+Operational versions of Tang et al.'s (KDD 2023) micro- and full divergence (docs/methods.md §4);
+the thresholds are design choices, all in `config.DivergenceConfig`:
 
 - **nonfinite**: the loss or the gradient norm of a step is NaN/Inf. The replica diverged; the
   training loops stop updating it at that step.
