@@ -290,8 +290,7 @@ def test_training_refuses_an_evaluation_split_under_min_eval_rows(
             load_training_data(config)
         assert str(info.value) == (
             f"{path} has {rows} rows; the evaluation split (fraction {fraction:g}) would hold "
-            f"only {n_eval} rows, fewer than 50 — use more data or a larger eval_fraction "
-            "([data] in --config)"
+            f"only {n_eval} rows, fewer than 50 — use more data or a larger --eval-fraction"
         )
     else:
         train, ev = load_training_data(config)
