@@ -13,7 +13,9 @@
 Names (case-insensitive; see :data:`OPTIMIZER_NAMES` / :func:`describe_optimizers`):
 
 ======================== ===========================================================================
-``adagrad``              ``torch.optim.Adagrad``, accumulator init 0.1 (the paper's setting)
+``adagrad``              ``torch.optim.Adagrad``, accumulator init 0.1 (the paper's setting) when
+                         called here; training configs pass ``optim.initial_accumulator_value``
+                         (train-ensemble: 0, torch's default; stability: one A0 for all cells)
 ``adam``                 ``torch.optim.Adam``
 ``sgd``                  ``torch.optim.SGD``
 ``clippy``               :class:`ClippyAdagrad` preset ``paper`` (alias ``clippy-paper``)
