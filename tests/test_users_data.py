@@ -96,7 +96,7 @@ def test_train_ensemble_summary_matches_sklearn_on_the_users_label(user_dataset,
 
 
 def test_compare_stability_report_and_gate_on_the_users_label(user_dataset, tmp_path):
-    data, _ = user_dataset
+    data, label = user_dataset
     cmp_dir, stab_dir = tmp_path / "cmp", tmp_path / "stab"
     code, _, err = _invoke(
         "compare-activations", "--data", str(data), "--arms", "relu;smelu:beta=1",
@@ -116,7 +116,8 @@ def test_compare_stability_report_and_gate_on_the_users_label(user_dataset, tmp_
     for run in (cmp_dir, stab_dir):
         code, _, err = _invoke("report", str(run))
         assert code == 0, err
-        assert (run / "report.html").stat().st_size > 10_000
+        html = (run / "report.html").read_text()
+        assert len(html) > 10_000 and f"label column(s)</td><td>{label}<" in html
         assert json.loads((run / "report.json").read_text())["schema_version"] == 1
     code, out, err = _invoke(
         "gate", str(cmp_dir), "--arm", "smelu:beta=1", "--max-pd", "10", "--json"

@@ -307,6 +307,7 @@ def _configuration(ctx: ReportContext) -> SectionOutput:
         "varied sources": ", ".join(_varied(main) or []) or "none (control arm)",
         "dataset": data_info.get("name"),
         "dataset path": data_info.get("path"),
+        "label column(s)": ", ".join(data_info.get("labels") or []) or None,
         "train rows": data_info.get("train_rows"),
         "eval rows": data_info.get("eval_rows"),
         "data fingerprint": data_info.get("fingerprint"),

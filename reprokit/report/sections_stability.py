@@ -128,6 +128,7 @@ def _configuration(ctx: ReportContext) -> SectionOutput:
         "accumulator start A0 (Adagrad family)": doc.get("initial_accumulator_value"),
         "engines": ", ".join(engines) or None,
         "dataset": data_info.get("name"),
+        "label column(s)": ", ".join(data_info.get("labels") or []) or None,
         "train rows": data_info.get("train_rows"),
         "eval rows": data_info.get("eval_rows"),
         "data fingerprint": data_info.get("fingerprint"),
