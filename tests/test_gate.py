@@ -8,6 +8,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from cli_checks import one_error_line
 from rundir_fixtures import make_compare, make_train_ensemble
 from typer.testing import CliRunner
 
@@ -38,14 +39,6 @@ def summary(path: Path) -> dict:
 
 def gate(*args: str):
     return runner.invoke(app, ["gate", *map(str, args)])
-
-
-def one_error_line(result) -> str:
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.output
-    return lines[0]
 
 
 # ---------------------------------------------------------------------------------- exit codes

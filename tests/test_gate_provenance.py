@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from cli_checks import one_error_line
 from rundir_fixtures import fixture_fingerprint, make_compare, make_train_ensemble
 from typer.testing import CliRunner
 
@@ -24,14 +25,6 @@ runner = CliRunner()
 
 def gate(*args) -> object:
     return runner.invoke(app, ["gate", *map(str, args)])
-
-
-def one_error_line(result) -> str:
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.output
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
