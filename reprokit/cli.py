@@ -6,12 +6,12 @@ Each command module parses options, calls the library and prints; none holds log
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 import typer
 
 from reprokit import __version__
 from reprokit.commands import register_all
+from reprokit.commands.clickcompat import exceptions as click_exceptions
 from reprokit.commands.common import cli_warnings
 
 app = typer.Typer(
@@ -52,31 +52,21 @@ def _root(
 register_all(app)
 
 
-def _click_exceptions() -> Any:
-    """The exceptions module of the click that Typer runs on (recent Typer vendors its own)."""
-    try:
-        from typer._click import exceptions
-    except ImportError:  # Typer releases that use click itself
-        from click import exceptions
-    return exceptions
-
-
 def main() -> None:
     """Run the CLI; a usage error (unknown option, `--lr abc`) is one `error:` line and exit 2,
     like every other bad input, instead of click's usage box."""
-    exc_module = _click_exceptions()
     try:
         code = app(standalone_mode=False)
-    except exc_module.NoArgsIsHelpError:  # the help was printed
+    except getattr(click_exceptions, "NoArgsIsHelpError", ()):  # the help was printed
         raise SystemExit(2) from None
-    except exc_module.UsageError as exc:
+    except click_exceptions.UsageError as exc:
         command = exc.ctx.command_path if exc.ctx is not None else "reprokit"
         sys.stderr.write(f"error: {exc.format_message()} (see {command} --help)\n")
         raise SystemExit(2) from None
     except typer.Abort:
         sys.stderr.write("error: aborted\n")
         raise SystemExit(130) from None
-    except exc_module.ClickException as exc:
+    except click_exceptions.ClickException as exc:
         sys.stderr.write(f"error: {exc.format_message()}\n")
         raise SystemExit(exc.exit_code) from None
     raise SystemExit(code if isinstance(code, int) else 0)

@@ -11,7 +11,6 @@ import sys
 import warnings
 from pathlib import Path
 
-import click
 import numpy as np
 import pandas as pd
 import pytest
@@ -223,7 +222,7 @@ NO_DEFAULT = {"config", "churn_by", "sweep"}
 def test_every_training_option_states_a_default(command):
     cmd = typer.main.get_command(app).commands[command]
     for param in cmd.params:
-        if not isinstance(param, click.Option) or param.name in NO_DEFAULT or param.name == "help":
+        if param.param_type_name != "option" or param.name in NO_DEFAULT or param.name == "help":
             continue
         if param.is_flag and not param.secondary_opts and param.default is False:
             continue  # --force, --json: off unless given

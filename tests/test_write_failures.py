@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cli_checks import one_error_line
 
 TINY = ["--synth-rows", "4000", "--epochs", "1", "--hidden", "8", "--engine", "process"]
 
@@ -29,12 +30,19 @@ def _reprokit(*args: str, cwd: Path | None = None) -> subprocess.CompletedProces
     )
 
 
-def _assert_one_sentence(proc: subprocess.CompletedProcess, fragment: str) -> str:
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and fragment in last, proc.stderr
-    return last
+def _assert_one_sentence(
+    proc: subprocess.CompletedProcess, fragment: str, only_line: bool = True
+) -> str:
+    """Exit 2 and an `error:` sentence holding `fragment`: the only stderr line, or (a failure in
+    the middle of training, after progress lines) the last one."""
+    if only_line:
+        line = one_error_line(proc)
+    else:
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        line = proc.stderr.strip().splitlines()[-1]
+        assert line.startswith("error: "), proc.stderr
+    assert fragment in line, proc.stderr
+    return line
 
 
 def _digest(root: Path) -> dict[str, str]:
@@ -78,7 +86,7 @@ def test_out_under_a_file(tmp_path):
 def test_full_disk_keeps_finished_replicas_and_resumes(small_disk):
     run = small_disk / "run"
     proc = _reprokit("train-ensemble", *TINY, "--replicas", "3", "--out", str(run))
-    _assert_one_sentence(proc, "No space left on device")
+    _assert_one_sentence(proc, "No space left on device", only_line=False)
     finished = [d for d in sorted((run / "replicas").iterdir()) if (d / "metrics.json").exists()]
     assert finished, "the disk was expected to hold at least one replica"
     for d in finished:  # what was written before the disk filled is whole

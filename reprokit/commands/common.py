@@ -12,10 +12,10 @@ import warnings
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-import click
 import typer
 from rich.console import Console
 
+from reprokit.commands.clickcompat import get_current_context
 from reprokit.errors import ReprokitError, ReprokitWarning
 from reprokit.jsonio import as_float, to_json
 
@@ -112,7 +112,7 @@ def cli_errors(func: F) -> F:
 def json_requested(kwargs: dict[str, Any]) -> bool:
     """Whether the running command got `--json`, whatever its parameter is called (`json_out`,
     `as_json`): the command's options say which parameter declares the flag."""
-    ctx = click.get_current_context(silent=True)
+    ctx = get_current_context(silent=True)
     params = ctx.command.params if ctx is not None else []
     names = [p.name for p in params if "--json" in getattr(p, "opts", ())]
     return any(bool(kwargs.get(name)) for name in names or ("json_out", "as_json"))

@@ -129,12 +129,12 @@ def register(app: typer.Typer) -> None:
         run = load_run(run_dir)
         base = load_run(baseline) if baseline is not None else None
         result = evaluate(run, rules, base)
+        if junit is not None:  # first: a path that cannot be written is one error line, no table
+            atomic_write_bytes(junit, junit_xml(result).encode("utf-8"))
         err_console.print(_table(result))
         failed = [r for r in result.rules if not r.passed]
         for r in failed:
             err_console.print(f"[red]✗[/] {escape(r.unit)}: {escape(r.message)}", highlight=False)
-        if junit is not None:
-            atomic_write_bytes(junit, junit_xml(result).encode("utf-8"))
         if json_out:
             print_json(result.to_dict())
         if result.exit_code:
