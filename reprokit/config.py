@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import tomllib
 import types
 import typing
@@ -275,6 +276,8 @@ def coerce(value: Any, hint: Any, key: str, where: str = "") -> Any:
             return [coerce(v, item, key, where) for v in value]
     elif hint is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
+    elif hint is str and isinstance(value, os.PathLike):  # RunConfig(data=DataConfig(path=Path()))
+        return os.fspath(value)
     elif hint in (int, str, bool) and isinstance(value, hint):
         if hint is int and isinstance(value, bool):
             pass

@@ -126,3 +126,10 @@ def test_usage_errors_are_one_line_and_exit_2(args, fragment):
     )
     line = one_error_line(proc)
     assert fragment in line and "--help" in line
+
+
+def test_a_path_object_is_accepted_where_a_path_string_is_expected(tmp_path):
+    from reprokit.config import DataConfig
+
+    config = RunConfig(data=DataConfig(path=tmp_path / "d.parquet")).validate()
+    assert config.data.path == str(tmp_path / "d.parquet")
