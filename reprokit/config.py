@@ -357,15 +357,34 @@ def resolve_config(
     config = RunConfig()
     if config_file is not None:
         _merge(config, load_toml(config_file), str(config_file))
-    for dotted, value in (overrides or {}).items():
-        if value is None:
-            continue
+    merge_dotted(
+        config, {k: v for k, v in (overrides or {}).items() if v is not None}, "command-line options"
+    )
+    return config.validate()
+
+
+def merge_dotted(config: RunConfig, overrides: dict[str, Any], where: str) -> None:
+    """Set dotted keys (``model.activation``) on `config`, with the checks of a TOML file:
+    unknown keys and wrong types are one sentence naming the key and `where`."""
+    for dotted, value in overrides.items():
         *sections, key = dotted.split(".")
         nested: dict[str, Any] = {key: value}
         for section in reversed(sections):
             nested = {section: nested}
-        _merge(config, nested, "command-line options")
-    return config.validate()
+        _merge(config, nested, where)
+
+
+def is_config_key(dotted: str) -> bool:
+    """Whether `dotted` (``optim.lr``, ``replicas``) names a setting of RunConfig."""
+    target: Any = RunConfig()
+    for part in dotted.replace("-", "_").split("."):
+        if not dataclasses.is_dataclass(target):
+            return False
+        names = {f.name for f in dataclasses.fields(target)}
+        if part not in names:
+            return False
+        target = getattr(target, part)
+    return not dataclasses.is_dataclass(target)
 
 
 def config_from_dict(doc: dict[str, Any]) -> RunConfig:

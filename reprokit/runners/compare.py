@@ -1,9 +1,10 @@
-"""`compare_activations`: the same ensemble once per activation arm, paired by seed, then compared.
+"""`compare_activations`: the study engine's preset whose arms differ in ``model.activation`` only.
 
-Flow: parse and check the arms → load the data once → per arm, `train_ensemble` into
-``RUN_DIR/arms/<slug>/`` with the same config except ``model.activation`` (so replica k of every arm
-shares every seed: a paired design) → paired tests of each arm against the baseline, Holm-corrected
-across arms → Pareto front on (PD ``rel`` ↓, AUC ↑) → ``compare.json`` and the trade-off plot.
+Flow (`reprokit.runners.study`): parse and check the arms → load the data once → per arm,
+`train_ensemble` into ``RUN_DIR/arms/<slug>/`` with the same config except ``model.activation``
+(so replica k of every arm shares every seed: a paired design) → paired tests of each arm against
+the baseline, Holm-corrected across arms → Pareto front on (PD ``rel`` ↓, AUC ↑) → ``compare.json``
+and the trade-off plot. What is specific here: activation specs as arms, sweeps, families.
 
 Arms (``split_arms``): a comma or semicolon list of activation specs. A spec's own parameters
 also use commas (``gsmelu:alpha=0.5,beta=1.5``), so a comma-separated piece that is a bare
@@ -31,11 +32,9 @@ is the PD one; ``tests`` holds both.
 
 from __future__ import annotations
 
-import copy
 import datetime as _dt
 import math
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,21 +43,54 @@ import numpy as np
 from reprokit.config import RunConfig
 from reprokit.errors import ReprokitError
 from reprokit.metrics.churn import ChurnGroups
-from reprokit.metrics.stats import holm, pair_matrix, paired_test, pareto_front
-from reprokit.nn.registry import create_activation, parse_spec
-from reprokit.runners.ensemble import StepProgress, default_run_dir, train_ensemble
-from reprokit.runschema import LOCK
-from reprokit.store import (
-    atomic_write_json,
-    comparable_manifest,
-    first_difference,
-    read_json,
-    run_lock,
+from reprokit.metrics.paired import (  # re-exported: the study's statistics live in metrics/
+    TEST_METHODS,
+    TEST_METRICS,
+    healthy_replicas,
+    paired_tests,
+    per_replica_metric,
+    per_replica_pd,
+    replicas_needed,
+    smallest_p_holm,
 )
+from reprokit.nn.registry import create_activation, parse_spec
+from reprokit.runners.ensemble import StepProgress, default_run_dir
+from reprokit.runners.study import (
+    ARMS_DIR,
+    Arm,
+    ArmResult,
+    StudyDir,
+    StudyProgress,
+    compare_document,
+    make_arms,
+    pareto_labels,
+    run_study,
+)
+from reprokit.runschema import COMPARE
 
-KIND = "compare-activations"
+__all__ = [
+    "DEFAULT_ARMS",
+    "TEST_METHODS",
+    "TEST_METRICS",
+    "arm_slug",
+    "build_compare_document",
+    "check_inputs",
+    "compare_activations",
+    "families",
+    "healthy_replicas",
+    "paired_tests",
+    "pareto_specs",
+    "parse_sweep",
+    "per_replica_metric",
+    "per_replica_pd",
+    "replicas_needed",
+    "resolve_arms",
+    "smallest_p_holm",
+    "split_arms",
+]
+
+KIND = COMPARE
 COMPARE_FILE = "compare.json"
-ARMS_DIR = "arms"
 PLOT_STEM = "pareto"
 
 #: Arms of a bare `reprokit compare-activations`: ReLU (baseline), two SmeLU widths, GELU, Swish.
@@ -67,16 +99,9 @@ DEFAULT_ARMS: tuple[str, ...] = ("relu", "smelu:beta=0.5", "smelu:beta=1", "gelu
 #: The arm a sweep is compared against when no --arms are given.
 SWEEP_BASELINE = "relu"
 
-#: Paired tests: (document key, what the per-replica value is).
-TEST_METRICS: tuple[tuple[str, str], ...] = (
-    ("rel", "replica's mean pairwise PD rel against the other replicas of its arm"),
-    ("auc", "replica's AUC"),
-)
-TEST_METHODS = ("permutation", "wilcoxon")
 
-#: progress(done, total, info): done/total count replicas over all arms; info has arm, arm_index,
-#: arms and the finished replica's metrics (empty at the start of an arm).
-CompareProgress = Callable[[int, int, dict[str, Any]], None]
+#: progress(done, total, info): see `reprokit.runners.study.StudyProgress`.
+CompareProgress = StudyProgress
 
 _MAX_SWEEP_POINTS = 50
 
@@ -231,122 +256,9 @@ def resolve_arms(
     return specs, base
 
 
-# ------------------------------------------------------------------------------------- statistics
-def healthy_replicas(summary: dict[str, Any]) -> list[int]:
-    """Replica indices that the summary's per-replica and per-pair values refer to.
-
-    Diverged replicas are excluded from PD and accuracy, so the lists skip them.
-    """
-    diverged = sorted(int(r) for r in (summary.get("diverged") or {}).get("replicas", []))
-    total = int(summary["replicas"]) + len(diverged)
-    return [r for r in range(total) if r not in set(diverged)]
-
-
-def per_replica_pd(
-    summary: dict[str, Any], replicas: Iterable[int], key: str = "rel"
-) -> np.ndarray:
-    """c_k = mean over the other listed replicas j of pairwise PD `key`(k, j), per listed k."""
-    index = {r: i for i, r in enumerate(healthy_replicas(summary))}
-    values = np.asarray(summary["pd_per_pair"][key], dtype=np.float64)
-    m = len(index)
-    if values.shape != (m * (m - 1) // 2,):
-        raise ReprokitError(
-            f"summary lists {values.size} pairwise values for {m} replicas; it is inconsistent"
-        )
-    mat = pair_matrix(values, m)
-    pos = [index[r] for r in replicas]
-    if len(pos) < 2:
-        return np.full(len(pos), np.nan)
-    sub = mat[np.ix_(pos, pos)]
-    return sub.sum(axis=1) / (len(pos) - 1)
-
-
-def per_replica_metric(summary: dict[str, Any], replicas: Iterable[int], key: str) -> np.ndarray:
-    """Per-replica accuracy metric (`auc`, `logloss`) of the listed replicas (NaN if absent)."""
-    entry = summary.get(key)
-    wanted = list(replicas)
-    if not isinstance(entry, dict) or entry.get("per_replica") is None:
-        return np.full(len(wanted), np.nan)
-    index = {r: i for i, r in enumerate(healthy_replicas(summary))}
-    values = [entry["per_replica"][index[r]] for r in wanted]
-    return np.asarray([np.nan if v is None else v for v in values], dtype=np.float64)
-
-
-def _paired_values(
-    arm: dict[str, Any], base: dict[str, Any], metric: str
-) -> tuple[list[int], np.ndarray, np.ndarray]:
-    common = sorted(set(healthy_replicas(arm)) & set(healthy_replicas(base)))
-    if metric in ("rel", "abs"):
-        return common, per_replica_pd(arm, common, metric), per_replica_pd(base, common, metric)
-    return common, per_replica_metric(arm, common, metric), per_replica_metric(base, common, metric)
-
-
-def paired_tests(
-    summaries: Sequence[dict[str, Any]],
-    baseline_index: int,
-    method: str = "permutation",
-    seed: int = 0,
-) -> list[dict[str, dict[str, Any]] | None]:
-    """For every arm but the baseline: {metric: test} with Holm-corrected p across arms per metric.
-
-    A test entry is {"metric", "method", "statistic" (mean of arm − baseline over replicas),
-    "p_value", "p_holm", "n", "replicas", "reason"}; the baseline gets None.
-    """
-    if method not in TEST_METHODS:
-        raise ReprokitError(f"unknown paired test {method!r}; choose {' or '.join(TEST_METHODS)}")
-    base = summaries[baseline_index]
-    results: list[dict[str, dict[str, Any]] | None] = [
-        None if i == baseline_index else {} for i in range(len(summaries))
-    ]
-    for metric, meaning in TEST_METRICS:
-        raw: list[float] = []
-        for i, arm in enumerate(summaries):
-            if i == baseline_index:
-                continue
-            common, x, y = _paired_values(arm, base, metric)
-            ok = np.isfinite(x) & np.isfinite(y)
-            if ok.sum() < 2:
-                test = {
-                    "statistic": math.nan,
-                    "p_value": math.nan,
-                    "n": int(ok.sum()),
-                    "reason": f"fewer than 2 replicas with a finite {metric} in both arms",
-                }
-            else:
-                test = paired_test(x[ok], y[ok], method=method, seed=seed)
-                test["test_statistic"] = test["statistic"]
-                test["statistic"] = float(np.mean(x[ok] - y[ok]))
-            entry = results[i]
-            assert entry is not None
-            entry[metric] = {
-                "metric": metric,
-                "method": method,
-                "per_replica": meaning,
-                "statistic": float(test["statistic"]),
-                "test_statistic": float(test.get("test_statistic", math.nan)),
-                "p_value": float(test["p_value"]),
-                "n": int(test["n"]),
-                "replicas": [r for r, good in zip(common, ok, strict=True) if good],
-                "reason": test.get("reason"),
-            }
-            raw.append(float(test["p_value"]))
-        adjusted = iter(holm(raw).tolist()) if raw else iter(())
-        for entry in results:
-            if entry is not None:
-                entry[metric]["p_holm"] = float(next(adjusted))
-    return results
-
-
 def pareto_specs(arms: Sequence[dict[str, Any]]) -> list[str]:
     """Activation specs on the Pareto front of (PD rel: lower is better, AUC: higher is better)."""
-    points = []
-    for arm in arms:
-        pd_rel = (arm.get("pd") or {}).get("rel")
-        auc = (arm.get("auc") or {}).get("mean")
-        points.append([math.nan if pd_rel is None else pd_rel, math.nan if auc is None else auc])
-    if not points:
-        return []
-    return [arms[k]["activation"] for k in pareto_front(points, maximize=[False, True])]
+    return pareto_labels([{**a, "label": a["activation"]} for a in arms])
 
 
 def families(specs: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -374,14 +286,15 @@ def families(specs: Sequence[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def smallest_p_holm(replicas: int, comparisons: int) -> float:
-    """The smallest Holm-adjusted p any arm can reach: exact two-sided p >= 2 / 2^n, times m."""
-    return min(1.0, comparisons * 2.0 / 2.0**replicas) if comparisons else math.nan
-
-
-def replicas_needed(comparisons: int, alpha: float = 0.05) -> int:
-    """Fewest replicas for which `smallest_p_holm` is at most `alpha`."""
-    return max(2, math.ceil(math.log2(2.0 * max(comparisons, 1) / alpha)))
+def activation_arms(config: RunConfig, specs: Sequence[str]) -> list[Arm]:
+    """One study arm per activation spec: label and document field ``activation`` the spec."""
+    return make_arms(
+        config,
+        [{"model.activation": spec} for spec in specs],
+        labels=list(specs),
+        slugs=[arm_slug(spec) for spec in specs],
+        fields=[{"activation": spec} for spec in specs],
+    )
 
 
 def build_compare_document(
@@ -392,65 +305,27 @@ def build_compare_document(
     wall_seconds: Sequence[float] | None = None,
     test_method: str = "permutation",
     seed: int = 0,
+    config: RunConfig | None = None,
 ) -> dict[str, Any]:
     """The compare.json document (docs/contracts.md) from each arm's train-ensemble summary."""
     if len(summaries) != len(specs):
         raise ReprokitError("one summary per arm is needed")
-    base_index = list(specs).index(baseline)
-    n_paired = min(int(summary["replicas"]) for summary in summaries)
-    tests = paired_tests(summaries, base_index, method=test_method, seed=seed)
-    arms = []
-    for k, (summary, spec) in enumerate(zip(summaries, specs, strict=True)):
-        slug = arm_slug(spec)
-        seconds = summary.get("train_seconds")
-        per_replica_seconds = seconds.get("mean") if isinstance(seconds, dict) else None
-        total_seconds = seconds.get("total") if isinstance(seconds, dict) else seconds
-        entry = {
-            **summary,
-            "activation": spec,
-            "name": slug,
-            "run_dir": f"{ARMS_DIR}/{slug}",
-            "train_seconds": float(total_seconds) if total_seconds is not None else math.nan,
-            "train_seconds_per_replica": (
-                float(per_replica_seconds) if per_replica_seconds is not None else math.nan
-            ),
-            "test": tests[k]["rel"] if tests[k] is not None else None,
-            "tests": tests[k],
-        }
-        if wall_seconds is not None:
-            entry["wall_seconds"] = float(wall_seconds[k])
-        arms.append(entry)
-    return {
-        "schema_version": 1,
-        "kind": KIND,
-        "baseline": baseline,
-        "arms": arms,
-        "pareto": pareto_specs(arms),
-        "families": families(specs),
-        "test": {
-            "method": test_method,
-            "metrics": {metric: meaning for metric, meaning in TEST_METRICS},
-            "statistic": "mean over replicas of (arm - baseline), replica k paired by shared seeds",
-            "correction": "holm across the non-baseline arms, per metric",
-            "smallest_p_holm": smallest_p_holm(n_paired, len(specs) - 1),
-            "replicas_needed_for_0.05": replicas_needed(len(specs) - 1),
-        },
-    }
+    arms = activation_arms(config or RunConfig(), specs)
+    doc = compare_document(
+        KIND,
+        summaries,
+        arms,
+        list(specs).index(baseline),
+        wall_seconds=wall_seconds,
+        test_method=test_method,
+        seed=seed,
+    )
+    doc["families"] = families(specs)
+    return doc
 
 
-# ------------------------------------------------------------------------------------- the runner
-def _prepare_out(out: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise ReprokitError(f"{out} exists and is not a directory")
-    if out.is_dir() and any(p.name != LOCK for p in out.iterdir()):
-        is_compare = (out / COMPARE_FILE).exists() or (out / ARMS_DIR).is_dir()
-        if not is_compare and not force:
-            raise ReprokitError(
-                f"{out} exists, is not empty and is not a compare-activations run directory; "
-                "choose another --out or pass --force"
-            )
-    if (out / COMPARE_FILE).exists():
-        read_json(out / COMPARE_FILE, COMPARE_FILE)  # a broken file is reported, not overwritten
+def _study_dir(root: Path) -> StudyDir:
+    return StudyDir(root=root, kind=KIND, document=COMPARE_FILE, arms_dir=ARMS_DIR)
 
 
 def check_inputs(
@@ -473,44 +348,8 @@ def check_inputs(
     if config.replicas < 2:
         raise ReprokitError("compare-activations needs at least 2 replicas per arm")
     root = Path(out) if out is not None else default_run_dir(KIND)
-    _prepare_out(root, force)
-    if not force:
-        config = validated(config)
-        for spec in specs:
-            _check_arm_config(root / ARMS_DIR / arm_slug(spec), arm_config(config, spec))
+    _study_dir(root).check(activation_arms(config, specs), force)
     return specs, base, root
-
-
-def validated(config: RunConfig) -> RunConfig:
-    """A validated copy of `config` (validating twice is safe: an empty `vary` means "none")."""
-    config = copy.deepcopy(config)
-    if not config.vary:
-        config.vary = ["none"]
-    return config.validate()
-
-
-def arm_config(config: RunConfig, spec: str) -> RunConfig:
-    """`config` with only the activation replaced (a copy): the config of one arm."""
-    arm = copy.deepcopy(config)
-    arm.model.activation = spec
-    return arm
-
-
-def _check_arm_config(arm_dir: Path, config: RunConfig) -> None:
-    """Refuse early (before any arm trains) when an existing arm was run with another config.
-
-    train_ensemble checks the whole manifest again when the arm starts (data fingerprint, seeds).
-    """
-    manifest = arm_dir / "manifest.json"
-    if not manifest.exists():
-        return
-    stored = comparable_manifest({"config": read_json(manifest, "manifest").get("config")})
-    wanted = comparable_manifest({"config": config.to_dict()})
-    if stored != wanted:
-        raise ReprokitError(
-            f"{arm_dir} holds a run of another configuration "
-            f"({first_difference(stored, wanted)}); choose another --out or pass --force"
-        )
 
 
 def compare_activations(
@@ -524,7 +363,7 @@ def compare_activations(
     force: bool = False,
     test: str = "permutation",
     plot: bool = True,
-    progress: CompareProgress | None = None,
+    progress: StudyProgress | None = None,
     encoded: Any = None,
     churn: ChurnGroups | None = None,
     step_progress: StepProgress | None = None,
@@ -541,56 +380,46 @@ def compare_activations(
     specs, base, root = check_inputs(
         config, arms, baseline, out, sweep=sweep, force=force, test=test
     )
-    config = validated(config)
-    if encoded is None:
-        from reprokit.data.encoding import load_encoded
+    study_arms = activation_arms(config, specs)
+    seed = study_arms[0].config.seed
 
-        encoded = load_encoded(config.data)
-
-    with run_lock(root):  # one live study per directory
-        total = len(specs) * config.replicas
-        summaries: list[dict[str, Any]] = []
-        wall: list[float] = []
-        for index, spec in enumerate(specs):
-            offset = index * config.replicas
-
-            def on_progress(
-                done: int,
-                _total: int,
-                metrics: dict[str, Any],
-                spec: str = spec,
-                index: int = index,
-                offset: int = offset,
-            ) -> None:
-                if progress:
-                    info = {"arm": spec, "arm_index": index, "arms": len(specs), "metrics": metrics}
-                    progress(offset + done, total, info)
-
-            start = time.perf_counter()
-            summary = train_ensemble(
-                arm_config(config, spec),
-                out=root / ARMS_DIR / arm_slug(spec),
-                workers=workers,
-                force=force,
-                progress=on_progress,
-                encoded=encoded,
-                churn=churn,
-                step_progress=step_progress,
-            )
-            wall.append(time.perf_counter() - start)
-            summaries.append(summary)
-
-        doc = build_compare_document(
-            summaries, specs, base, wall_seconds=wall, test_method=test, seed=config.seed
+    def finish(results: list[ArmResult]) -> dict[str, Any]:
+        doc = compare_document(
+            KIND,
+            [r.summary for r in results],
+            study_arms,
+            specs.index(base),
+            wall_seconds=[r.wall_seconds for r in results],
+            test_method=test,
+            seed=seed,
         )
-        doc["replicas"] = config.replicas
-        doc["vary"] = list(config.vary)
-        doc["seed"] = config.seed
-        doc["created"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-        doc["run_dir"] = str(root)
-        if plot:
-            from reprokit.runners.compare_plot import plot_tradeoff
+        doc["families"] = families(specs)
+        return finish_document(doc, study_arms[0].config, root, plot)
 
-            doc["plots"] = plot_tradeoff(doc, root, stem=PLOT_STEM)
-        atomic_write_json(root / COMPARE_FILE, doc)
+    return run_study(
+        _study_dir(root),
+        study_arms,
+        finish,
+        workers=workers,
+        force=force,
+        encoded=encoded,
+        churn=churn,
+        progress=progress,
+        step_progress=step_progress,
+    )
+
+
+def finish_document(
+    doc: dict[str, Any], config: RunConfig, root: Path, plot: bool
+) -> dict[str, Any]:
+    """The run fields every paired study's document carries, and its trade-off plot."""
+    doc["replicas"] = config.replicas
+    doc["vary"] = list(config.vary)
+    doc["seed"] = config.seed
+    doc["created"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+    doc["run_dir"] = str(root)
+    if plot:
+        from reprokit.runners.compare_plot import plot_tradeoff
+
+        doc["plots"] = plot_tradeoff(doc, root, stem=PLOT_STEM)
     return doc

@@ -1,0 +1,455 @@
+"""The study engine: the same ensemble once per arm, every arm paired with the others by seed.
+
+An arm is a set of dotted config overrides (``model.activation=smelu:beta=1``,
+``optim.name=clippy,optim.lr=0.1``, ``vary=["init"]``) applied to one base config. Replica k of
+every arm gets the same per-source seeds (they derive from the base seed, the source and k), so
+arms compare replica by replica (`reprokit.metrics.paired`).
+
+Every study (`compare`, `compare-activations`, `attribute`, `stability`) goes through here for
+what they share: turning overrides into validated configs before any training, the study
+directory (one train-ensemble run directory per arm under ``arms/`` or ``cells/``, a lock, resume,
+refusal of another study), training the arms in order with one progress callback, and the
+document of paired arms (`compare_document`). A preset only says which arms and what extra
+fields its document has.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+import shutil
+import time
+import tomllib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reprokit.config import RunConfig, merge_dotted
+from reprokit.errors import ReprokitError
+from reprokit.jsonio import to_json
+from reprokit.metrics.churn import ChurnGroups
+from reprokit.metrics.paired import (
+    TEST_METHODS,
+    TEST_METRICS,
+    paired_tests,
+    replicas_needed,
+    smallest_p_holm,
+)
+from reprokit.metrics.stats import pareto_front
+from reprokit.runners.ensemble import StepProgress, train_ensemble
+from reprokit.runschema import LOCK, MANIFEST
+from reprokit.store import (
+    atomic_write_json,
+    comparable_manifest,
+    first_difference,
+    read_json,
+    run_lock,
+)
+
+ARMS_DIR = "arms"
+
+#: progress(done, total, info): done/total count replicas over all arms; info has "arm" (label),
+#: "arm_index", "arms" and the finished replica's "metrics" (empty at the start of an arm).
+StudyProgress = Callable[[int, int, dict[str, Any]], None]
+
+
+# ------------------------------------------------------------------------------------------ arms
+@dataclass
+class Arm:
+    """One arm of a study: what users see (`label`), where it lives (`slug`), how it differs from
+    the base config (`overrides`), its resolved `config`, and extra fields of its document entry."""
+
+    label: str
+    slug: str
+    overrides: dict[str, Any]
+    config: RunConfig
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_value(text: str) -> Any:
+    """An override's value: a TOML value when it parses as one (``0.1``, ``[128, 64]``, ``true``,
+    ``"x"``), else the text itself (``smelu:beta=1``, ``gelu``)."""
+    text = text.strip()
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+_KEY = re.compile(r"\s*([A-Za-z_][\w-]*(?:\.[A-Za-z_][\w-]*)*)\s*=")
+
+
+def _split_pairs(text: str) -> list[str]:
+    """Split ``a.b=1,c=[1,2],d=smelu:beta=1,alpha=2`` into ``key=value`` pieces: a comma starts a
+    new pair only outside brackets and quotes, and only when what follows is ``<known key>=``."""
+    from reprokit.config import is_config_key
+
+    pieces, depth, quote, start = [], 0, "", 0
+    for i, ch in enumerate(text):
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            match = _KEY.match(text, i + 1)
+            if match and is_config_key(match.group(1)):
+                pieces.append(text[start:i])
+                start = i + 1
+    pieces.append(text[start:])
+    return [p.strip() for p in pieces if p.strip()]
+
+
+def parse_arm(text: str) -> dict[str, Any]:
+    """``--arm`` text → {dotted key: value}, in the order given."""
+    overrides: dict[str, Any] = {}
+    for piece in _split_pairs(text):
+        key, eq, value = piece.partition("=")
+        key = key.strip()
+        if not eq or not key or not value.strip():
+            raise ReprokitError(
+                f"--arm {text!r}: {piece!r} must look like key=value, e.g. model.activation=gelu"
+            )
+        if key in overrides:
+            raise ReprokitError(f"--arm {text!r} sets {key} twice")
+        overrides[key] = parse_value(value)
+    if not overrides:
+        raise ReprokitError("--arm is empty; give key=value pairs, e.g. model.activation=gelu")
+    return overrides
+
+
+def format_value(value: Any) -> str:
+    """How an override value reads in a label: strings bare, lists and numbers as TOML writes them."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(format_value(v) for v in value) + "]"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def overrides_label(overrides: dict[str, Any]) -> str:
+    return ",".join(f"{k}={format_value(v)}" for k, v in overrides.items())
+
+
+def slugify(label: str) -> str:
+    """A directory name for an arm: file-system safe, readable, at most 80 characters."""
+    slug = re.sub(r"[^A-Za-z0-9.=+-]+", "_", label).strip("_.") or "arm"
+    return slug[:80]
+
+
+def arm_config(config: RunConfig, overrides: dict[str, Any], where: str) -> RunConfig:
+    """A validated copy of `config` with `overrides` applied: the same checks and sentences as a
+    TOML file or a CLI option (`where` names the arm in them)."""
+    arm = copy.deepcopy(config)
+    merge_dotted(arm, overrides, where)
+    if not arm.vary:
+        arm.vary = ["none"]
+    return arm.validate()
+
+
+def canonical_overrides(config: RunConfig, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The overrides as the validated config holds them (``SmeLU:beta=1.0`` → ``smelu:beta=1``)."""
+    doc = config.to_dict()
+    out = {}
+    for key in overrides:
+        value: Any = doc
+        for part in key.replace("-", "_").split("."):
+            value = value[part]
+        out[key] = value
+    return out
+
+
+def make_arms(
+    config: RunConfig,
+    specs: Sequence[dict[str, Any]],
+    labels: Sequence[str] | None = None,
+    slugs: Sequence[str] | None = None,
+    fields: Sequence[dict[str, Any]] | None = None,
+) -> list[Arm]:
+    """Arms from override dicts: every config is built (and so validated) here, before any
+    training; two arms with the same label or directory are refused."""
+    arms: list[Arm] = []
+    for i, overrides in enumerate(specs):
+        given = labels[i] if labels is not None else overrides_label(overrides)
+        cfg = arm_config(config, overrides, f"--arm {given!r}")
+        canonical = canonical_overrides(cfg, overrides)
+        # the label is what the user wrote; the directory follows the canonical values, so that
+        # two spellings of one arm (SmeLU:beta=1.0, smelu) resume the same run
+        label = given
+        slug = slugs[i] if slugs is not None else slugify(overrides_label(canonical))
+        arms.append(Arm(label, slug, canonical, cfg, dict(fields[i]) if fields else {}))
+    check_distinct(arms)
+    return arms
+
+
+def check_distinct(arms: Sequence[Arm]) -> None:
+    labels: set[str] = set()
+    slugs: dict[str, str] = {}
+    for arm in arms:
+        if arm.label in labels:
+            raise ReprokitError(f"arm {arm.label!r} is given twice")
+        if arm.slug in slugs:
+            raise ReprokitError(
+                f"arms {slugs[arm.slug]!r} and {arm.label!r} map to the same directory {arm.slug!r}"
+            )
+        labels.add(arm.label)
+        slugs[arm.slug] = arm.label
+
+
+def baseline_index(arms: Sequence[Arm], baseline: str | None) -> int:
+    """Index of the reference arm: the one labelled `baseline` (or whose slug it is), else 0."""
+    if baseline is None:
+        return 0
+    for i, arm in enumerate(arms):
+        if baseline in (arm.label, arm.slug):
+            return i
+    raise ReprokitError(
+        f"--baseline {baseline!r} is not one of the arms ({', '.join(a.label for a in arms)})"
+    )
+
+
+# ------------------------------------------------------------------------------ study directory
+@dataclass
+class StudyDir:
+    """Where a study lives and what must agree when it is resumed.
+
+    `document` is the study's own file (``compare.json``, ``stability.json``); `kind` the run kind
+    written in it; `arms_dir` the subdirectory of the per-arm runs; `manifest` (optional) a study
+    manifest whose `kind`, `config` (less the replica count) and `study` keys must agree.
+    """
+
+    root: Path
+    kind: str
+    document: str
+    arms_dir: str = ARMS_DIR
+    manifest: dict[str, Any] | None = None
+
+    def arm_path(self, arm: Arm) -> Path:
+        return self.root / self.arms_dir / arm.slug
+
+    def check(self, arms: Sequence[Arm], force: bool) -> None:
+        """Refuse (before any training) a path that is a file, a foreign non-empty directory,
+        another study, or an arm directory trained with another config; creates nothing."""
+        root = self.root
+        if root.exists() and not root.is_dir():
+            raise ReprokitError(f"{root} exists and is not a directory")
+        doc_path = root / self.document
+        if doc_path.exists():
+            kind = read_json(doc_path, self.document).get("kind")  # a broken file is reported
+            if kind not in (None, self.kind) and not force:
+                raise ReprokitError(
+                    f"{root} holds a {kind} study, not a {self.kind} one; choose another --out "
+                    "or pass --force"
+                )
+        if self.manifest is not None and (root / MANIFEST).exists() and not force:
+            old = read_json(root / MANIFEST, "manifest")
+            if _study_key(old) != _study_key(self.manifest):
+                raise ReprokitError(
+                    f"{root} holds another study or run; choose another --out or pass --force "
+                    "to overwrite it"
+                )
+        is_study = doc_path.exists() or (root / self.arms_dir).is_dir()
+        if self.manifest is not None:
+            is_study = is_study or (root / MANIFEST).exists()
+        foreign = root.is_dir() and not is_study and any(p.name != LOCK for p in root.iterdir())
+        if foreign and not force:
+            raise ReprokitError(
+                f"{root} exists, is not empty and is not a {self.kind} run directory; "
+                "choose another --out or pass --force"
+            )
+        if not force:
+            for arm in arms:
+                _check_arm_config(self.arm_path(arm), arm.config)
+
+    def prepare(self, force: bool) -> None:
+        """Create the directory, clear another study's arms with `force`, write the manifest."""
+        root = self.root
+        mpath = root / MANIFEST
+        if force and root.is_dir():
+            other = self.manifest is not None and (
+                not mpath.exists() or _study_key(read_json(mpath)) != _study_key(self.manifest)
+            )
+            if other or not (root / self.document).exists():
+                shutil.rmtree(root / self.arms_dir, ignore_errors=True)
+        root.mkdir(parents=True, exist_ok=True)
+        if self.manifest is not None:
+            if mpath.exists() and _study_key(read_json(mpath)) == _study_key(self.manifest):
+                old = read_json(mpath)
+                if old.get("config", {}).get("replicas") != self.manifest["config"]["replicas"]:
+                    atomic_write_json(mpath, {**old, "config": self.manifest["config"]})
+            else:
+                atomic_write_json(mpath, self.manifest)
+
+
+def _study_key(doc: dict[str, Any]) -> str:
+    """What two study manifests must share: kind, config (a larger replica count extends a study,
+    so it is left out) and the study's own settings."""
+    config = {k: v for k, v in (doc.get("config") or {}).items() if k != "replicas"}
+    return to_json({"kind": doc.get("kind"), "config": config, "study": doc.get("study")})
+
+
+def _check_arm_config(arm_dir: Path, config: RunConfig) -> None:
+    """Refuse early (before any arm trains) when an existing arm was run with another config;
+    train_ensemble checks the whole manifest again when the arm starts (data, seeds)."""
+    manifest = arm_dir / MANIFEST
+    if not manifest.exists():
+        return
+    stored = comparable_manifest({"config": read_json(manifest, "manifest").get("config")})
+    wanted = comparable_manifest({"config": config.to_dict()})
+    if stored != wanted:
+        raise ReprokitError(
+            f"{arm_dir} holds a run of another configuration "
+            f"({first_difference(stored, wanted)}); choose another --out or pass --force"
+        )
+
+
+# ------------------------------------------------------------------------------------- training
+@dataclass
+class ArmResult:
+    arm: Arm
+    summary: dict[str, Any]
+    wall_seconds: float
+
+
+def run_study(
+    study: StudyDir,
+    arms: Sequence[Arm],
+    finish: Callable[[list[ArmResult]], dict[str, Any]],
+    *,
+    workers: int = 1,
+    force: bool = False,
+    encoded: Any = None,
+    churn: ChurnGroups | None = None,
+    progress: StudyProgress | None = None,
+    step_progress: StepProgress | None = None,
+) -> dict[str, Any]:
+    """Train every arm into its directory (resuming it), then write `finish(results)` as the
+    study's document; the whole study holds the directory's lock."""
+    study.check(arms, force)
+    if encoded is None:
+        from reprokit.data.encoding import load_encoded
+
+        encoded = load_encoded(arms[0].config.data)
+    with run_lock(study.root):
+        study.prepare(force)
+        total = sum(a.config.replicas for a in arms)
+        results: list[ArmResult] = []
+        offset = 0
+        for index, arm in enumerate(arms):
+
+            def on_progress(
+                done: int,
+                _total: int,
+                metrics: dict[str, Any],
+                arm: Arm = arm,
+                index: int = index,
+                offset: int = offset,
+            ) -> None:
+                if progress:
+                    info = {
+                        "arm": arm.label,
+                        "arm_index": index,
+                        "arms": len(arms),
+                        "metrics": metrics,
+                    }
+                    progress(offset + done, total, info)
+
+            start = time.perf_counter()
+            summary = train_ensemble(
+                arm.config,
+                out=study.arm_path(arm),
+                workers=workers,
+                force=force,
+                progress=on_progress,
+                encoded=encoded,
+                churn=churn,
+                step_progress=step_progress,
+            )
+            results.append(ArmResult(arm, summary, time.perf_counter() - start))
+            offset += arm.config.replicas
+        doc = finish(results)
+        atomic_write_json(study.root / study.document, doc)
+    return doc
+
+
+# ------------------------------------------------------------------------------------ documents
+def pareto_labels(entries: Sequence[dict[str, Any]]) -> list[str]:
+    """Labels of the arms on the Pareto front of (PD rel: lower is better, AUC: higher is better)."""
+    points = []
+    for entry in entries:
+        pd_rel = (entry.get("pd") or {}).get("rel")
+        auc = (entry.get("auc") or {}).get("mean")
+        points.append([math.nan if pd_rel is None else pd_rel, math.nan if auc is None else auc])
+    if not points:
+        return []
+    return [entries[k]["label"] for k in pareto_front(points, maximize=[False, True])]
+
+
+def compare_document(
+    kind: str,
+    summaries: Sequence[dict[str, Any]],
+    arms: Sequence[Arm],
+    base: int,
+    *,
+    wall_seconds: Sequence[float] | None = None,
+    test_method: str = "permutation",
+    seed: int = 0,
+    arms_dir: str = ARMS_DIR,
+) -> dict[str, Any]:
+    """The document of a paired study (``compare.json``, docs/contracts.md): per arm its summary,
+    label, overrides, directory and paired tests against the baseline (Holm across arms), then
+    the Pareto front."""
+    if len(summaries) != len(arms):
+        raise ReprokitError("one summary per arm is needed")
+    if test_method not in TEST_METHODS:
+        raise ReprokitError(
+            f"unknown paired test {test_method!r}; choose {' or '.join(TEST_METHODS)}"
+        )
+    n_paired = min(int(summary["replicas"]) for summary in summaries)
+    tests = paired_tests(summaries, base, method=test_method, seed=seed)
+    entries = []
+    for k, (summary, arm) in enumerate(zip(summaries, arms, strict=True)):
+        seconds = summary.get("train_seconds")
+        per_replica_seconds = seconds.get("mean") if isinstance(seconds, dict) else None
+        total_seconds = seconds.get("total") if isinstance(seconds, dict) else seconds
+        entry = {
+            **summary,
+            **arm.fields,
+            "label": arm.label,
+            "overrides": dict(arm.overrides),
+            "name": arm.slug,
+            "run_dir": f"{arms_dir}/{arm.slug}",
+            "train_seconds": float(total_seconds) if total_seconds is not None else math.nan,
+            "train_seconds_per_replica": (
+                float(per_replica_seconds) if per_replica_seconds is not None else math.nan
+            ),
+            "test": tests[k]["rel"] if tests[k] is not None else None,
+            "tests": tests[k],
+        }
+        if wall_seconds is not None:
+            entry["wall_seconds"] = float(wall_seconds[k])
+        entries.append(entry)
+    return {
+        "schema_version": 1,
+        "kind": kind,
+        "baseline": arms[base].label,
+        "arms": entries,
+        "pareto": pareto_labels(entries),
+        "test": {
+            "method": test_method,
+            "metrics": {metric: meaning for metric, meaning in TEST_METRICS},
+            "statistic": "mean over replicas of (arm - baseline), replica k paired by shared seeds",
+            "correction": "holm across the non-baseline arms, per metric",
+            "smallest_p_holm": smallest_p_holm(n_paired, len(arms) - 1),
+            "replicas_needed_for_0.05": replicas_needed(len(arms) - 1),
+        },
+    }
