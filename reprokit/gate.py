@@ -40,7 +40,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from reprokit.errors import ReprokitError
-from reprokit.rundir import COMPARE, Run, as_float
+from reprokit.rundir import Run, as_float
+from reprokit.runschema import ARM_STUDIES
 
 SCHEMA_VERSION = 1
 PD_KEYS = ("abs", "rel", "abs_mean", "rel_mean", "l2", "rel_std", "flip")
@@ -160,10 +161,15 @@ class GateResult:
 
 # ------------------------------------------------------------------------------------------ units
 def units(run: Run) -> list[Unit]:
-    if run.kind == COMPARE:
+    if run.kind in ARM_STUDIES:
         assert run.compare is not None
         return [
-            Unit(name=a["name"], label=str(a.get("activation") or a["name"]), summary=a, run=run)
+            Unit(
+                name=a["name"],
+                label=str(a.get("label") or a.get("activation") or a["name"]),
+                summary=a,
+                run=run,
+            )
             for a in run.compare["arms"]
         ]
     if run.summary is None:
@@ -178,7 +184,7 @@ def _matches(unit: Unit, name: str) -> bool:
 def select_units(run: Run, arms: list[str]) -> list[Unit]:
     """The units the rules apply to: every arm, or the named ones (unknown names are errors)."""
     all_units = units(run)
-    if not arms or run.kind != COMPARE:
+    if not arms or run.kind not in ARM_STUDIES:
         return all_units
     chosen = []
     for name in arms:
@@ -222,7 +228,7 @@ def _manifest(unit: Unit) -> dict[str, Any]:
     run = unit.run
     if run is None or run.documents_only:
         return {}
-    if run.kind == COMPARE:
+    if run.kind in ARM_STUDIES:
         try:
             return run.arm_run(unit.summary).manifest or {}
         except ReprokitError:  # an arm directory that is gone: no provenance from it
@@ -278,7 +284,7 @@ def config_differences(
 
 
 def _where(run: Run, unit: Unit) -> str:
-    return f"{run.path} (arm {unit.label})" if run.kind == COMPARE else str(run.path)
+    return f"{run.path} (arm {unit.label})" if run.kind in ARM_STUDIES else str(run.path)
 
 
 def check_provenance(
@@ -427,7 +433,11 @@ def validate(rules: GateRules, run: Run, baseline: Run | None) -> None:
         raise ReprokitError(f"--min-auc must be in [0, 1], got {rules.min_auc}")
     if rules.max_churn is not None and not 0 <= rules.max_churn <= 1:
         raise ReprokitError(f"--max-churn must be in [0, 1], got {rules.max_churn}")
-    if rules.arms and run.kind != COMPARE and (baseline is None or baseline.kind != COMPARE):
+    if (
+        rules.arms
+        and run.kind not in ARM_STUDIES
+        and (baseline is None or baseline.kind not in ARM_STUDIES)
+    ):
         raise ReprokitError("--arm applies only to compare-activations runs")
     pd_rule = rules.max_pd is not None or rules.max_pd_increase is not None
     if not pd_rule and rules.metric != "rel":
@@ -508,7 +518,7 @@ def evaluate(run: Run, rules: GateRules, baseline: Run | None = None) -> GateRes
     validate(rules, run, baseline)
     metric = rules.metric
     pd_quantity = f"pd_ci.{metric}[upper]" if rules.use_ci_upper else f"pd.{metric}"
-    is_compare = run.kind == COMPARE
+    is_compare = run.kind in ARM_STUDIES
     selected = select_units(run, rules.arms) if is_compare else units(run)
     pairs: list[tuple[Unit, Unit | None, dict[str, Any] | None]] = []
     differences: list[dict[str, Any]] = []

@@ -34,11 +34,13 @@ from reprokit.errors import ReprokitError
 # Re-exported: report, gate and users' scripts read document numbers with `rundir.as_float`.
 from reprokit.jsonio import as_float as as_float
 from reprokit.runschema import (
+    ARM_STUDIES,
     COMPARE,
     MANIFEST,
     METRICS,
     PREDICTIONS,
     REPLICAS,
+    STUDY_DOCUMENTS,
     SUMMARY,
     TRAIN_ENSEMBLE,
     TRAIN_LOG,
@@ -180,14 +182,14 @@ def _check_compare(doc: dict[str, Any], path: Path) -> dict[str, Any]:
         if not isinstance(arm, dict):
             raise ReprokitError(f"{path}: arm #{i} is not an object")
         check_summary(arm, f"{path} arm #{i}")
-        name = arm.get("name") or arm.get("activation")
+        name = arm.get("name") or arm.get("label") or arm.get("activation")
         if not isinstance(name, str) or not name:
-            raise ReprokitError(f"{path}: arm #{i} has neither a 'name' nor an 'activation'")
+            raise ReprokitError(f"{path}: arm #{i} has neither a 'name' nor a 'label'")
         if name in seen:
             raise ReprokitError(f"{path}: arm name {name!r} appears twice")
         seen.add(name)
         arm.setdefault("name", name)
-        arm.setdefault("activation", name)
+        arm.setdefault("label", arm.get("activation") or name)
     return doc
 
 
@@ -205,8 +207,10 @@ def load_run(path: str | Path, expect: str | None = None) -> Run:
 def _load_document(path: Path) -> Run:
     doc = read_json(path)
     kind = doc.get("kind")
-    if kind == COMPARE or (kind is None and "arms" in doc):
-        return Run(path=path, kind=COMPARE, compare=_check_compare(doc, path), documents_only=True)
+    if kind in ARM_STUDIES or (kind is None and "arms" in doc):
+        return Run(
+            path=path, kind=kind or COMPARE, compare=_check_compare(doc, path), documents_only=True
+        )
     if kind is None and "pd" not in doc:
         raise ReprokitError(f"{path} is neither a reprokit summary.json nor a compare.json")
     return Run(
@@ -218,10 +222,12 @@ def _load_document(path: Path) -> Run:
 
 
 def _load_directory(path: Path) -> Run:
-    compare_path = path / "compare.json"
+    compare_path = next(
+        (path / name for name in STUDY_DOCUMENTS if (path / name).exists()), path / "compare.json"
+    )
     manifest_path = path / MANIFEST
     if compare_path.exists():
-        doc = _check_compare(read_json(compare_path, "compare.json"), compare_path)
+        doc = _check_compare(read_json(compare_path, compare_path.name), compare_path)
         manifest = read_json(manifest_path, "manifest.json") if manifest_path.exists() else None
         return Run(path=path, kind=doc.get("kind") or COMPARE, manifest=manifest, compare=doc)
     if not manifest_path.exists():

@@ -29,8 +29,15 @@ REPLICA_FILES = (PREDICTIONS, TRAIN_LOG, METRICS)
 # ---- run kinds ----------------------------------------------------------------------------------
 TRAIN_ENSEMBLE = "train-ensemble"
 COMPARE = "compare-activations"
+COMPARE_CONFIGS = "compare"
+ATTRIBUTE = "attribute"
 STABILITY = "stability"
 PD = "pd"
+#: Studies whose document is a list of paired arms (compare.json / attribute.json): report,
+#: gate and rundir treat them alike.
+ARM_STUDIES = (COMPARE, COMPARE_CONFIGS, ATTRIBUTE)
+#: The documents of arm studies, in the order a run directory is searched for them.
+STUDY_DOCUMENTS = ("compare.json", "attribute.json")
 
 # ---- columns ------------------------------------------------------------------------------------
 EXAMPLE_ID = "example_id"

@@ -7,6 +7,7 @@ module parses options and prints.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -33,6 +34,11 @@ ARMS_HELP = (
     "bare key=value continues the previous spec, so 'relu,gsmelu:alpha=0.5,beta=1.5,gelu' is three "
     "arms. Default: relu,smelu:beta=0.5,smelu:beta=1,gelu,swish (relu alone when only --sweep is "
     "given)."
+)
+ARM_HELP = (
+    "One arm: comma-separated dotted config keys with values, e.g. 'model.activation=smelu:beta=1'"
+    " or 'model.dropout=0.1,model.hidden=[128,64]' (values read as TOML when they parse, else as "
+    "text). Repeat for each arm; at least two."
 )
 SWEEP_HELP = (
     "One activation family over one parameter, expanded to arms: 'smelu:beta=0.1..2.0:8' (8 evenly "
@@ -74,7 +80,7 @@ def render_compare_table(doc: dict[str, Any]) -> Table:
         level = as_float((arm.get("pd_ci") or {}).get("level", level))
         break
     table = Table(
-        title=f"compare-activations: {doc.get('run_dir', '')}",
+        title=f"{doc.get('kind', 'compare-activations')}: {doc.get('run_dir', '')}",
         title_justify="left",
         box=box.SIMPLE_HEAD,
         caption_justify="left",
@@ -86,28 +92,29 @@ def render_compare_table(doc: dict[str, Any]) -> Table:
             f"Δ = arm − baseline" + _power_note(doc)
         ),
     )
-    table.add_column("arm", no_wrap=True)
+    # long arm labels (several overrides) wrap; the numbers never do
+    table.add_column("arm", overflow="fold", max_width=44)
     table.add_column(f"PD rel [{level * 100:g}% CI]", justify="right", no_wrap=True)
-    table.add_column("PD abs", justify="right")
+    table.add_column("PD abs", justify="right", no_wrap=True)
     table.add_column("AUC mean±std", justify="right", no_wrap=True)
-    table.add_column("ens AUC", justify="right")
-    table.add_column("logloss", justify="right")
+    table.add_column("ens AUC", justify="right", no_wrap=True)
+    table.add_column("logloss", justify="right", no_wrap=True)
     churn_k = next(
         (a["churn"].get("k") for a in doc["arms"] if isinstance(a.get("churn"), dict)), None
     )
     if churn_k is not None:
-        table.add_column(f"top-{churn_k} churn", justify="right")
-    table.add_column("time s", justify="right")
+        table.add_column(f"top-{churn_k} churn", justify="right", no_wrap=True)
+    table.add_column("time s", justify="right", no_wrap=True)
     table.add_column("p PD (Holm)", justify="right", no_wrap=True)
     table.add_column("p AUC (Holm)", justify="right", no_wrap=True)
-    table.add_column("Pareto", justify="center")
+    table.add_column("Pareto", justify="center", no_wrap=True)
     for arm in doc["arms"]:
         pd = arm.get("pd") or {}
         ci = (arm.get("pd_ci") or {}).get("rel") or [None, None]
         auc = arm.get("auc") or {}
         logloss = arm.get("logloss") or {}
         tests = arm.get("tests") or {}
-        spec = arm["activation"]
+        spec = arm.get("label") or arm["activation"]
         is_base = spec == doc.get("baseline")
 
         def p_cell(metric: str, tests: dict[str, Any] = tests, is_base: bool = is_base) -> str:
@@ -233,19 +240,8 @@ def register(app: typer.Typer) -> None:
             cfg, arms or None, baseline, out, sweep=sweep or None, force=force, test=test
         )
         encoded, churn = load_run_data(cfg, churn_by, top_k)
-        with TrainingProgress("training", len(specs) * cfg.replicas) as progress:
-
-            def on_progress(done: int, total: int, info: dict[str, Any]) -> None:
-                arm = info.get("arm", "")
-                index = info.get("arm_index", 0) + 1
-                progress.replicas(
-                    done,
-                    total,
-                    info.get("metrics") or {},
-                    description=f"arm {index}/{info.get('arms', len(specs))} {arm}",
-                )
-
-            doc = compare_activations(
+        run_paired_study(
+            lambda **kw: compare_activations(
                 cfg,
                 arms=arms or None,
                 baseline=baseline,
@@ -254,15 +250,127 @@ def register(app: typer.Typer) -> None:
                 workers=workers,
                 force=force,
                 test=test,
-                progress=on_progress,
                 encoded=encoded,
                 churn=churn,
-                step_progress=progress.steps,
+                **kw,
+            ),
+            len(specs) * cfg.replicas,
+            json_out,
+        )
+
+    @app.command("compare")
+    @cli_errors
+    def compare_command(
+        ctx: typer.Context,
+        arm: Annotated[
+            list[str] | None, typer.Option("--arm", help=ARM_HELP, show_default=False)
+        ] = None,
+        baseline: Annotated[
+            str | None,
+            typer.Option(
+                "--baseline",
+                help="Reference arm: an arm's label, or one more arm's key=value pairs "
+                "(default: the first arm).",
+                show_default=False,
+            ),
+        ] = None,
+        test: Annotated[
+            str,
+            typer.Option(
+                "--test",
+                help="Paired test: permutation (sign-flip, exact for <= 13 replicas) or wilcoxon.",
+            ),
+        ] = "permutation",
+        data: opt.DataPath = None,
+        config: opt.ConfigFile = None,
+        replicas: Annotated[
+            int | None,
+            typer.Option(
+                "--replicas",
+                "-n",
+                help=opt.with_default("Replicas per arm.", str(DEFAULT_REPLICAS)),
+            ),
+        ] = None,
+        vary: opt.Vary = None,
+        epochs: opt.Epochs = None,
+        synth_rows: opt.SynthRows = None,
+        seed: opt.Seed = None,
+        engine: opt.Engine = None,
+        workers: opt.Workers = 1,
+        out: Annotated[
+            Path | None,
+            typer.Option(
+                "--out",
+                "-o",
+                help=opt.out_help("Run directory (re-running resumes every arm).", "compare"),
+            ),
+        ] = None,
+        force: Annotated[
+            bool, typer.Option("--force", help="Overwrite arms of another config.")
+        ] = False,
+        json_out: Annotated[
+            bool, typer.Option("--json", help="Print compare.json on stdout.")
+        ] = False,
+        churn_by: opt.ChurnBy = None,
+        top_k: opt.TopK = DEFAULT_TOP_K,
+    ) -> None:
+        """Train the same ensemble once per arm, an arm being any set of config overrides.
+
+        Every arm shares the per-replica seeds of the base config (--config and the options
+        below), so arms are compared with paired tests against the baseline, Holm-corrected,
+        exactly like compare-activations. Writes RUN_DIR/arms/<slug>/, RUN_DIR/compare.json and
+        RUN_DIR/pareto.png / pareto.svg; `reprokit report` and `reprokit gate --arm LABEL` read it.
+
+        Examples:
+          reprokit compare --arm model.activation=relu --arm model.activation=smelu:beta=1
+          reprokit compare --arm optim.name=adagrad --arm optim.name=clippy --arm 'model.hidden=[128,64]'
+          reprokit compare --arm 'model.dropout=0.1,model.activation=gelu' --arm model.dropout=0
+        """
+        from reprokit.config import resolve_config
+        from reprokit.runners.config_compare import check_compare, compare_configs
+        from reprokit.runners.ensemble import load_run_data
+
+        if replicas is None and not _replicas_in_file(config):
+            replicas = DEFAULT_REPLICAS
+        cfg = resolve_config(config, opt.run_overrides(**{**ctx.params, "replicas": replicas}))
+        study_arms, _, _ = check_compare(cfg, arm or [], baseline, out, force=force, test=test)
+        encoded, churn = load_run_data(cfg, churn_by, top_k)
+        run_paired_study(
+            lambda **kw: compare_configs(
+                cfg,
+                arm or [],
+                baseline,
+                out,
+                workers=workers,
+                force=force,
+                test=test,
+                encoded=encoded,
+                churn=churn,
+                **kw,
+            ),
+            sum(a.config.replicas for a in study_arms),
+            json_out,
+        )
+
+
+def run_paired_study(run: Callable[..., dict[str, Any]], total: int, json_out: bool) -> None:
+    """Run a paired study with the progress display, then print its table (and JSON)."""
+    with TrainingProgress("training", total) as progress:
+
+        def on_progress(done: int, total: int, info: dict[str, Any]) -> None:
+            index = info.get("arm_index", 0) + 1
+            progress.replicas(
+                done,
+                total,
+                info.get("metrics") or {},
+                description=f"arm {index}/{info.get('arms', '?')} {info.get('arm', '')}",
             )
-        table = render_compare_table(doc)
-        if err_console.is_terminal:
-            err_console.print(table)
-        else:  # a log file or pipe: wide enough for one line per arm
-            Console(file=err_console.file, width=WIDE, color_system=None).print(table)
-        if json_out:
-            print_json(doc)
+
+        doc = run(progress=on_progress, step_progress=progress.steps)
+    table = render_compare_table(doc)
+    if err_console.is_terminal:
+        err_console.print(table)
+    else:  # a log file or pipe: wide enough for one line per arm
+        Console(file=err_console.file, width=WIDE, color_system=None).print(table)
+    if json_out:
+        print_json(doc)

@@ -18,7 +18,6 @@ import numpy as np
 
 from reprokit.errors import ReprokitError
 from reprokit.rundir import (
-    COMPARE,
     TRAIN_ENSEMBLE,
     Replica,
     Run,
@@ -26,6 +25,7 @@ from reprokit.rundir import (
     as_float,
     prediction_columns,
 )
+from reprokit.runschema import ARM_STUDIES
 
 #: `reprokit pd --out DIR`: a directory holding only a summary.json of kind "pd".
 PD = "pd"
@@ -221,7 +221,7 @@ class ReportContext:
 
     @property
     def is_compare(self) -> bool:
-        return self.kind == COMPARE
+        return self.kind in ARM_STUDIES
 
     def manifest_arm(self) -> Arm:
         """The arm whose manifest stands for the run's configuration (baseline, else first)."""
@@ -232,9 +232,10 @@ ContextBuilder = Callable[[Run], ReportContext]
 _CONTEXTS: dict[str, ContextBuilder] = {}
 
 
-def register_context(kind: str) -> Callable[[ContextBuilder], ContextBuilder]:
+def register_context(*kinds: str) -> Callable[[ContextBuilder], ContextBuilder]:
     def decorate(func: ContextBuilder) -> ContextBuilder:
-        _CONTEXTS[kind] = func
+        for kind in kinds:
+            _CONTEXTS[kind] = func
         return func
 
     return decorate
@@ -281,7 +282,7 @@ def _train_ensemble_context(run: Run) -> ReportContext:
     )
 
 
-@register_context(COMPARE)
+@register_context(*ARM_STUDIES)
 def _compare_context(run: Run) -> ReportContext:
     assert run.compare is not None
     baseline_spec = run.compare.get("baseline")
@@ -290,10 +291,11 @@ def _compare_context(run: Run) -> ReportContext:
         arms.append(
             Arm(
                 name=entry["name"],
-                label=str(entry.get("activation") or entry["name"]),
+                label=str(entry.get("label") or entry.get("activation") or entry["name"]),
                 summary=entry,
                 run=run.arm_run(entry),
-                is_baseline=baseline_spec in (entry.get("activation"), entry["name"]),
+                is_baseline=baseline_spec
+                in (entry.get("label"), entry.get("activation"), entry["name"]),
                 test=entry.get("test") if isinstance(entry.get("test"), dict) else None,
                 train_seconds=as_float(entry.get("train_seconds")),
             )

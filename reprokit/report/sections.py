@@ -24,7 +24,8 @@ from reprokit.errors import ReprokitError
 from reprokit.gate import undefined_pd_reason
 from reprokit.report import figures
 from reprokit.report.context import PD, Arm, ReportContext
-from reprokit.rundir import COMPARE, TRAIN_ENSEMBLE, as_float
+from reprokit.rundir import TRAIN_ENSEMBLE, as_float
+from reprokit.runschema import ARM_STUDIES
 
 #: The PD keys of the metrics contract, in display order.
 PD_KEYS = ("abs", "rel", "abs_mean", "rel_mean", "l2", "rel_std", "flip")
@@ -101,7 +102,7 @@ def _f(value: Any) -> float | None:
     return None if math.isnan(v) else v
 
 
-def _both(kinds: Iterable[str] = (TRAIN_ENSEMBLE, COMPARE)) -> tuple[str, ...]:
+def _both(kinds: Iterable[str] = (TRAIN_ENSEMBLE, *ARM_STUDIES)) -> tuple[str, ...]:
     return tuple(kinds)
 
 
@@ -209,7 +210,7 @@ def _verdict_ensemble(ctx: ReportContext) -> SectionOutput:
     )
 
 
-@register_section(COMPARE, id="verdict", title="Verdict", order=0)
+@register_section(*ARM_STUDIES, id="verdict", title="Verdict", order=0)
 def _verdict_compare(ctx: ReportContext) -> SectionOutput:
     base = ctx.baseline
     front = [a for a in ctx.arms if a.name in ctx.pareto and a is not base]
@@ -608,7 +609,9 @@ def _replicas(ctx: ReportContext) -> SectionOutput:
 
 
 # ------------------------------------------------------------------------------------- paired tests
-@register_section(COMPARE, id="paired-tests", title="Paired tests against the baseline", order=45)
+@register_section(
+    *ARM_STUDIES, id="paired-tests", title="Paired tests against the baseline", order=45
+)
 def _paired_tests(ctx: ReportContext) -> SectionOutput | None:
     rows = []
     for arm in ctx.arms:

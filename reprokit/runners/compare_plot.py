@@ -1,4 +1,4 @@
-"""The accuracy–reproducibility trade-off plot of a compare-activations run (PNG and SVG).
+"""The accuracy–reproducibility trade-off plot of a paired study (compare-activations, compare).
 
 x: mean AUC across replicas (error bar ± std), y: PD ``rel`` (error bar: its bootstrap CI over
 replicas). Better is down and to the right. Pareto-optimal arms are ringed and joined by a
@@ -44,6 +44,15 @@ def _label(text: str) -> str:
     return str(text).replace("$", r"\$")  # literal text, never mathtext
 
 
+def _arm_label(arm: dict[str, Any]) -> str:
+    return str(arm.get("label") or arm["activation"])
+
+
+def _color_group(arm: dict[str, Any]) -> str:
+    """Arms of one activation family share a colour; arms of other studies each get their own."""
+    return parse_spec(arm["activation"]).name if arm.get("activation") else _arm_label(arm)
+
+
 def _family_members(doc: dict[str, Any]) -> dict[str, str]:
     """spec → short label (``beta=0.371``) for the arms of a family with more than 3 members."""
     short = {}
@@ -60,7 +69,7 @@ def _tradeoff_panel(ax: Any, doc: dict[str, Any], points: dict, colors: dict) ->
     for spec, (auc, auc_std, pd_rel, lo, hi) in points.items():
         if math.isnan(auc) or math.isnan(pd_rel):
             continue
-        c = colors[parse_spec(spec).name]
+        c = colors[spec]
         yerr = None
         if not (math.isnan(lo) or math.isnan(hi)):
             yerr = [[max(pd_rel - lo, 0.0)], [max(hi - pd_rel, 0.0)]]
@@ -181,9 +190,13 @@ def plot_tradeoff(doc: dict[str, Any], out_dir: str | Path, stem: str = "pareto"
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    points = {arm["activation"]: _point(arm) for arm in doc["arms"]}
-    names = {parse_spec(spec).name for spec in points}
-    colors = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(sorted(names))}
+    points = {_arm_label(arm): _point(arm) for arm in doc["arms"]}
+    groups = {_arm_label(arm): _color_group(arm) for arm in doc["arms"]}
+    names = sorted(set(groups.values()))
+    by_group = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(names)}
+    # one colour per activation family (compare-activations) or per arm (other studies), looked
+    # up by arm label and by family name (the family panels)
+    colors = {label: by_group[group] for label, group in groups.items()} | by_group
     fams = [(n, f) for n, f in (doc.get("families") or {}).items() if len(f["specs"]) >= 3][:2]
     with mpl.rc_context(_RC):
         fig = Figure(figsize=(7.0 + 5.0 * len(fams), 4.6), layout="constrained")
