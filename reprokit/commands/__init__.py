@@ -15,6 +15,7 @@ _COMMAND_MODULES = (
     "train",
     "pd",
     "compare",
+    "attribute",
     "report",
     "gate",
     "stability",

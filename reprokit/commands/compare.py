@@ -353,7 +353,12 @@ def register(app: typer.Typer) -> None:
         )
 
 
-def run_paired_study(run: Callable[..., dict[str, Any]], total: int, json_out: bool) -> None:
+def run_paired_study(
+    run: Callable[..., dict[str, Any]],
+    total: int,
+    json_out: bool,
+    render: Callable[[dict[str, Any]], Table] | None = None,
+) -> None:
     """Run a paired study with the progress display, then print its table (and JSON)."""
     with TrainingProgress("training", total) as progress:
 
@@ -367,7 +372,7 @@ def run_paired_study(run: Callable[..., dict[str, Any]], total: int, json_out: b
             )
 
         doc = run(progress=on_progress, step_progress=progress.steps)
-    table = render_compare_table(doc)
+    table = (render or render_compare_table)(doc)
     if err_console.is_terminal:
         err_console.print(table)
     else:  # a log file or pipe: wide enough for one line per arm

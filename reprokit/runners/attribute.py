@@ -1,0 +1,213 @@
+"""`attribute` (`reprokit attribute`): which nondeterminism source causes the PD.
+
+A preset of the study engine whose arms differ only in ``vary``: the control (``none``: PD must be
+exactly 0), every source that applies on the device alone, every source together (``all``), and
+with ``leave_one_out`` every source but one (``all-but-<source>``). All arms share the per-replica
+seeds (a source's seed stream does not depend on which other sources vary), so "init alone" and
+"all" differ in exactly the other sources.
+
+PD contributions are not additive: two sources together can give less PD than their sum (each
+already moves the model to another basin) or more. So the document reports each source alone
+*and* left out, side by side, and the verdict names the share of `all`'s PD that the largest
+single source reaches alone, never a decomposition.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from reprokit.config import RunConfig
+from reprokit.errors import ReprokitError
+from reprokit.jsonio import as_float
+from reprokit.metrics.churn import ChurnGroups
+from reprokit.runners.compare import finish_document
+from reprokit.runners.ensemble import StepProgress, default_run_dir
+from reprokit.runners.study import (
+    ArmResult,
+    StudyDir,
+    StudyProgress,
+    compare_document,
+    make_arms,
+    run_study,
+)
+from reprokit.runschema import ATTRIBUTE
+from reprokit.sources import CUDA_ONLY, SOURCES
+
+KIND = ATTRIBUTE
+DOCUMENT = "attribute.json"
+CONTROL = "none"
+ALL = "all"
+LEAVE_OUT_PREFIX = "all-but-"
+
+
+def applicable_sources(device: str, chosen: Sequence[str] | None = None) -> list[str]:
+    """The sources attribute measures: `chosen` (checked) or every source the device allows."""
+    on_cuda = device.startswith("cuda")
+    allowed = [s for s in SOURCES if on_cuda or s not in CUDA_ONLY]
+    if not chosen:
+        return allowed
+    unknown = [s for s in chosen if s not in SOURCES]
+    if unknown:
+        raise ReprokitError(
+            f"unknown nondeterminism source {unknown[0]!r}; choose from {', '.join(SOURCES)}"
+        )
+    refused = [s for s in chosen if s not in allowed]
+    if refused:
+        raise ReprokitError(
+            f"source {refused[0]!r} needs a CUDA device (--device cuda); this run is on {device}"
+        )
+    return [s for s in SOURCES if s in chosen]
+
+
+def attribution_arms(
+    sources: Sequence[str], leave_one_out: bool
+) -> list[tuple[str, str, list[str]]]:
+    """(label, mode, vary) per arm: control, each source alone, all, and each source left out."""
+    arms = [(CONTROL, "control", ["none"])]
+    arms += [(s, "alone", [s]) for s in sources]
+    arms.append((ALL, "all", list(sources)))
+    if leave_one_out and len(sources) > 1:
+        arms += [
+            (f"{LEAVE_OUT_PREFIX}{s}", "leave-one-out", [o for o in sources if o != s])
+            for s in sources
+        ]
+    return arms
+
+
+def _source_entry(label: str, mode: str, vary: list[str], arm: dict[str, Any]) -> dict[str, Any]:
+    source = label.removeprefix(LEAVE_OUT_PREFIX) if mode == "leave-one-out" else label
+    return {
+        "source": source,
+        "mode": mode,
+        "label": label,
+        "vary": vary,
+        **{k: arm.get(k) for k in ("pd", "pd_ci", "auc", "logloss", "diverged", "replicas")},
+    }
+
+
+def verdict(sources: list[dict[str, Any]]) -> str:
+    """One sentence: the single source with the largest PD alone, as a share of `all`'s PD."""
+    alone = [s for s in sources if s["mode"] == "alone"]
+    everything = next((s for s in sources if s["mode"] == "all"), None)
+    total = as_float(((everything or {}).get("pd") or {}).get("rel"))
+    ranked = sorted(
+        (s for s in alone if math.isfinite(as_float((s.get("pd") or {}).get("rel")))),
+        key=lambda s: -as_float(s["pd"]["rel"]),
+    )
+    if not ranked or not math.isfinite(total):
+        return "PD could not be attributed: no source gave a finite PD"
+    top = ranked[0]
+    value = as_float(top["pd"]["rel"])
+    if total == 0:
+        return "no source changes the predictions: PD of all sources together is 0"
+    share = 100.0 * value / total
+    return (
+        f"{top['source']} alone gives {share:.0f} % of the PD of all sources together "
+        f"(PD rel {value:.4g} vs {total:.4g}); contributions are not additive"
+    )
+
+
+def attribution_document(
+    results: list[ArmResult], specs: list[tuple[str, str, list[str]]], test: str
+) -> dict[str, Any]:
+    arms = [r.arm for r in results]
+    doc = compare_document(
+        KIND,
+        [r.summary for r in results],
+        arms,
+        0,  # the control: every other arm's paired PD test is against PD = 0
+        wall_seconds=[r.wall_seconds for r in results],
+        test_method=test,
+        seed=arms[0].config.seed,
+    )
+    for entry, (_, mode, _vary) in zip(doc["arms"], specs, strict=True):
+        entry["mode"] = mode
+    sources = [
+        _source_entry(label, mode, vary, entry)
+        for entry, (label, mode, vary) in zip(doc["arms"], specs, strict=True)
+    ]
+    doc["sources"] = sorted(
+        sources,
+        key=lambda s: (
+            {"control": 0, "all": 1, "alone": 2, "leave-one-out": 3}[s["mode"]],
+            -as_float((s.get("pd") or {}).get("rel")),
+        ),
+    )
+    doc["verdict"] = verdict(sources)
+    doc["control_pd_is_zero"] = all(
+        as_float(v) == 0.0 for v in ((doc["arms"][0].get("pd") or {}).values())
+    )
+    doc["note"] = (
+        "PD contributions are not additive: compare each source alone with all sources but it "
+        "(leave-one-out) rather than summing."
+    )
+    return doc
+
+
+def check_attribute(
+    config: RunConfig,
+    sources: Sequence[str] | None = None,
+    leave_one_out: bool = False,
+    out: str | Path | None = None,
+    force: bool = False,
+) -> tuple[list, list[tuple[str, str, list[str]]], StudyDir]:
+    """Every arm's config validated and the run directory checked, before any training."""
+    if config.replicas < 2:
+        raise ReprokitError("reprokit attribute needs at least 2 replicas per arm")
+    chosen = applicable_sources(config.device, sources)
+    if not chosen:
+        raise ReprokitError("reprokit attribute needs at least one nondeterminism source")
+    specs = attribution_arms(chosen, leave_one_out)
+    study_arms = make_arms(
+        config,
+        [{"vary": vary} for _, _, vary in specs],
+        labels=[label for label, _, _ in specs],
+        slugs=[label for label, _, _ in specs],
+        fields=[{"mode": mode} for _, mode, _ in specs],
+    )
+    root = Path(out) if out is not None else default_run_dir(KIND)
+    study = StudyDir(root=root, kind=KIND, document=DOCUMENT)
+    study.check(study_arms, force)
+    return study_arms, specs, study
+
+
+def attribute(
+    config: RunConfig,
+    sources: Sequence[str] | None = None,
+    leave_one_out: bool = False,
+    out: str | Path | None = None,
+    *,
+    workers: int = 1,
+    force: bool = False,
+    test: str = "permutation",
+    plot: bool = True,
+    progress: StudyProgress | None = None,
+    encoded: Any = None,
+    churn: ChurnGroups | None = None,
+    step_progress: StepProgress | None = None,
+) -> dict[str, Any]:
+    """Train one arm per source (alone, and with `leave_one_out` left out), the control and all;
+    write and return attribute.json."""
+    study_arms, specs, study = check_attribute(config, sources, leave_one_out, out, force)
+
+    def finish(results: list[ArmResult]) -> dict[str, Any]:
+        doc = finish_document(
+            attribution_document(results, specs, test), study_arms[0].config, study.root, plot
+        )
+        doc["vary"] = next(vary for _, mode, vary in specs if mode == "all")  # what was attributed
+        return doc
+
+    return run_study(
+        study,
+        study_arms,
+        finish,
+        workers=workers,
+        force=force,
+        encoded=encoded,
+        churn=churn,
+        progress=progress,
+        step_progress=step_progress,
+    )
