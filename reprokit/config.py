@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from reprokit.errors import ReprokitError
+from reprokit.nn.components import ARCHITECTURES, EMBEDDING_TABLES
+from reprokit.optim.catalog import OPTIMIZERS
 from reprokit.sources import parse_vary
 
-#: Model architectures (`model.arch`).
-ARCHS = ("mlp", "shared-bottom", "mmoe")
-#: Embedding tables (`model.embedding`).
-EMBEDDINGS = ("table",)
+#: Model architectures (`model.arch`), from the torch-free registry.
+ARCHS = ARCHITECTURES.names
+#: Embedding tables (`model.embedding`), from the torch-free registry.
+EMBEDDINGS = EMBEDDING_TABLES.names
 
 
 @dataclass
@@ -69,9 +71,8 @@ class OptimConfig:
     batch_size: int = 256
     epochs: int = 2
     weight_decay: float = 0.0
-    # Adagrad-family accumulator start A0 (adagrad, clippy*, adagrad+*). None: 0.0 for `adagrad`
-    # (torch.optim.Adagrad's default, what earlier runs and the vectorized engine use) and the
-    # optimizer's own default (0.1, the paper's) for the others.
+    # Adagrad-family accumulator start A0 (adagrad, clippy*, adagrad+*). None: the optimizer's
+    # default, declared once in reprokit.optim.catalog (OPTIMIZERS, `accumulator`).
     initial_accumulator_value: float | None = None
 
 
@@ -125,8 +126,6 @@ class RunConfig:
         of sources, the activation as `smelu:beta=1`, the optimizer name in lower case) make a
         resumed run accept equivalent spellings.
         """
-        from reprokit.optim.factory import OPTIMIZER_NAMES  # torch: imported only when needed
-
         check_types(self)  # also splits a comma-separated `vary` string into its sources
         self.optim.name = self.optim.name.strip().lower()
         self.device = self.device.strip().lower()
@@ -150,9 +149,9 @@ class RunConfig:
             (self.threads >= 1 and self.max_threads >= 1, "thread counts must be at least 1"),
             (self.async_staleness >= 0, "async staleness must be >= 0"),
             (
-                self.optim.name in OPTIMIZER_NAMES,
+                self.optim.name in OPTIMIZERS,
                 f"unknown optimizer {self.optim.name!r}; choose one of "
-                + ", ".join(OPTIMIZER_NAMES),
+                + ", ".join(OPTIMIZERS.names),
             ),
             (
                 self.optim.initial_accumulator_value is None

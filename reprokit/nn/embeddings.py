@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from reprokit.errors import ReprokitError
+from reprokit.nn.components import EMBEDDING_TABLES
 
 
 class FieldEmbeddings(nn.Module):
@@ -31,6 +31,5 @@ class FieldEmbeddings(nn.Module):
 
 
 def create_embeddings(kind: str, vocab_sizes: list[int], dim: int, sparse: bool) -> nn.Module:
-    if kind == "table":
-        return FieldEmbeddings(vocab_sizes, dim, sparse=sparse)
-    raise ReprokitError(f"unknown embedding kind {kind!r}; available: table")
+    """The table `kind` names in `reprokit.nn.components.EMBEDDING_TABLES`."""
+    return EMBEDDING_TABLES.get(kind).load()(vocab_sizes, dim, sparse=sparse)

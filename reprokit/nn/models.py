@@ -18,7 +18,7 @@ import math
 import torch
 from torch import nn
 
-from reprokit.errors import ReprokitError
+from reprokit.nn.components import ARCHITECTURES
 from reprokit.nn.embeddings import create_embeddings
 from reprokit.nn.registry import create_activation
 
@@ -99,6 +99,8 @@ class _EmbeddedInput(nn.Module):
 class CTRModel(_EmbeddedInput):
     """Embeddings of every categorical field, concatenated with numeric features, into an MLP."""
 
+    options: tuple[str, ...] = ()  # keywords of `create_model` this architecture takes
+
     def __init__(
         self,
         vocab_sizes: list[int],
@@ -177,6 +179,8 @@ class _MultiTaskBase(_EmbeddedInput):
 class SharedBottomModel(_MultiTaskBase):
     """Shared-bottom multitask model: one `hidden` MLP for all tasks, a tower + head per task."""
 
+    options = ("tower",)
+
     def __init__(
         self,
         vocab_sizes: list[int],
@@ -205,6 +209,8 @@ class SharedBottomModel(_MultiTaskBase):
 
 class MMoEModel(_MultiTaskBase):
     """Multi-gate mixture of experts: `experts` MLPs, a softmax gate per task, a tower per task."""
+
+    options = ("tower", "experts")
 
     def __init__(
         self,
@@ -259,7 +265,8 @@ def create_model(
     embedding: str = "table",
     sparse_embeddings: bool = False,
 ) -> nn.Module:
-    """The model `arch` ("mlp", "shared-bottom" or "mmoe") names."""
+    """The model `arch` names in `reprokit.nn.components.ARCHITECTURES`."""
+    cls = ARCHITECTURES.get(arch).load()
     common = dict(
         embedding_dim=embedding_dim,
         hidden=hidden,
@@ -270,10 +277,5 @@ def create_model(
         embedding=embedding,
         sparse_embeddings=sparse_embeddings,
     )
-    if arch == "mlp":
-        return CTRModel(vocab_sizes, num_numeric, **common)
-    if arch == "shared-bottom":
-        return SharedBottomModel(vocab_sizes, num_numeric, tower=tower, **common)
-    if arch == "mmoe":
-        return MMoEModel(vocab_sizes, num_numeric, tower=tower, experts=experts, **common)
-    raise ReprokitError(f"unknown model {arch!r}; choose mlp, shared-bottom or mmoe")
+    own = {"tower": tower, "experts": experts}
+    return cls(vocab_sizes, num_numeric, **common, **{k: own[k] for k in cls.options})

@@ -28,6 +28,7 @@ from torch import nn
 from reprokit.errors import ReprokitError
 from reprokit.nn import activations as A
 from reprokit.nn import functional as RF
+from reprokit.nn.components import ActivationCapabilities
 
 __all__ = [
     "ActivationInfo",
@@ -44,7 +45,8 @@ ParamValue = float | str
 
 @dataclass(frozen=True)
 class ActivationInfo:
-    """One registry entry: the module class, the function, and the parameters with defaults."""
+    """One registry entry: the module class, the function, the parameters with defaults, and
+    what engines need to know (:class:`~reprokit.nn.components.ActivationCapabilities`)."""
 
     name: str
     module: type[A.Activation]
@@ -53,6 +55,11 @@ class ActivationInfo:
     summary: str
     choices: dict[str, tuple[str, ...]] = field(default_factory=dict)
     aliases: tuple[str, ...] = ()
+    capabilities: ActivationCapabilities = ActivationCapabilities()
+
+    @property
+    def description(self) -> str:
+        return self.summary
 
     @property
     def usage(self) -> str:
@@ -88,6 +95,7 @@ _ENTRIES: tuple[ActivationInfo, ...] = (
         "SmeLU with a learned width, beta = softplus(b) + 1e-6 (beta is the initial value)",
         defaults={"beta": 1.0},
         aliases=("learnable_smelu",),
+        capabilities=ActivationCapabilities(stacked=False),  # a trained parameter per layer
     ),
     _info(
         A.GELU,

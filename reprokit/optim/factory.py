@@ -10,12 +10,14 @@
             transform.apply()
         opt.step()
 
-Names (case-insensitive; see :data:`OPTIMIZER_NAMES` / :func:`describe_optimizers`):
+Names (case-insensitive; see :data:`OPTIMIZER_NAMES` / :func:`describe_optimizers`). Each one is
+an entry of :data:`reprokit.optim.catalog.OPTIMIZERS`, which also declares its capabilities (sparse
+gradients, the Adagrad accumulator and its default start, a stacked implementation):
 
 ======================== ===========================================================================
-``adagrad``              ``torch.optim.Adagrad``, accumulator init 0.1 (the paper's setting) when
-                         called here; training configs pass ``optim.initial_accumulator_value``
-                         (train-ensemble: 0, torch's default; stability: one A0 for all cells)
+``adagrad``              ``torch.optim.Adagrad``; accumulator start: the catalog's
+                         ``PAPER_ACCUMULATOR_START`` when called here, its run default
+                         (``run_accumulator``) or ``optim.initial_accumulator_value`` in a run
 ``adam``                 ``torch.optim.Adam``
 ``sgd``                  ``torch.optim.SGD``
 ``clippy``               :class:`ClippyAdagrad` preset ``paper`` (alias ``clippy-paper``)
@@ -40,6 +42,7 @@ import torch
 from torch.optim import Optimizer
 
 from reprokit.optim._common import OptimizerArgumentError, check_number, flatten_params
+from reprokit.optim.catalog import OPTIMIZERS
 from reprokit.optim.clipping import (
     AdaptiveGradClip,
     GradientTransform,
@@ -50,8 +53,6 @@ from reprokit.optim.clippy import ClippyAdagrad
 
 __all__ = ["OPTIMIZER_NAMES", "OptimizerBundle", "describe_optimizers", "make_optimizer"]
 
-_PAPER_ADAGRAD = {"initial_accumulator_value": 0.1}
-
 
 class OptimizerBundle(NamedTuple):
     """What :func:`make_optimizer` returns; unpacks as ``(optimizer, transform)``."""
@@ -61,7 +62,8 @@ class OptimizerBundle(NamedTuple):
 
 
 def _adagrad(params: list, lr: float, kw: dict[str, Any]) -> Optimizer:
-    return torch.optim.Adagrad(params, lr=lr, **{**_PAPER_ADAGRAD, **kw})
+    start = OPTIMIZERS["adagrad"].capabilities.accumulator.start  # type: ignore[union-attr]
+    return torch.optim.Adagrad(params, lr=lr, **{"initial_accumulator_value": start, **kw})
 
 
 def _with_transform(
@@ -102,50 +104,30 @@ def _plain(factory: Callable[..., Optimizer]):
     return build
 
 
-_BUILDERS: dict[str, tuple[str, Callable[[list, float, dict[str, Any]], OptimizerBundle]]] = {
-    "adagrad": ("torch.optim.Adagrad, accumulator init 0.1", _plain(_adagrad)),
-    "adam": ("torch.optim.Adam", _plain(lambda p, lr, kw: torch.optim.Adam(p, lr=lr, **kw))),
-    "sgd": ("torch.optim.SGD", _plain(lambda p, lr, kw: torch.optim.SGD(p, lr=lr, **kw))),
-    "clippy": (
-        "ClippyAdagrad, paper preset (lambda_rel 0.5, lambda_abs 1e-2)",
-        _plain(lambda p, lr, kw: ClippyAdagrad.from_preset("paper", p, lr, **kw)),
-    ),
-    "clippy-paper": (
-        "alias of clippy",
-        _plain(lambda p, lr, kw: ClippyAdagrad.from_preset("paper", p, lr, **kw)),
-    ),
-    "clippy-tfrs": (
-        "ClippyAdagrad, TFRS preset (delayed accumulator, lambda_rel 0.1, lambda_abs 1e-7)",
-        _plain(lambda p, lr, kw: ClippyAdagrad.from_preset("tfrs", p, lr, **kw)),
-    ),
-    "adagrad+gradclip": (
-        "Adagrad + global gradient-norm clipping (max_norm=1.0)",
-        _with_transform(_gradclip(per_tensor=False, default=1.0)),
-    ),
-    "adagrad+gradclip-layer": (
-        "Adagrad + per-tensor gradient-norm clipping, the paper's GC (max_norm=0.1)",
-        _with_transform(_gradclip(per_tensor=True, default=0.1)),
-    ),
-    "adagrad+agc": (
-        "Adagrad + adaptive gradient clipping per tensor (clipping=1e-2, agc_eps=1e-3)",
-        _with_transform(_agc(unitwise=False)),
-    ),
-    "adagrad+agc-unitwise": (
-        "Adagrad + adaptive gradient clipping per output unit (clipping=1e-2, agc_eps=1e-3)",
-        _with_transform(_agc(unitwise=True)),
-    ),
-    "adagrad+lamb": (
-        "Adagrad with a LAMB-style trust ratio per tensor (mu=1e-2)",
-        _plain(lambda p, lr, kw: LambAdagrad(p, lr=lr, **kw)),
-    ),
-}
+Builder = Callable[[list, float, dict[str, Any]], OptimizerBundle]
 
-OPTIMIZER_NAMES: tuple[str, ...] = tuple(_BUILDERS)
+# The builders the catalog's entries name (``reprokit.optim.factory:<name>``).
+build_adagrad: Builder = _plain(_adagrad)
+build_adam: Builder = _plain(lambda p, lr, kw: torch.optim.Adam(p, lr=lr, **kw))
+build_sgd: Builder = _plain(lambda p, lr, kw: torch.optim.SGD(p, lr=lr, **kw))
+build_clippy_paper: Builder = _plain(
+    lambda p, lr, kw: ClippyAdagrad.from_preset("paper", p, lr, **kw)
+)
+build_clippy_tfrs: Builder = _plain(
+    lambda p, lr, kw: ClippyAdagrad.from_preset("tfrs", p, lr, **kw)
+)
+build_adagrad_gradclip: Builder = _with_transform(_gradclip(per_tensor=False, default=1.0))
+build_adagrad_gradclip_layer: Builder = _with_transform(_gradclip(per_tensor=True, default=0.1))
+build_adagrad_agc: Builder = _with_transform(_agc(unitwise=False))
+build_adagrad_agc_unitwise: Builder = _with_transform(_agc(unitwise=True))
+build_adagrad_lamb: Builder = _plain(lambda p, lr, kw: LambAdagrad(p, lr=lr, **kw))
+
+OPTIMIZER_NAMES: tuple[str, ...] = OPTIMIZERS.names
 
 
 def describe_optimizers() -> dict[str, str]:
     """``{name: one-line description}`` of every name :func:`make_optimizer` accepts."""
-    return {name: desc for name, (desc, _) in _BUILDERS.items()}
+    return OPTIMIZERS.describe()
 
 
 def make_optimizer(name: str, params: Iterable, lr: float, **kw: Any) -> OptimizerBundle:
@@ -156,15 +138,13 @@ def make_optimizer(name: str, params: Iterable, lr: float, **kw: Any) -> Optimiz
     :class:`~reprokit.optim.OptimizerArgumentError` (a ``ReprokitError`` and a ``ValueError``).
     """
     key = str(name).strip().lower()
-    if key not in _BUILDERS:
-        raise OptimizerArgumentError(
-            f"unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZER_NAMES)}"
-        )
+    if key not in OPTIMIZERS:
+        raise OptimizerArgumentError(OPTIMIZERS.unknown(name))
     check_number("lr", lr)
     params = list(params)
     if not params:
         raise OptimizerArgumentError(f"optimizer {key!r} got an empty parameter list")
-    _, build = _BUILDERS[key]
+    build = OPTIMIZERS[key].load()
     try:
         return build(params, lr, dict(kw))
     except OptimizerArgumentError:

@@ -32,27 +32,19 @@ import torch
 import torch.nn.functional as F
 
 from reprokit.config import RunConfig
+from reprokit.nn.components import EMBEDDING_TABLES
 from reprokit.nn.models import create_model
 from reprokit.optim import ClippyAdagrad, OptimizerBundle, make_optimizer
+from reprokit.optim.catalog import OPTIMIZERS, run_accumulator
 from reprokit.training.divergence import SpikeDetector
 
 EVAL_BATCH = 16384
 
 #: Optimizers that update `nn.Embedding(sparse=True)` tables from sparse gradients (the rows of the
-#: batch only). Adam and the LAMB baseline need dense gradients, so their tables are dense.
-SPARSE_GRAD_OPTIMIZERS = (
-    "adagrad",
-    "sgd",
-    "clippy",
-    "clippy-paper",
-    "clippy-tfrs",
-    "adagrad+gradclip",
-    "adagrad+gradclip-layer",
-    "adagrad+agc",
-    "adagrad+agc-unitwise",
-)
+#: batch only), from the optimizer registry. Adam and the LAMB baseline need dense gradients.
+SPARSE_GRAD_OPTIMIZERS = OPTIMIZERS.having("sparse_gradients")
 #: Optimizers with an Adagrad accumulator (`optim.initial_accumulator_value` applies to them).
-ACCUMULATOR_OPTIMIZERS = (*SPARSE_GRAD_OPTIMIZERS[:1], *SPARSE_GRAD_OPTIMIZERS[2:], "adagrad+lamb")
+ACCUMULATOR_OPTIMIZERS = OPTIMIZERS.having("accumulator")
 
 
 @dataclass
@@ -91,9 +83,11 @@ def configure_determinism(config: RunConfig) -> None:
 
 
 def sparse_embeddings(config: RunConfig) -> bool:
-    """Sparse embedding gradients: when the optimizer supports them and there is no weight decay
-    (torch's sparse Adagrad/SGD and Clippy's sparse path refuse weight decay)."""
-    return config.optim.name in SPARSE_GRAD_OPTIMIZERS and config.optim.weight_decay == 0
+    """Sparse embedding gradients: when the optimizer and the table kind support them and there
+    is no weight decay (torch's sparse Adagrad/SGD and Clippy's sparse path refuse weight decay)."""
+    optimizer = OPTIMIZERS[config.optim.name].capabilities
+    table = EMBEDDING_TABLES[config.model.embedding].capabilities
+    return optimizer.sparse_gradients and table.sparse_gradients and config.optim.weight_decay == 0
 
 
 def build_model(
@@ -124,12 +118,9 @@ def optimizer_kwargs(config: RunConfig) -> dict[str, Any]:
     kw: dict[str, Any] = {}
     if opt.weight_decay:
         kw["weight_decay"] = opt.weight_decay
-    if opt.name in ACCUMULATOR_OPTIMIZERS:
-        a0 = opt.initial_accumulator_value
-        if a0 is None and opt.name == "adagrad":
-            a0 = 0.0  # torch.optim.Adagrad's default: earlier runs and the vectorized engine
-        if a0 is not None:
-            kw["initial_accumulator_value"] = float(a0)
+    a0 = run_accumulator(opt.name, opt.initial_accumulator_value)  # the registry's run default
+    if a0 is not None:
+        kw["initial_accumulator_value"] = a0
     return kw
 
 

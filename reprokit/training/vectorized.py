@@ -54,6 +54,7 @@ from reprokit.nn import _fused
 from reprokit.nn.activations import ReLU
 from reprokit.nn.embeddings import FieldEmbeddings
 from reprokit.nn.models import CTRModel, SeededDropout
+from reprokit.optim.catalog import OPTIMIZERS, accumulator_start
 from reprokit.training.divergence import SpikeDetector
 from reprokit.training.loop import (
     EVAL_BATCH,
@@ -64,10 +65,12 @@ from reprokit.training.loop import (
     flip_one_weight,
 )
 
-#: Optimizers this engine implements for stacked parameters.
-OPTIMIZERS = ("adagrad", "sgd", "adam")
-#: Optimizers whose embedding gradients are sparse in the reference loop (rows of the batch only).
-SPARSE_OPTIMIZERS = ("adagrad", "sgd")
+#: Optimizers this engine implements for stacked parameters (the registry's `stacked`).
+STACKED_OPTIMIZERS = OPTIMIZERS.having("stacked")
+#: Of those, the ones whose embedding gradients are sparse in the reference loop (rows of the batch).
+SPARSE_OPTIMIZERS = tuple(
+    n for n in STACKED_OPTIMIZERS if n in OPTIMIZERS.having("sparse_gradients")
+)
 ADAGRAD_EPS = 1e-10
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
@@ -115,7 +118,7 @@ def unsupported_reason(config: RunConfig, encoded: Any = None) -> str | None:
         return "the 'threads' source needs a separate process per replica"
     if "gpu-kernels" in config.vary:
         return "the 'gpu-kernels' source needs a separate process per replica"
-    if config.optim.name not in OPTIMIZERS:
+    if config.optim.name not in STACKED_OPTIMIZERS:
         return f"the {config.optim.name!r} optimizer is not implemented for stacked parameters"
     if config.model.arch != "mlp":
         return f"the {config.model.arch!r} model is not implemented for stacked parameters"
@@ -864,9 +867,9 @@ def _train(
         replicas, seeds = replicas * 2, seeds * 2
     stack = build_stack(config, encoded, replicas, seeds)
     n_rep = stack.replicas
-    a0 = getattr(config.optim, "initial_accumulator_value", None)
+    a0 = accumulator_start(config.optim.name, config.optim.initial_accumulator_value)
     opt = StackedOptimizer(
-        stack, config.optim.name, config.optim.lr, config.optim.weight_decay, float(a0 or 0.0)
+        stack, config.optim.name, config.optim.lr, config.optim.weight_decay, a0 or 0.0
     )
     replica_base = torch.arange(n_rep, device=device).view(n_rep, 1, 1) * stack.vocab_total
 
