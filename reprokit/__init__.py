@@ -15,10 +15,18 @@ from reprokit.errors import ReprokitError
 __all__ = ["ReprokitError", "RunConfig", "__version__", "resolve_config", "train_ensemble"]
 
 
+#: Subpackages reachable as attributes (`reprokit.nn.SmeLU`) without importing them first.
+_SUBPACKAGES = ("nn", "optim", "metrics", "data", "report", "rundir", "gate")
+
+
 def __getattr__(name: str):
     # Lazy so that `import reprokit` stays cheap (no torch import) for the metrics-only paths.
     if name == "train_ensemble":
         from reprokit.runners.ensemble import train_ensemble
 
         return train_ensemble
-    raise AttributeError(name)
+    if name in _SUBPACKAGES:
+        import importlib
+
+        return importlib.import_module(f"reprokit.{name}")
+    raise AttributeError(f"module 'reprokit' has no attribute {name!r}")

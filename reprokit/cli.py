@@ -12,7 +12,7 @@ import typer
 from reprokit import __version__
 from reprokit.commands import register_all
 from reprokit.commands.clickcompat import exceptions as click_exceptions
-from reprokit.commands.common import cli_warnings
+from reprokit.commands.common import cli_warnings, print_json
 
 app = typer.Typer(
     name="reprokit",
@@ -61,7 +61,10 @@ def main() -> None:
         raise SystemExit(2) from None
     except click_exceptions.UsageError as exc:
         command = exc.ctx.command_path if exc.ctx is not None else "reprokit"
-        sys.stderr.write(f"error: {exc.format_message()} (see {command} --help)\n")
+        message = f"{exc.format_message()} (see {command} --help)"
+        if "--json" in sys.argv[1:]:  # the options were not parsed, so look at the words
+            print_json({"schema_version": 1, "error": message})
+        sys.stderr.write(f"error: {message}\n")
         raise SystemExit(2) from None
     except typer.Abort:
         sys.stderr.write("error: aborted\n")

@@ -41,6 +41,7 @@ from reprokit.metrics.stats import pareto_front
 from reprokit.runners.ensemble import StepProgress, train_ensemble
 from reprokit.runschema import LOCK, MANIFEST
 from reprokit.store import (
+    RunStore,
     atomic_write_json,
     comparable_manifest,
     first_difference,
@@ -342,9 +343,12 @@ def run_study(
     with run_lock(study.root):
         study.prepare(force)
         total = sum(a.config.replicas for a in arms)
+        # replicas of later arms that a resumed study already holds count as done from the start
+        ready = [_finished_replicas(study.arm_path(a), a.config.replicas) for a in arms]
         results: list[ArmResult] = []
         offset = 0
         for index, arm in enumerate(arms):
+            later = sum(ready[index + 1 :])
 
             def on_progress(
                 done: int,
@@ -352,7 +356,7 @@ def run_study(
                 metrics: dict[str, Any],
                 arm: Arm = arm,
                 index: int = index,
-                offset: int = offset,
+                offset: int = offset + later,
             ) -> None:
                 if progress:
                     info = {
@@ -379,6 +383,13 @@ def run_study(
         doc = finish(results)
         atomic_write_json(study.root / study.document, doc)
     return doc
+
+
+def _finished_replicas(arm_dir: Path, replicas: int) -> int:
+    if not (arm_dir / MANIFEST).exists():
+        return 0
+    store = RunStore(arm_dir)
+    return sum(store.is_finished(r) for r in range(replicas))
 
 
 # ------------------------------------------------------------------------------------ documents
