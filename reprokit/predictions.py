@@ -6,12 +6,20 @@ Two layouts are accepted:
   optionally ``label``;
 * **wide**: one row per example: ``example_id``, optionally ``label``, and one numeric column per
   replica (any name, e.g. ``replica_0``, ``r1``). Non-numeric columns and other ``label*`` columns
-  are ignored. A column of only 0/1 integers (or booleans) is a label, not a replica's
+  are ignored, and so are columns named like an id (``user_id``, ``ID``, ``adId``: see
+  `reprokit.data.importer.is_id_name`), with a note naming them (and suggesting ``--churn-by``
+  for one that repeats, like a user id). A column of only 0/1 integers (or booleans), or of only
+  0.0/1.0 floats under a label's name (`looks_like_label`), is a label, not a replica's
   probabilities: unless it is the label column it is refused, naming it, so that a label called
-  ``click`` is never counted as one more replica.
+  ``click`` is never counted as one more replica. Float 0/1 columns of other names stay replicas
+  (a replica may predict hard classes).
 
 The label column is ``label`` unless the caller names another (``label="click"``); ``label`` may be
-absent (no AUC then), any other name must exist.
+absent (no AUC then), any other name must exist. When the default ``label`` is absent but a numeric
+column is named like one (``click``), the loader's notes say to pass ``--label click``.
+
+A parquet file whose ``example_id`` (or ``replica``) was saved as the pandas index
+(``df.set_index("example_id").to_parquet(...)``) is read with the index back as a column.
 
 Either layout may carry a group column (e.g. ``user_id``) for top-k churn per group; it is read by
 `load_predictions_with_groups` and must give each example one group.
@@ -24,19 +32,31 @@ with one sentence naming the file, the column or the replica.
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
+from reprokit.data.importer import LABEL_FALLBACKS, is_id_name
 from reprokit.errors import ReprokitError
+
+_log = logging.getLogger("reprokit")
 
 FORMATS = ("auto", "long", "wide")
 #: The label column when the caller names none; it may be absent (any other named one must exist).
 DEFAULT_LABEL = "label"
 LONG_COLUMNS = ("example_id", "replica", "prediction")
 _PARQUET_SUFFIXES = {".parquet", ".pq", ".parq"}
+#: Names (any case) that say "this column is a label"; so does any name starting with ``label``.
+LABEL_NAMES = frozenset({DEFAULT_LABEL, *LABEL_FALLBACKS, "income"})
+
+
+def looks_like_label(name: object) -> bool:
+    """Whether a column name reads as a label's (``click``, ``Target``, ``label_ctr``)."""
+    lowered = str(name).lower()
+    return lowered in LABEL_NAMES or lowered.startswith(DEFAULT_LABEL)
 
 
 class PredictionSet(NamedTuple):
@@ -50,6 +70,16 @@ class PredictionSet(NamedTuple):
     predictions: np.ndarray
     #: [N] float64 labels, or None when the file has no ``label`` column
     labels: np.ndarray | None
+
+
+class LoadedPredictions(NamedTuple):
+    """What `load_predictions_with_notes` read: the predictions, the groups and notes for the user."""
+
+    data: PredictionSet
+    #: [N] integer group codes aligned with data.example_ids, or None without a group column
+    groups: np.ndarray | None
+    #: sentences about columns the loader left out or did not use (not errors)
+    notes: list[str]
 
 
 def fingerprint(data: PredictionSet) -> str:
@@ -91,6 +121,10 @@ def _read_table(path: Path) -> pd.DataFrame:
         raise ReprokitError(f"cannot read {path} as {kind}: {first}") from None
     if len(df) == 0:
         raise ReprokitError(f"{path} has no rows")
+    # A named pandas index (parquet keeps it: set_index("example_id").to_parquet) is a column.
+    named = [n for n in df.index.names if n is not None and n not in df.columns]
+    if named:
+        df = df.reset_index(level=named)
     return df
 
 
@@ -107,12 +141,34 @@ def _label_column(df: pd.DataFrame, label: str, path: Path) -> str | None:
     )
 
 
-def _binary_kind(series: pd.Series) -> str | None:
-    """'booleans' or '0/1 integers' when the column holds nothing else (a label's look), else None."""
+def _label_hint(df: pd.DataFrame, skip: set, label: str) -> str | None:
+    """A note when the caller named no label, `label` is absent, and an unused numeric column is
+    named like one (so AUC is not silently missing); None otherwise."""
+    if label != DEFAULT_LABEL:
+        return None
+    for column in df.columns:
+        if column in skip or not looks_like_label(column):
+            continue
+        if pd.api.types.is_numeric_dtype(df[column]) or pd.api.types.is_bool_dtype(df[column]):
+            return (
+                f"no {DEFAULT_LABEL!r} column; column {str(column)!r} looks like one — pass "
+                f"--label {column} for AUC and log-loss"
+            )
+    return None
+
+
+def _binary_kind(series: pd.Series, name: object) -> str | None:
+    """'booleans', '0/1 integers' or '0.0/1.0 floats' when the column holds nothing else and so
+    looks like a label, else None. Floats count only under a label's name: a replica may predict
+    hard classes."""
     if pd.api.types.is_bool_dtype(series):
         return "booleans"
-    if pd.api.types.is_integer_dtype(series) and bool(series.isin([0, 1]).all()):
+    if not bool(series.isin([0, 1]).all()):
+        return None
+    if pd.api.types.is_integer_dtype(series):
         return "0/1 integers"
+    if pd.api.types.is_float_dtype(series) and looks_like_label(name):
+        return "0.0/1.0 floats"
     return None
 
 
@@ -172,7 +228,7 @@ def _group_codes(df: pd.DataFrame, column: str, path: Path) -> np.ndarray:
 
 def _load_long(
     df: pd.DataFrame, path: Path, group_column: str | None = None, label: str = DEFAULT_LABEL
-) -> tuple[PredictionSet, np.ndarray | None]:
+) -> LoadedPredictions:
     missing = [c for c in LONG_COLUMNS if c not in df.columns]
     if missing:
         raise ReprokitError(
@@ -192,6 +248,7 @@ def _load_long(
     pred = _numeric(df["prediction"], "column 'prediction'", path)
     label_col = _label_column(df, label, path)
     labels = _numeric(df[label_col], f"column {label!r}", path) if label_col is not None else None
+    hint = None if label_col is not None else _label_hint(df, {*LONG_COLUMNS, group_column}, label)
 
     # Scatter every row to its (replica, example) cell: O(rows), no sort of the long table.
     n = len(id_values)
@@ -238,12 +295,24 @@ def _load_long(
                 f"column {group_column!r} disagrees across replicas for {disagree} example(s) "
                 f"in {path}"
             )
-    return PredictionSet(names, np.asarray(id_values), preds, labels), groups
+    data = PredictionSet(names, np.asarray(id_values), preds, labels)
+    return LoadedPredictions(data, groups, [hint] if hint else [])
+
+
+def _id_columns_note(df: pd.DataFrame, columns: list[str], group_column: str | None) -> str:
+    """The note on id-named columns left out of the replicas; suggests --churn-by for one whose
+    values repeat (a user or group id, not a row id)."""
+    listed = ", ".join(repr(c) for c in columns)
+    note = f"left out column(s) {listed}: named like an id, so not a replica's predictions"
+    repeating = [c for c in columns if df[c].nunique(dropna=True) < len(df)]
+    if group_column is None and repeating:
+        note += f"; pass --churn-by {repeating[0]} for top-k churn per group"
+    return note
 
 
 def _load_wide(
     df: pd.DataFrame, path: Path, group_column: str | None = None, label: str = DEFAULT_LABEL
-) -> tuple[PredictionSet, np.ndarray | None]:
+) -> LoadedPredictions:
     if "example_id" not in df.columns:
         raise ReprokitError(
             f"{path} (wide format) lacks column 'example_id'; expected example_id, optionally "
@@ -251,21 +320,30 @@ def _load_wide(
         )
     group_codes = None if group_column is None else _group_codes(df, group_column, path)
     label_col = _label_column(df, label, path)
-    names = [
-        str(c)
+    candidates = [
+        c
         for c in df.columns
         if c not in ("example_id", group_column, label_col)
-        and not str(c).lower().startswith("label")
+        and not str(c).lower().startswith(DEFAULT_LABEL)
         and pd.api.types.is_numeric_dtype(df[c])  # booleans too: refused below, as labels
     ]
+    id_named = [str(c) for c in candidates if is_id_name(str(c))]
+    names = [str(c) for c in candidates if not is_id_name(str(c))]
     for name in names:
-        kind = _binary_kind(df[name])
+        kind = _binary_kind(df[name], name)
         if kind is not None:
+            keep = (
+                "rename it" if kind.endswith("floats") else "store it as floats"
+            ) + " if a replica really predicts hard 0/1 classes"
             raise ReprokitError(
                 f"column {name!r} in {path} holds only {kind}, so it looks like a label, not a "
                 f"replica's predictions; pass --label {name} if it is the label, or drop it "
-                "(or store it as floats if a replica really predicts hard 0/1 classes)"
+                f"(or {keep})"
             )
+    notes = [_id_columns_note(df, id_named, group_column)] if id_named else []
+    if label_col is None:
+        hint = _label_hint(df, {"example_id", group_column, *names}, label)
+        notes += [hint] if hint else []
     if len(names) < 2:
         raise ReprokitError(
             f"{path} (wide format) has {len(names)} numeric replica column(s); PD needs at least 2"
@@ -283,7 +361,9 @@ def _load_wide(
         labels = _numeric(df[label_col], f"column {label!r}", path)[order]
         _check_labels(labels, path, label)
     groups = None if group_codes is None else group_codes[order]
-    return PredictionSet(names, np.asarray(id_values), preds, labels), groups
+    return LoadedPredictions(
+        PredictionSet(names, np.asarray(id_values), preds, labels), groups, notes
+    )
 
 
 def load_predictions(
@@ -304,7 +384,19 @@ def load_predictions_with_groups(
 ) -> tuple[PredictionSet, np.ndarray | None]:
     """`load_predictions` plus the group of every example ([N] integer codes aligned with the
     sorted example ids; None without `group_column`). A missing group column, missing group ids,
-    or (long layout) an example whose rows name different groups is a ReprokitError."""
+    or (long layout) an example whose rows name different groups is a ReprokitError. The loader's
+    notes (columns left out, a label under another name) are logged to the "reprokit" logger."""
+    loaded = load_predictions_with_notes(path, group_column, format, label)
+    for note in loaded.notes:
+        _log.warning(note)
+    return loaded.data, loaded.groups
+
+
+def load_predictions_with_notes(
+    path: str | Path, group_column: str | None, format: str = "auto", label: str = DEFAULT_LABEL
+) -> LoadedPredictions:
+    """`load_predictions_with_groups`, returning its notes (sentences for the user, not errors)
+    instead of logging them, so a command can print them as warnings."""
     if format not in FORMATS:
         raise ReprokitError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}")
     p = Path(path)

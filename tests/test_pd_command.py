@@ -252,6 +252,8 @@ def bad_cases():
         ("long-missing", wide, ["--format", "long"], "lacks column(s) 'replica'", "'prediction'"),
         ("bad-format", wide, ["--format", "tall"], "--format must be", "tall"),
         ("bad-threshold", wide, ["--threshold", "1.5"], "--threshold", "between 0 and 1"),
+        ("bad-seed", wide, ["--seed", "-1"], "--seed must be >= 0", "got -1"),
+        ("bad-resamples", wide, ["--resamples", "0"], "--resamples must be positive", "got 0"),
     ]
 
 
@@ -282,6 +284,26 @@ def test_bad_files(tmp_path):
     text = tmp_path / "text.csv"
     text.write_text("example_id,a,b\n1,0.1,x\n2,0.2,0.3\n")
     assert_one_line_error(invoke(text), "1 numeric replica column")
+
+
+def test_parquet_with_example_id_as_the_index(tmp_path):
+    """`df.set_index("example_id").to_parquet(...)` keeps example_id in the pandas index."""
+    wide = wide_frame(m=3, n=50)
+    plain = load_predictions(write(tmp_path, wide, "plain.parquet"))
+    indexed = tmp_path / "indexed.parquet"
+    wide.set_index("example_id").to_parquet(indexed)
+    data = load_predictions(indexed)
+    assert data.replicas == plain.replicas == ["replica_0", "replica_1", "replica_2"]
+    np.testing.assert_array_equal(data.example_ids, np.sort(wide["example_id"].to_numpy()))
+    np.testing.assert_array_equal(data.predictions, plain.predictions)
+    np.testing.assert_array_equal(data.labels, plain.labels)
+    long = tmp_path / "long.parquet"
+    long_frame(wide).set_index(["example_id", "replica"]).to_parquet(long)
+    from_long = load_predictions(long)
+    np.testing.assert_array_equal(from_long.predictions, plain.predictions)
+    result = invoke(indexed, "--json", "--resamples", 50)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["examples"] == 50
 
 
 def test_loader_raises_reprokit_error(tmp_path):

@@ -215,3 +215,108 @@ def test_report_of_the_summary_file_writes_beside_it(tmp_path: Path):
     result = runner.invoke(app, ["report", str(out / "summary.json")])
     assert result.exit_code == 0, result.output
     assert (out / "report.html").is_file() and (out / "report.json").is_file()
+
+
+def _rel(preds: np.ndarray) -> float:
+    """PD rel from its definition: mean over pairs of mean |p_i - p_j| / ((p_i + p_j) / 2)."""
+    m = len(preds)
+    vals = [
+        np.mean(np.abs(preds[i] - preds[j]) / ((preds[i] + preds[j]) / 2))
+        for i in range(m)
+        for j in range(i + 1, m)
+    ]
+    return float(np.mean(vals))
+
+
+@pytest.mark.parametrize("name", ["click", "Clicked", "IS_CLICK", "target", "y", "Income"])
+def test_wide_float_zero_one_column_named_like_a_label_is_refused(tmp_path, name):
+    """A label written as 1.0/0.0 (CSV round trips, pandas arithmetic) is not a fourth replica."""
+    df = click_frame().rename(columns={"click": name})
+    df[name] = df[name].astype(float)
+    path = tmp_path / "wide_float.csv"
+    df.to_csv(path, index=False)
+    line = one_error(invoke(path))
+    assert f"{name!r}" in line and "0.0/1.0 floats" in line and f"--label {name}" in line
+    assert "rename it" in line  # how to keep it as a replica of hard classes
+
+    result = invoke(path, "--label", name, "--json", "--resamples", 50)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    ordered = df.sort_values("example_id")
+    assert doc["replicas"] == 3 and doc["data"]["labels"] == [name]
+    expected = _rel(ordered[["r0", "r1", "r2"]].to_numpy().T)
+    assert doc["pd"]["rel"] == pytest.approx(expected, rel=1e-12)
+
+
+def test_wide_float_zero_one_column_of_another_name_stays_a_replica(tmp_path):
+    df = click_frame()
+    df["hard"] = (df["r0"] > 0.5).astype(float)
+    path = tmp_path / "preds.csv"
+    df.to_csv(path, index=False)
+    assert load_predictions(path, label="click").replicas == ["r0", "r1", "r2", "hard"]
+
+
+def _long_click(tmp_path: Path, label_name: str = "click") -> Path:
+    wide = click_frame(n=200).rename(columns={"click": label_name})
+    frame = wide.melt(id_vars=["example_id", label_name], value_vars=["r0", "r1", "r2"])
+    frame = frame.rename(columns={"variable": "replica", "value": "prediction"})
+    path = tmp_path / "long.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_long_file_with_a_label_under_another_name_warns(tmp_path):
+    path = _long_click(tmp_path)
+    result = invoke(path, "--json", "--resamples", 50)
+    assert result.exit_code == 0, result.output
+    assert "auc" not in json.loads(result.stdout)
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        "warning: no 'label' column; column 'click' looks like one — pass --label click for AUC "
+        "and log-loss"
+    ]
+    # Named, or with a real `label` column, there is nothing to warn about.
+    named = invoke(path, "--label", "click", "--json", "--resamples", 50)
+    assert named.exit_code == 0 and "auc" in json.loads(named.stdout)
+    assert "warning:" not in named.stderr
+    plain = invoke(_long_click(tmp_path, "label"), "--resamples", 50)
+    assert plain.exit_code == 0 and "warning:" not in plain.stderr
+
+
+def test_wide_label_prefixed_column_without_label_warns(tmp_path):
+    df = click_frame().rename(columns={"click": "label_click"})
+    path = tmp_path / "w.parquet"
+    df.to_parquet(path)
+    result = invoke(path, "--resamples", 50)
+    assert result.exit_code == 0, result.output
+    assert "pass --label label_click for AUC" in result.stderr
+
+
+def test_wide_id_named_columns_are_left_out_with_a_note(tmp_path):
+    """`user_id` (1914 values outside [0, 1] in the trial) and other ids are not replicas."""
+    df = click_frame()
+    rng = np.random.default_rng(4)
+    df["user_id"] = rng.integers(0, 40, len(df))  # repeats: a group id
+    df["ID"] = np.arange(len(df)) + 10_000  # one per row
+    df["adId"] = rng.integers(0, 5, len(df)).astype(float)
+    path = tmp_path / "wide.parquet"
+    df.to_parquet(path)
+    result = invoke(path, "--label", "click", "--json", "--resamples", 50)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    ordered = df.sort_values("example_id")
+    assert doc["replicas"] == 3
+    assert doc["pd"]["rel"] == pytest.approx(_rel(ordered[["r0", "r1", "r2"]].to_numpy().T))
+    stderr = " ".join(result.stderr.split())
+    assert "'user_id', 'ID', 'adId'" in stderr and "named like an id" in stderr
+    assert "--churn-by user_id" in stderr
+
+    # Named by --churn-by, user_id is the group column: churn, and no suggestion.
+    args = ("--label", "click", "--churn-by", "user_id", "--top-k", 5, "--json", "--resamples", 50)
+    grouped = invoke(path, *args)
+    assert grouped.exit_code == 0, grouped.output
+    doc = json.loads(grouped.stdout)
+    larger_than_k = int((df["user_id"].value_counts() > 5).sum())  # groups churn can rank
+    assert doc["replicas"] == 3 and doc["churn"]["groups"] == larger_than_k
+    stderr = " ".join(grouped.stderr.split())
+    assert "'ID', 'adId'" in stderr and "--churn-by" not in stderr

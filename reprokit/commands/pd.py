@@ -132,7 +132,8 @@ def run_pd(
     top_k: int = DEFAULT_TOP_K,
     label: str = "label",
 ) -> tuple[dict[str, Any], list[str]]:
-    """Load FILE, summarise it; returns (summary document with kind "pd", warning messages).
+    """Load FILE, summarise it; returns (summary document with kind "pd", warning messages: the
+    loader's notes, then undefined metrics).
 
     `label` names the label column (``label`` may be absent; another name must exist). With
     `group_column` the document also holds top-k churn per group (e.g. per user). The document's
@@ -141,17 +142,19 @@ def run_pd(
     from reprokit import __version__
     from reprokit.metrics.accuracy import UndefinedMetricWarning
     from reprokit.metrics.summary import summarize
-    from reprokit.predictions import fingerprint, load_predictions_with_groups
+    from reprokit.predictions import fingerprint, load_predictions_with_notes
 
     if not (math.isfinite(threshold) and 0.0 < threshold < 1.0):
         raise ReprokitError(f"--threshold must be strictly between 0 and 1, got {threshold:g}")
     if resamples < 1:
         raise ReprokitError(f"--resamples must be positive, got {resamples}")
+    if seed < 0:  # numpy's SeedSequence refuses negative entropy with a traceback
+        raise ReprokitError(f"--seed must be >= 0, got {seed}")
     check_top_k(top_k, "--top-k")
     if not label:
         raise ReprokitError("--label must name a column")
-    data, groups = load_predictions_with_groups(file, group_column, format=fmt, label=label)
-    messages: list[str] = []
+    data, groups, notes = load_predictions_with_notes(file, group_column, format=fmt, label=label)
+    messages: list[str] = list(notes)  # columns left out, a label under another name
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UndefinedMetricWarning)
         with _progress_callback(show_progress, data.predictions.shape[1]) as progress:
@@ -235,7 +238,7 @@ def register(app: typer.Typer) -> None:
             help="File layout: auto, long or wide (auto: long if the file "
             "has 'replica' and 'prediction' columns).",
         ),
-        seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap over replicas."),
+        seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap over replicas (>= 0)."),
         resamples: int = typer.Option(9999, "--resamples", help="Bootstrap resamples."),
         group_column: opt.ChurnBy = None,
         top_k: opt.TopK = DEFAULT_TOP_K,
@@ -243,7 +246,8 @@ def register(app: typer.Typer) -> None:
             "label",
             "--label",
             help="Label column (AUC, log-loss, calibration); 'label' may be absent, another "
-            "name must exist. In the wide layout every other 0/1 integer column is refused.",
+            "name must exist. In the wide layout every other 0/1 integer column (and 0.0/1.0 float "
+            "column named like a label: click, target, y, ...) is refused.",
         ),
         out: Path | None = typer.Option(
             None,
