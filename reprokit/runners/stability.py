@@ -36,7 +36,6 @@ import copy
 import datetime as _dt
 import math
 import re
-import shutil
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -52,16 +51,12 @@ from reprokit.runners.ensemble import (
     ProgressCallback,
     StepProgress,
     default_run_dir,
-    train_ensemble,
 )
-from reprokit.runschema import LOCK
+from reprokit.runners.study import Arm, ArmResult, StudyDir, run_study
 from reprokit.store import (
-    MANIFEST,
     RunStore,
     atomic_write_bytes,
     atomic_write_json,
-    read_json,
-    run_lock,
 )
 
 KIND = "stability"
@@ -289,44 +284,6 @@ def _study(optimizers: list[str], multipliers: list[float], a0: float) -> dict[s
     }
 
 
-def _prepare(path: Path, manifest: dict[str, Any], force: bool) -> None:
-    """Create or reopen a stability run directory; refuse another study unless `force`."""
-    from reprokit.jsonio import to_json
-
-    if path.exists() and not path.is_dir():
-        raise ReprokitError(f"{path} exists and is not a directory")
-    mpath = path / MANIFEST
-    if mpath.exists():
-        old = read_json(mpath, "manifest")
-
-        def comparable(doc: dict[str, Any]) -> str:
-            # more replicas extend a study (each cell's run is extended), so the count is apart
-            config = {k: v for k, v in (doc.get("config") or {}).items() if k != "replicas"}
-            return to_json({"kind": doc.get("kind"), "config": config, "study": doc.get("study")})
-
-        same = comparable(old) == comparable(manifest)
-        if same and old.get("config", {}).get("replicas") != manifest["config"]["replicas"]:
-            atomic_write_json(mpath, {**old, "config": manifest["config"]})
-        if not same:
-            if not force:
-                raise ReprokitError(
-                    f"{path} holds another study or run; choose another --out or pass --force "
-                    "to overwrite it"
-                )
-            shutil.rmtree(path / CELLS, ignore_errors=True)
-            atomic_write_json(mpath, manifest)
-    elif path.exists() and any(p.name != LOCK for p in path.iterdir()):
-        if not force:
-            raise ReprokitError(
-                f"{path} exists, is not empty and is not a reprokit run directory; "
-                "choose another --out or pass --force"
-            )
-        shutil.rmtree(path / CELLS, ignore_errors=True)
-    path.mkdir(parents=True, exist_ok=True)
-    if not mpath.exists():
-        atomic_write_json(mpath, manifest)
-
-
 def run_stability(
     config: RunConfig,
     optimizers: list[str] | str = DEFAULT_OPTIMIZERS[:],
@@ -371,49 +328,41 @@ def run_stability(
         "environment": environment_fingerprint(config.device),
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
-    if encoded is None:
-        from reprokit.data.encoding import load_encoded
+    arms = [
+        Arm(
+            label=f"{opt} ×{mult:g}",
+            slug=cell_slug(opt, mult),
+            overrides={
+                "optim.name": opt,
+                "optim.lr": cfg.optim.lr,
+                "optim.initial_accumulator_value": cfg.optim.initial_accumulator_value,
+            },
+            config=cfg,
+            fields={"optimizer": opt, "lr_multiplier": mult},
+        )
+        for (opt, mult), cfg in zip(cells_spec, configs, strict=True)
+    ]
+    study = StudyDir(root=path, kind=KIND, document=DOCUMENT, arms_dir=CELLS, manifest=manifest)
 
-        encoded = load_encoded(config.data)
-    with run_lock(path):
-        _prepare(path, manifest, force)
+    def on_progress(done: int, total: int, info: dict[str, Any]) -> None:
+        if progress:
+            progress(done, total, info["arm"])
+        if replica_progress:
+            replica_progress(done, total, {**info["metrics"], "cell": info["arm"]})
 
-        total = len(cells_spec) * config.replicas
-        cells = []
-        for i, ((opt, mult), cfg) in enumerate(zip(cells_spec, configs, strict=True)):
-            slug = cell_slug(opt, mult)
-            label = f"{opt} ×{mult:g}"
-            offset = i * config.replicas
-
-            def on_progress(done: int, _total: int, _m: dict[str, Any], offset=offset, label=label):
-                if progress:
-                    progress(offset + done, total, label)
-                if replica_progress:
-                    replica_progress(offset + done, total, {**_m, "cell": label})
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # undefined metrics of collapsed replicas
-                summary = train_ensemble(
-                    cfg,
-                    out=path / CELLS / slug,
-                    workers=workers,
-                    force=force,
-                    progress=on_progress,
-                    encoded=encoded,
-                    step_progress=step_progress,
-                )
-            result = cell_result(RunStore(path / CELLS / slug), summary)
-            cells.append(
-                {
-                    "name": slug,
-                    "optimizer": opt,
-                    "lr_multiplier": mult,
-                    "lr": cfg.optim.lr,
-                    "initial_accumulator_value": cfg.optim.initial_accumulator_value,
-                    "run_dir": f"{CELLS}/{slug}",
-                    **result,
-                }
-            )
+    def finish(results: list[ArmResult]) -> dict[str, Any]:
+        cells = [
+            {
+                "name": r.arm.slug,
+                "optimizer": r.arm.fields["optimizer"],
+                "lr_multiplier": r.arm.fields["lr_multiplier"],
+                "lr": r.arm.config.optim.lr,
+                "initial_accumulator_value": r.arm.config.optim.initial_accumulator_value,
+                "run_dir": f"{CELLS}/{r.arm.slug}",
+                **cell_result(RunStore(study.arm_path(r.arm)), r.summary),
+            }
+            for r in results
+        ]
         doc = {
             "schema_version": 1,
             "kind": KIND,
@@ -423,7 +372,7 @@ def run_stability(
             "lr_multipliers": multipliers,
             "base_lr": config.optim.lr,
             "replicas": config.replicas,
-            "labels": list(encoded.label_names),
+            "labels": list((results[0].summary.get("data") or {}).get("labels") or ["label"]),
             "model": {
                 "arch": config.model.arch,
                 "hidden": list(config.model.hidden),
@@ -436,9 +385,21 @@ def run_stability(
             "plots": [f"{PLOT}.png", f"{PLOT}.svg"],
         }
         write_plots(path, doc)
-        atomic_write_json(path / DOCUMENT, doc)
         atomic_write_json(path / "summary.json", doc)
-    return doc
+        return doc
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # undefined metrics of collapsed replicas
+        return run_study(
+            study,
+            arms,
+            finish,
+            workers=workers,
+            force=force,
+            encoded=encoded,
+            progress=on_progress,
+            step_progress=step_progress,
+        )
 
 
 # ----------------------------------------------------------------------------------------- plots
