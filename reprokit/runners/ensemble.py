@@ -119,8 +119,9 @@ ROUNDING_SENSITIVE_SOURCES = frozenset({"bitflip"})
 
 def choose_engine(config: RunConfig, encoded: Any = None) -> str:
     """`process` or `vectorized` for `config.engine`: auto = vectorized unless it cannot run, or
-    unless a rounding-sensitive source makes its PD incomparable with the reference loop."""
-    from reprokit.training.vectorized import unsupported_reason
+    unless a rounding-sensitive source makes its PD incomparable with the reference loop. The
+    engine's support comes from the components' declared capabilities (no model is built)."""
+    from reprokit.training.stacked.capability import unsupported_reason
 
     if config.engine == "process":
         return "process"

@@ -52,7 +52,6 @@ from reprokit.config import RunConfig
 from reprokit.errors import ReprokitError
 from reprokit.nn import _fused
 from reprokit.nn.activations import ReLU
-from reprokit.nn.embeddings import FieldEmbeddings
 from reprokit.nn.models import CTRModel, SeededDropout
 from reprokit.optim.catalog import OPTIMIZERS, accumulator_start
 from reprokit.training.divergence import SpikeDetector
@@ -64,87 +63,14 @@ from reprokit.training.loop import (
     configure_determinism,
     flip_one_weight,
 )
-
-#: Optimizers this engine implements for stacked parameters (the registry's `stacked`).
-STACKED_OPTIMIZERS = OPTIMIZERS.having("stacked")
-#: Of those, the ones whose embedding gradients are sparse in the reference loop (rows of the batch).
-SPARSE_OPTIMIZERS = tuple(
-    n for n in STACKED_OPTIMIZERS if n in OPTIMIZERS.having("sparse_gradients")
+from reprokit.training.stacked.capability import (  # noqa: F401 (unsupported_reason re-exported)
+    check_supported,
+    unsupported_reason,
 )
+
 ADAGRAD_EPS = 1e-10
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
-
-
-# --------------------------------------------------------------------------------------------------
-# What the engine can run
-# --------------------------------------------------------------------------------------------------
-def _model_structure_problem(model: nn.Module) -> str | None:
-    """Why `model` is not embeddings → [Linear, activation, dropout?]* → Linear, or None."""
-    if not isinstance(model, CTRModel):
-        return "the model is not a CTRModel"
-    if not isinstance(model.embeddings, FieldEmbeddings):
-        return "the embedding layer is not one table per field"
-    if not isinstance(model.head, nn.Linear):
-        return "the output head is not a single linear layer"
-    expected_linear = True
-    for module in model.mlp:
-        if isinstance(module, nn.Linear):
-            if not expected_linear:
-                return "the MLP has two linear layers in a row"
-            expected_linear = False
-        elif isinstance(module, SeededDropout):
-            continue
-        elif any(True for _ in module.parameters()) or any(True for _ in module.buffers()):
-            return f"the MLP has a {type(module).__name__} layer with parameters or buffers"
-        else:
-            expected_linear = True
-    known = {f"embeddings.tables.{f}.weight" for f in range(len(model.embeddings.tables))}
-    for i, module in enumerate(model.mlp):
-        if isinstance(module, nn.Linear):
-            known |= {f"mlp.{i}.weight", f"mlp.{i}.bias"}
-    known |= {"head.weight", "head.bias"}
-    names = {n for n, _ in model.named_parameters()}
-    if names != known:
-        return f"the model has parameters the engine does not know ({sorted(names - known)[:3]})"
-    if any(True for _ in model.buffers()):
-        return "the model has buffers"
-    return None
-
-
-def unsupported_reason(config: RunConfig, encoded: Any = None) -> str | None:
-    """Why this engine cannot train `config` (then `auto` uses one process per replica), or None."""
-    if "threads" in config.vary:
-        return "the 'threads' source needs a separate process per replica"
-    if "gpu-kernels" in config.vary:
-        return "the 'gpu-kernels' source needs a separate process per replica"
-    if config.optim.name not in STACKED_OPTIMIZERS:
-        return f"the {config.optim.name!r} optimizer is not implemented for stacked parameters"
-    if config.model.arch != "mlp":
-        return f"the {config.model.arch!r} model is not implemented for stacked parameters"
-    if config.optim.weight_decay and config.optim.name in ("adagrad", "sgd"):
-        return "weight decay (the reference loop then uses dense embedding gradients)"
-    if config.model.embedding != "table":
-        return f"the {config.model.embedding!r} embedding is not implemented for stacked parameters"
-    vocab = list(encoded.vocab_sizes) if encoded is not None else [2]
-    n_num = int(encoded.train_num.shape[1]) if encoded is not None else 1
-    n_tasks = int(encoded.train_y.shape[1]) if encoded is not None else 1
-    try:
-        model = build_model(config, vocab, n_num, n_tasks)
-    except ReprokitError as exc:
-        return str(exc)
-    return _model_structure_problem(model)
-
-
-def check_supported(config: RunConfig, encoded: Any = None) -> None:
-    reason = unsupported_reason(config, encoded)
-    if reason is not None:
-        raise ReprokitError(f"the vectorized engine cannot train this configuration: {reason}")
-    if config.optim.name in SPARSE_OPTIMIZERS and config.optim.weight_decay != 0:
-        raise ReprokitError(
-            f"{config.optim.name} updates embeddings sparsely, which torch does not allow with "
-            "weight decay; set weight_decay to 0 or use the adam optimizer"
-        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -348,7 +274,7 @@ class StackedOptimizer:
 
     @property
     def sparse_embeddings(self) -> bool:
-        return self.name in SPARSE_OPTIMIZERS
+        return OPTIMIZERS[self.name].capabilities.sparse_gradients
 
     def _dense(
         self, params: list[torch.Tensor], grads: list[torch.Tensor], states: dict, step: int
