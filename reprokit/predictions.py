@@ -258,6 +258,7 @@ def _load_long(
     if extra.any():
         r = int(np.flatnonzero(extra)[0])
         example = id_values[int(np.flatnonzero(cells[r] > 1)[0])]
+        example = example.item() if isinstance(example, np.generic) else example  # not np.int64
         raise ReprokitError(
             f"replica {names[r]!r} in {path} has {int(extra[r])} duplicate example_id "
             f"row(s), e.g. example_id {example!r}"

@@ -13,7 +13,13 @@ from typer.testing import CliRunner
 from reprokit.cli import app
 from reprokit.config import DataConfig
 from reprokit.data.encoding import encode
-from reprokit.data.importer import UNIQUE_PER_ROW, import_file, infer_dataset, is_id_name
+from reprokit.data.importer import (
+    INDEX_COLUMN,
+    UNIQUE_PER_ROW,
+    import_file,
+    infer_dataset,
+    is_id_name,
+)
 from reprokit.data.layout import read_dataset, write_dataset
 from reprokit.data.splits import MIN_EVAL_ROWS, load_training_data, split_dataset
 from reprokit.data.synth import generate_dataset
@@ -67,7 +73,7 @@ def test_positive_maps_one_value_to_1_after_stripping_whitespace(users, tmp_path
     assert ds.frame["income"].tolist() == expected
     assert ds.frame["income"].dtype == np.int8
     assert 0.2 < np.mean(expected) < 0.3
-    assert ds.positive == {"income": ">50K"}
+    assert ds.positive == {"income": [">50K"]}
     back = read_dataset(out)
     assert back.frame["income"].tolist() == expected
     # the value as the file spells it, with its space, means the same
@@ -81,7 +87,7 @@ def test_yes_no_labels_and_two_labels_one_of_them_numeric(users):
     ds = infer_dataset(frame, labels="clicked,bought", positive="yes", drop="income")
     assert ds.frame["clicked"].tolist() == (frame["clicked"] == "yes").astype(int).tolist()
     assert ds.frame["bought"].tolist() == frame["bought"].tolist()  # 0/1 already: kept as is
-    assert ds.positive == {"clicked": "yes"}
+    assert ds.positive == {"clicked": ["yes"]}
     # and "no" as the positive class is the complement
     flipped = infer_dataset(frame, labels="clicked", positive="no", drop="income")
     assert (flipped.frame["clicked"] + ds.frame["clicked"]).eq(1).all()
@@ -128,7 +134,7 @@ def test_cli_import_with_positive_shows_mapping_and_dropped_ids(users, tmp_path)
     )  # fmt: skip
     assert result.exit_code == 0, result.stderr
     doc = json.loads(result.stdout)
-    assert doc["positive"] == {"income": ">50K"}
+    assert doc["positive"] == {"income": [">50K"]}
     assert doc["dropped"] == {"ID": UNIQUE_PER_ROW, "uuid": UNIQUE_PER_ROW}
     expected_rate = float((frame["income"] == " >50K").mean())
     assert doc["labels"]["income"]["base_rate"] == pytest.approx(expected_rate)
@@ -247,7 +253,7 @@ def test_distinct_integers_are_row_ids_only_when_id_named_or_consecutive(tmp_pat
     csv = tmp_path / "with_index.csv"
     frame.to_csv(csv)  # index=True: pandas adds an unnamed 0..n-1 column
     ds = import_file(csv)
-    assert ds.dropped == {"Unnamed: 0": UNIQUE_PER_ROW, "row": UNIQUE_PER_ROW,
+    assert ds.dropped == {"Unnamed: 0": INDEX_COLUMN, "row": UNIQUE_PER_ROW,
                           "order_id": UNIQUE_PER_ROW}  # fmt: skip
     assert ds.schema.numeric == ["fnlwgt"] and ds.schema.categorical == []
     assert ds.frame["fnlwgt"].tolist() == frame["fnlwgt"].tolist()
@@ -312,3 +318,201 @@ def test_train_ensemble_on_too_small_data_exits_2_before_training(tmp_path):
     line = _one_error_line(result)
     assert line.startswith("error: the built-in synthetic data has 200 rows")
     assert "--synth-rows" in line and not out.exists()
+
+
+# ------------------------------------------------------------ defects from the user trial
+def _csv(tmp_path, frame: pd.DataFrame, name: str = "f.csv", **to_csv):
+    path = tmp_path / name
+    frame.to_csv(path, **({"index": False} | to_csv))
+    return path
+
+
+def test_64bit_ids_with_missing_cells_keep_their_exact_values(tmp_path):
+    """pandas reads an integer column with empty cells as float64: ids near 2**62 are 1,024
+    apart as floats, so thousands of ids collapse into a handful of values."""
+    n = 6000
+    rng = np.random.default_rng(5)
+    distinct = 4611686018427388840 + rng.choice(10**6, 2200, replace=False)
+    ids = pd.array(rng.choice(distinct, n), dtype="Int64")
+    ids[rng.random(n) < 0.05] = pd.NA
+    frame = pd.DataFrame({"ad_id": ids, "label": rng.integers(0, 2, n)})
+    out = tmp_path / "ads.parquet"
+    ds = import_file(_csv(tmp_path, frame), out)
+    assert ds.schema.categorical == ["ad_id"]
+    back = read_dataset(out).frame["ad_id"]
+    assert back.dtype == "Int64"
+    assert back.isna().sum() == ids.isna().sum() > 200
+    assert back.nunique() == pd.Series(ids).nunique() > 2000
+    assert back.dropna().astype(np.int64).tolist() == [int(v) for v in ids if v is not pd.NA]
+    # a missing id is one category of its own, not merged with any id
+    train, ev = split_dataset(read_dataset(out), seed=0)
+    enc = encode(train, ev)
+    missing_rows = train.frame["ad_id"].isna().to_numpy()
+    codes = enc.train_cat[:, 0]
+    assert len(set(codes[missing_rows])) == 1
+    assert codes[missing_rows][0] not in set(codes[~missing_rows])
+    assert enc.vocab_sizes[0] == train.frame["ad_id"].nunique() + 2  # + missing + unseen
+
+
+def test_categorical_and_id_named_columns_keep_text_exactly_as_written(tmp_path):
+    zips = [f"{k:03d}" for k in range(50)] + [str(k) for k in range(50)]  # '007' and '7'
+    frame = pd.DataFrame(
+        {
+            "zip": zips * 3,
+            "store_id": [f"{k:05d}" for k in range(60)] * 5,
+            "label": np.arange(300) % 2,
+        }
+    )
+    csv = _csv(tmp_path, frame)
+    ds = import_file(csv, categorical="zip")
+    assert ds.frame["zip"].tolist() == frame["zip"].tolist()
+    assert ds.frame["zip"].nunique() == 100
+    assert ds.frame["store_id"].tolist() == frame["store_id"].tolist()  # id-named: text too
+    assert ds.schema.categorical == ["zip", "store_id"]
+    out = tmp_path / "z.parquet"
+    result = runner.invoke(
+        app, ["data", "import", str(csv), "--categorical", "zip", "--out", str(out), "--json"]
+    )
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["categorical"]["zip"]["cardinality"] == 100
+    assert read_dataset(out).frame["zip"].tolist() == frame["zip"].tolist()
+
+
+def _adult_mixed(n: int = 2000, seed: int = 2) -> pd.DataFrame:
+    """UCI adult's train file spells the label ' >50K', its test file ' >50K.'."""
+    rng = np.random.default_rng(seed)
+    income = rng.choice([" >50K", " >50K.", " <=50K", " <=50K."], n, p=[0.3, 0.275, 0.25, 0.175])
+    return pd.DataFrame({"age": rng.integers(17, 90, n), "income": income})
+
+
+def test_text_label_with_more_than_two_values_refuses_a_single_positive(tmp_path):
+    csv = _csv(tmp_path, _adult_mixed())
+    result = runner.invoke(
+        app, ["data", "import", str(csv), "--label", "income", "--positive", ">50K"]
+    )
+    line = _one_error_line(result)
+    for value in ("'>50K'", "'>50K.'", "'<=50K'", "'<=50K.'"):
+        assert value in line
+    assert "every value other than '>50K' would be 0" in line and line.count(". ") == 0
+    assert not (tmp_path / "f.reprokit.parquet").exists()
+
+
+@pytest.mark.parametrize(
+    "args", [["--positive", ">50K", "--positive", ">50K."], ["--positive", ">50K,>50K."]]
+)
+def test_several_positive_spellings_map_all_of_them_to_1(tmp_path, args):
+    frame = _adult_mixed()
+    csv = _csv(tmp_path, frame)
+    out = tmp_path / "a.parquet"
+    result = runner.invoke(
+        app, ["data", "import", str(csv), "--label", "income", *args, "--out", str(out), "--json"]
+    )
+    assert result.exit_code == 0, result.stderr
+    expected = frame["income"].str.strip().isin([">50K", ">50K."]).astype(int)
+    assert read_dataset(out).frame["income"].tolist() == expected.tolist()
+    doc = json.loads(result.stdout)
+    assert doc["labels"]["income"]["base_rate"] == pytest.approx(expected.mean())
+    assert 0.5 < expected.mean() < 0.65
+    assert doc["positive"] == {"income": [">50K", ">50K."]}
+    assert "label income: '>50K', '>50K.' → 1, every other value → 0" in result.stderr
+
+
+def test_a_positive_value_that_contains_a_comma_matches_as_a_whole():
+    frame = pd.DataFrame({"x": np.arange(60) % 3, "answer": ["yes, sure", "no"] * 30})
+    ds = infer_dataset(frame, labels="answer", positive="yes, sure")
+    assert ds.frame["answer"].tolist() == [1, 0] * 30
+    assert ds.positive == {"answer": ["yes, sure"]}
+    with pytest.raises(ReprokitError, match="'maybe' does not occur in label column 'answer'"):
+        infer_dataset(frame, labels="answer", positive="no,maybe")
+
+
+def test_a_filtered_pandas_index_is_dropped_as_an_index(tmp_path):
+    n = 900
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame({"price": rng.random(n), "label": rng.integers(0, 2, n)})
+    csv = tmp_path / "filtered.csv"
+    frame[frame.index % 3 != 0].to_csv(csv)  # index 1, 2, 4, 5, ...: not one consecutive range
+    ds = import_file(csv)
+    assert ds.dropped == {"Unnamed: 0": INDEX_COLUMN}
+    assert ds.schema.numeric == ["price"] and ds.schema.categorical == []
+    kept = import_file(csv, numeric="Unnamed: 0")
+    assert kept.dropped == {} and kept.schema.numeric == ["Unnamed: 0", "price"]
+    # an empty header name is an index column too
+    blank = frame.rename_axis("").reset_index().rename(columns={"index": ""})
+    assert infer_dataset(blank).dropped == {"": INDEX_COLUMN}
+    result = runner.invoke(app, ["data", "import", str(csv), "--out", str(tmp_path / "o.pq")])
+    assert result.exit_code == 0, result.stderr
+    assert "dropped (index column written by pandas)" in result.stderr
+
+
+def _events(n: int = 4000, seed: int = 4) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    start = pd.Timestamp("2020-01-01")
+    return pd.DataFrame(
+        {
+            "ts": (start + pd.to_timedelta(rng.integers(0, 3650, n), unit="D")).strftime(
+                "%Y-%m-%d"
+            ),
+            "event_time": (start + pd.to_timedelta(np.arange(n) * 61, unit="s")).strftime(
+                "%Y-%m-%dT%H:%M:%S"
+            ),
+            "country": rng.choice(["de", "fr"], n),
+            "label": rng.integers(0, 2, n),
+        }
+    )
+
+
+@pytest.mark.parametrize("column", ["ts", "event_time"])
+def test_a_single_date_column_becomes_the_timestamp(tmp_path, column):
+    frame = _events().drop(columns=[c for c in ("ts", "event_time") if c != column])
+    csv = _csv(tmp_path, frame)
+    out = tmp_path / "e.parquet"
+    result = runner.invoke(app, ["data", "import", str(csv), "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.stderr
+    back = read_dataset(out)
+    assert back.schema.timestamp == column
+    assert column not in back.schema.categorical and back.schema.categorical == ["country"]
+    seconds = [int(pd.Timestamp(v, tz="UTC").timestamp()) for v in frame[column]]
+    assert back.frame[column].tolist() == seconds
+    assert f"timestamp: {column} (ISO dates → seconds)" in result.stderr
+    assert json.loads(result.stdout)["dropped"] == {}
+
+
+def test_several_date_columns_are_kept_and_the_output_names_timestamp_option(tmp_path):
+    frame = _events()
+    csv = _csv(tmp_path, frame)
+    result = runner.invoke(app, ["data", "import", str(csv), "--out", str(tmp_path / "o.pq")])
+    assert result.exit_code == 0, result.stderr
+    back = read_dataset(tmp_path / "o.pq")
+    assert back.schema.timestamp is None
+    assert back.schema.categorical == ["ts", "event_time", "country"]  # kept as they are
+    assert back.frame["event_time"].tolist() == frame["event_time"].tolist()
+    assert "--timestamp COL" in result.stderr and "ts, event_time" in result.stderr
+    chosen = import_file(csv, timestamp="event_time")
+    assert chosen.dropped == {} and chosen.schema.timestamp == "event_time"
+    assert chosen.schema.categorical == ["ts", "country"]
+
+
+def test_infinite_values_in_a_numeric_feature_are_refused(tmp_path):
+    x = np.linspace(0.03298, 1, 200)
+    x[[3, 50, 77]] = [np.inf, -np.inf, np.inf]
+    csv = _csv(tmp_path, pd.DataFrame({"x": x, "label": np.arange(200) % 2}))
+    result = runner.invoke(app, ["data", "import", str(csv)])
+    line = _one_error_line(result)
+    assert "'x'" in line and "3 infinite value(s)" in line
+    with pytest.raises(ReprokitError, match="'x' has 3 infinite"):
+        import_file(csv)
+
+
+def test_duplicate_example_id_error_shows_plain_values(tmp_path):
+    long = pd.DataFrame(
+        {
+            "example_id": [0, 1, 2, 0, 1, 2, 0],
+            "replica": ["a", "a", "a", "b", "b", "b", "b"],
+            "prediction": [0.1, 0.2, 0.3, 0.1, 0.2, 0.3, 0.4],
+        }
+    )
+    result = runner.invoke(app, ["pd", str(_csv(tmp_path, long)), "--format", "long"])
+    line = _one_error_line(result)
+    assert "1 duplicate example_id row(s), e.g. example_id 0" in line
+    assert "np." not in line

@@ -32,19 +32,33 @@ def _finish(
     imported: ImportedDataset | None = None,
 ) -> None:
     """Summary table (and document) of a written dataset; for an import also the decisions it made
-    on the user's behalf (row ids dropped, text labels mapped), so none of them is silent."""
+    on the user's behalf (row ids dropped, text labels mapped, a date column taken as the time),
+    so none of them is silent."""
     doc = describe_dataset(dataset, out)
     doc["kind"] = kind
     doc["seconds"] = round(seconds, 3)
     table = describe_table(doc)
     if imported is not None:
         doc["dropped"] = dict(imported.dropped)
-        doc["positive"] = dict(imported.positive)
+        doc["positive"] = {col: list(values) for col, values in imported.positive.items()}
+        doc["inferred_timestamp"] = imported.inferred_timestamp
+        doc["date_columns"] = list(imported.date_columns)
         for col, why in imported.dropped.items():
             table.add_row(col, f"dropped ({why})", "keep it with --categorical or --numeric", "0")
     err_console.print(table)
-    for col, value in (imported.positive if imported is not None else {}).items():
-        err_console.print(f"label {col}: {value!r} → 1, every other value → 0", markup=False)
+    if imported is not None:
+        for col, values in imported.positive.items():
+            shown = ", ".join(map(repr, values))
+            err_console.print(f"label {col}: {shown} → 1, every other value → 0", markup=False)
+        if imported.inferred_timestamp is not None:
+            ts, kind = imported.inferred_timestamp, imported.inferred_timestamp_from
+            err_console.print(f"timestamp: {ts} ({kind} → seconds)", markup=False)
+        if imported.date_columns:
+            err_console.print(
+                f"date columns {', '.join(imported.date_columns)} are kept as features; "
+                "to use one as the time, give --timestamp COL",
+                markup=False,
+            )
     err_console.print(f"wrote {out} ({len(dataset):,} rows) in {seconds:.2f} s")
     if as_json:
         print_json(doc)
@@ -165,10 +179,11 @@ def register(app: typer.Typer) -> None:
         label_threshold: float | None = typer.Option(
             None, "--label-threshold", help="Binarise numeric labels as value >= THRESHOLD."
         ),
-        positive: str | None = typer.Option(
+        positive: list[str] | None = typer.Option(
             None,
             "--positive",
             help="For a text label: this value is 1, every other value 0 (e.g. '>50K', yes); "
+            "repeat it (or comma-separate) to name several spellings ('>50K' and '>50K.'); "
             "values are compared after stripping surrounding whitespace.",
         ),
         max_categories: int = typer.Option(
@@ -189,6 +204,8 @@ def register(app: typer.Typer) -> None:
         Example: reprokit data import clicks.csv --label click --categorical ad --out clicks.parquet
 
         Text label: reprokit data import adult.csv --label income --positive '>50K'
+
+        A single date column (ISO text or datetimes) is the timestamp unless --timestamp names one.
         """
         from reprokit.data.importer import import_file
 

@@ -9,16 +9,29 @@ Roles are inferred, and every inference can be overridden:
   ``value >= T`` (e.g. ratings); a label that holds text needs ``--positive VALUE``: that value
   becomes 1, every other value 0 (``--positive '>50K'``, ``--positive yes``). Text is compared
   after stripping surrounding whitespace, so the UCI adult file's ``' >50K'`` matches ``>50K``.
+  ``--positive`` may be repeated (or comma-separated, when the whole value occurs nowhere) to
+  name several spellings; a text label of more than two values with a single ``--positive`` is
+  refused (UCI adult's test file writes ``' >50K.'``, which would silently become 0).
 - example id: ``--example-id COL`` or a column named ``example_id``; unique integers. Created as
   0..n-1 (file order) when absent.
 - timestamp: ``--timestamp COL`` or a column named ``timestamp``; numbers (kept as int64) or dates
-  (converted to int64 seconds since the epoch, UTC).
+  (converted to int64 seconds since the epoch, UTC). Without either, the one date column (ISO
+  text such as ``2024-05-01`` or ``2024-05-01T12:00:00``, or datetimes) with no missing value is
+  the timestamp (`ImportedDataset.inferred_timestamp`); several date columns stay features, named
+  in `ImportedDataset.date_columns`, so the user can pick one with ``--timestamp``.
+- pandas index: a column named ``Unnamed: N`` (or with an empty name) of distinct integers is an
+  index that ``to_csv`` wrote, consecutive or not (a filtered frame): dropped, reason "index
+  column written by pandas", unless ``--categorical`` or ``--numeric`` names it.
 - row ids: any other column that holds a different value in every row and is text (``uuid``),
   or whole numbers named like an id (``ID``) or running through one consecutive range (a row
-  counter such as pandas' ``Unnamed: 0``), cannot generalise (no evaluation value is ever seen in
-  training), so it is dropped and reported in `ImportedDataset.dropped` (reason "unique per row")
-  unless ``--categorical`` or ``--numeric`` names it. Other integers distinct in every row (a
-  weight, an amount) are numeric.
+  counter), cannot generalise (no evaluation value is ever seen in training), so it is dropped and
+  reported in `ImportedDataset.dropped` (reason "unique per row") unless ``--categorical`` or
+  ``--numeric`` names it. Other integers distinct in every row (a weight, an amount) are numeric.
+  A date column is never a row id.
+- exact values: columns named by ``--categorical`` and id-named columns are read as the text in
+  the file, so '007' and '7' stay two values and 64-bit ids with empty cells keep every digit
+  (integers become int64, or nullable Int64 with missing values, each missing value one category
+  of its own when encoded). Numeric features must be finite: inf is refused.
 - everything else is a feature: strings, booleans and categories are categorical; integers are
   categorical when the name looks like an id or when they have at most ``max_categories`` distinct
   values that repeat (not one per row), numeric otherwise; floats are numeric, except integer-valued floats with an id-like name
@@ -50,7 +63,13 @@ DEFAULT_MAX_CATEGORIES = 1000
 _PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
 _ID_NAME = re.compile(r"^id$|^id[_\-. ]|[_\-. ]id$", re.IGNORECASE)
 _CAMEL_ID_NAME = re.compile(r"[a-z0-9](Id|ID)$")
+_CANONICAL_INTEGER = r"-?(?:0|[1-9][0-9]*)"  # an integer exactly as int() would print it
+_LEADING_ZERO_INTEGER = r"[+-]?[0-9]+"
+_PANDAS_INDEX_NAME = re.compile(r"^Unnamed: \d+$")
+_ISO_DATE = r"\s*\d{4}-\d{2}-\d{2}"  # ISO dates and datetimes start with YYYY-MM-DD
+_DATE_SAMPLE = 1000
 UNIQUE_PER_ROW = "unique per row"
+INDEX_COLUMN = "index column written by pandas"
 _SHOWN_VALUES = 5
 
 
@@ -59,7 +78,13 @@ class ImportedDataset(Dataset):
     """A `Dataset` plus what the import decided on the user's behalf, so it can be shown."""
 
     dropped: dict[str, str] = field(default_factory=dict)  # column -> why, e.g. "unique per row"
-    positive: dict[str, str] = field(default_factory=dict)  # text label -> the value mapped to 1
+    positive: dict[str, list[str]] = field(default_factory=dict)  # text label -> values mapped to 1
+    #: the date column taken as the timestamp because it was the only one (None: none was taken)
+    inferred_timestamp: str | None = None
+    #: what that column held: "ISO dates" (text) or "dates" (a datetime column)
+    inferred_timestamp_from: str | None = None
+    #: date columns kept as features because no timestamp was named and none could be chosen
+    date_columns: list[str] = field(default_factory=list)
 
 
 def is_id_name(name: str) -> bool:
@@ -82,8 +107,16 @@ def split_names(values: str | Iterable[str] | None) -> list[str]:
     return out
 
 
-def read_table(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a CSV/TSV (optionally compressed) or parquet file into a frame; refuse anything else."""
+def read_table(
+    path: str | os.PathLike,
+    *,
+    categorical: Sequence[str] = (),
+    numeric: Sequence[str] = (),
+) -> pd.DataFrame:
+    """Read a CSV/TSV (optionally compressed) or parquet file into a frame; refuse anything else.
+
+    Columns that will be categories keep their values exactly (see `_exact_csv_columns`): those
+    named in `categorical` and, unless named in `numeric`, every id-named column."""
     path = Path(path)
     if not path.exists():
         raise ReprokitError(f"file not found: {path}")
@@ -93,15 +126,86 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
         magic = handle.read(4)
     try:
         if magic == b"PAR1" or path.suffix.lower() in _PARQUET_SUFFIXES:
-            return pq.read_table(path).to_pandas()
+            return _read_parquet(path, _exact_names(categorical, numeric))
         suffixes = [s.lower() for s in path.suffixes]
         sep = "\t" if ".tsv" in suffixes or ".tab" in suffixes else ","
-        return pd.read_csv(path, sep=sep, low_memory=False)
+        frame = pd.read_csv(path, sep=sep, low_memory=False)
+        return _exact_csv_columns(frame, path, sep, categorical, numeric)
     except pd.errors.EmptyDataError:
         raise ReprokitError(f"{path} is empty") from None
     except (pa.ArrowInvalid, pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ReprokitError(f"{path} is not a readable CSV or parquet file ({first})") from None
+
+
+def _exact_names(categorical: Sequence[str], numeric: Sequence[str]):
+    """Which columns must keep exact values: named `categorical`, or id-named and not `numeric`."""
+
+    def wanted(name: object) -> bool:
+        name = str(name)
+        return name in categorical or (is_id_name(name) and name not in numeric)
+
+    return wanted
+
+
+def _read_parquet(path: Path, wanted) -> pd.DataFrame:
+    """Parquet as pandas, except that an integer column with nulls that will be categorical
+    becomes nullable Int64 (pyarrow would make it float64 and round ids beyond 2**53)."""
+    table = pq.read_table(path)
+    frame = table.to_pandas()
+    names = list(table.column_names)
+    for i, name in enumerate(names):
+        column = table.column(i)
+        if (
+            wanted(name)
+            and names.count(name) == 1
+            and name in frame.columns
+            and pa.types.is_integer(column.type)
+            and column.null_count
+        ):
+            dtype = pd.UInt64Dtype() if column.type == pa.uint64() else pd.Int64Dtype()
+            frame[name] = pd.array(column.to_pylist(), dtype=dtype)
+    return frame
+
+
+def _exact_csv_columns(
+    frame: pd.DataFrame,
+    path: Path,
+    sep: str,
+    categorical: Sequence[str],
+    numeric: Sequence[str],
+) -> pd.DataFrame:
+    """Re-read, as text, the columns that will be categories but that pandas parsed as numbers:
+    an integer column with empty cells is float64 to pandas (ids near 2**62 collapse, 1,024 to a
+    float), and '007' and '7' both become 7. Integers written as `int` would write them become
+    int64 (Int64 with missing values), exactly; anything else stays text as written, except that
+    an id-named column of other numbers (1.5) keeps pandas' parse."""
+    wanted = _exact_names(categorical, numeric)
+    if not isinstance(frame.index, pd.RangeIndex) or frame.columns.duplicated().any():
+        return frame  # pandas moved columns into the index: positions no longer match the file
+    positions = [
+        i
+        for i, col in enumerate(frame.columns)
+        if wanted(col) and not _is_text(frame[col])  # text columns are already as written
+    ]
+    if not positions:
+        return frame
+    text = pd.read_csv(path, sep=sep, usecols=positions, dtype=str, low_memory=False)
+    frame = frame.copy()
+    for i in positions:
+        col = frame.columns[i]
+        values = text.iloc[:, positions.index(i)]
+        present = values.dropna()
+        if present.str.fullmatch(_CANONICAL_INTEGER).all():
+            try:
+                exact = values.astype("Int64")
+            except (OverflowError, ValueError, TypeError):  # beyond int64: keep the text
+                frame[col] = values.array
+                continue
+            frame[col] = (exact if exact.isna().any() else exact.astype(np.int64)).array
+        elif str(col) in categorical or present.str.fullmatch(_LEADING_ZERO_INTEGER).all():
+            frame[col] = values.array
+    return frame
 
 
 def _check_known(frame: pd.DataFrame, names: Sequence[str], option: str, source: str) -> None:
@@ -147,11 +251,11 @@ def _show_values(values: pd.Series) -> str:
 
 
 def _check_label_options(
-    labels: dict[str, pd.Series], threshold: float | None, positive: str | None
+    labels: dict[str, pd.Series], threshold: float | None, positive: list[str]
 ) -> None:
     """Refuse --positive / --label-threshold when no label column is of the kind they apply to."""
     names = ", ".join(repr(c) for c in labels)
-    if positive is not None and not any(_is_text(s) for s in labels.values()):
+    if positive and not any(_is_text(s) for s in labels.values()):
         raise ReprokitError(
             f"--positive applies to label columns that hold text, and none of {names} does; "
             "leave it out (numeric labels take --label-threshold)"
@@ -165,37 +269,61 @@ def _check_label_options(
         )
 
 
+def _positive_values(values: pd.Series, name: str, positive: list[str]) -> list[str]:
+    """The label values that mean 1. Each --positive value counts as a whole; one that occurs
+    nowhere but holds commas counts as its comma-separated parts (a value may contain a comma).
+    A label of more than two values with a single positive one is refused: its other spellings
+    (UCI adult's '>50K.') would silently become 0."""
+    present = set(pd.unique(values))
+    out: list[str] = []
+    for given in positive:
+        wanted = given.strip()
+        parts = [wanted]
+        if wanted not in present and "," in wanted:
+            parts = [p.strip() for p in wanted.split(",") if p.strip()]
+        for part in parts:
+            if part not in present:
+                same = [v for v in present if v.casefold() == part.casefold()]
+                hint = f"; did you mean {same[0]!r}?" if same else ""
+                raise ReprokitError(
+                    f"--positive {part!r} does not occur in label column {name!r} (values "
+                    f"{_show_values(values)}, compared after stripping whitespace){hint}"
+                )
+            if part not in out:
+                out.append(part)
+    if len(present) > 2 and len(out) == 1:
+        raise ReprokitError(
+            f"label column {name!r} holds {len(present)} distinct values "
+            f"({_show_values(values)}), and with --positive {out[0]!r} every value other than "
+            f"{out[0]!r} would be 0; name each positive value with --positive (repeat it: "
+            f"--positive {out[0]!r} --positive OTHER)"
+        )
+    return out
+
+
 def _binary_label(
-    series: pd.Series, name: str, threshold: float | None, positive: str | None
-) -> pd.Series:
-    """0/1 as int8: 0/1 and booleans as they are, other numbers by `threshold`, text by
-    `positive` (compared after stripping whitespace)."""
+    series: pd.Series, name: str, threshold: float | None, positive: list[str]
+) -> tuple[pd.Series, list[str]]:
+    """0/1 as int8 and the values mapped to 1 (text labels only): 0/1 and booleans as they are,
+    other numbers by `threshold`, text by `positive` (compared after stripping whitespace)."""
     missing = int(series.isna().sum())
     if missing:
         raise ReprokitError(
             f"label column {name!r} has {missing} missing value(s); drop or fill those rows first"
         )
     if _is_binary(series):
-        return series.astype(np.int8)
+        return series.astype(np.int8), []
     if _is_text(series):
         values = _stripped_text(series)
-        if positive is None:
+        if not positive:
             raise ReprokitError(
                 f"label column {name!r} holds text, not 0/1 (values {_show_values(values)}); "
                 "say which value is the positive class with --positive VALUE"
             )
-        wanted = positive.strip()
-        hits = values == wanted
-        if not hits.any():
-            same = [v for v in pd.unique(values) if v.casefold() == wanted.casefold()]
-            hint = f"; did you mean {same[0]!r}?" if same else ""
-            raise ReprokitError(
-                f"--positive {wanted!r} does not occur in label column {name!r} (values "
-                f"{_show_values(values)}, compared after stripping whitespace){hint}"
-            )
-        return hits.astype(np.int8)
+        chosen = _positive_values(values, name, positive)
+        return values.isin(chosen).astype(np.int8), chosen
     if threshold is not None:
-        return (series >= threshold).astype(np.int8)
+        return (series >= threshold).astype(np.int8), []
     odd = [v for v in pd.unique(series) if v not in (0, 1)][:3]
     raise ReprokitError(
         f"label column {name!r} is not binary (it holds values such as "
@@ -224,6 +352,7 @@ def _timestamp(series: pd.Series, name: str) -> pd.Series:
     if pd.api.types.is_bool_dtype(series):
         raise ReprokitError(f"timestamp column {name!r} holds booleans, not times")
     if pd.api.types.is_numeric_dtype(series):
+        _refuse_infinite(series, f"timestamp column {name!r}")
         return np.floor(series).astype(np.int64) if pd.api.types.is_float_dtype(series) else series
     if not pd.api.types.is_datetime64_any_dtype(series):
         try:
@@ -241,6 +370,49 @@ def _datetime_seconds(series: pd.Series) -> pd.Series:
         series = series.dt.tz_convert("UTC").dt.tz_localize(None)
     seconds = (series - pd.Timestamp(0)) // pd.Timedelta(seconds=1)
     return seconds.astype("Int64") if seconds.isna().any() else seconds.astype(np.int64)
+
+
+def _refuse_infinite(series: pd.Series, what: str) -> None:
+    """Refuse inf/-inf: a user should know, and they would poison means and standardisation."""
+    if not pd.api.types.is_float_dtype(series):
+        return
+    count = int(np.isinf(series.to_numpy(dtype=np.float64, na_value=np.nan)).sum())
+    if count:
+        raise ReprokitError(
+            f"{what} has {count} infinite value(s) (inf or -inf); replace them (an empty cell is "
+            "a missing value) or leave the column out with --drop"
+        )
+
+
+def _is_pandas_index(series: pd.Series, name: str) -> bool:
+    """A pandas index written with the data (``to_csv()`` without ``index=False``): named
+    ``Unnamed: 0`` (or with no name), integers, one per row; consecutive or not (a filtered frame
+    keeps its old row numbers)."""
+    if not (name == "" or _PANDAS_INDEX_NAME.match(name)):
+        return False
+    if not pd.api.types.is_integer_dtype(series) or pd.api.types.is_bool_dtype(series):
+        return False
+    return not series.isna().any() and bool(series.is_unique)
+
+
+def _is_date(series: pd.Series) -> bool:
+    """Dates or datetimes: a datetime column, or text whose values all start as ISO dates
+    (YYYY-MM-DD) and of which a sample parses as ISO 8601."""
+    if pd.api.types.is_datetime64_any_dtype(series):
+        return True
+    if not _is_text(series) or isinstance(series.dtype, pd.CategoricalDtype):
+        return False
+    present = series.dropna()
+    sample = present.iloc[:_DATE_SAMPLE]
+    if not len(sample) or not sample.map(lambda v: isinstance(v, str)).all():
+        return False
+    if not sample.astype(str).str.match(_ISO_DATE).all():
+        return False  # cheap refusal of the usual text column before looking at every row
+    try:
+        pd.to_datetime(sample.astype(str), format="ISO8601", utc=True)
+    except (ValueError, TypeError, OverflowError):
+        return False
+    return bool(present.astype(str).str.match(_ISO_DATE).all())
 
 
 def _integral(series: pd.Series) -> bool:
@@ -310,15 +482,17 @@ def _as_numeric(series: pd.Series, name: str) -> pd.Series:
         return series.astype(np.float32)
     if pd.api.types.is_datetime64_any_dtype(series):
         return _datetime_seconds(series).astype(np.float64)
-    if pd.api.types.is_numeric_dtype(series):
-        return series
-    converted = pd.to_numeric(series, errors="coerce")
-    bad = converted.isna() & series.notna()
-    if bad.any():
-        raise ReprokitError(
-            f"column {name!r} given as --numeric holds non-numbers (e.g. {series[bad].iloc[0]!r})"
-        )
-    return converted
+    if not pd.api.types.is_numeric_dtype(series):
+        converted = pd.to_numeric(series, errors="coerce")
+        bad = converted.isna() & series.notna()
+        if bad.any():
+            raise ReprokitError(
+                f"column {name!r} given as --numeric holds non-numbers "
+                f"(e.g. {series[bad].iloc[0]!r})"
+            )
+        series = converted
+    _refuse_infinite(series, f"numeric column {name!r}")
+    return series
 
 
 def infer_dataset(
@@ -331,13 +505,15 @@ def infer_dataset(
     example_id: str | None = None,
     timestamp: str | None = None,
     label_threshold: float | None = None,
-    positive: str | None = None,
+    positive: str | Iterable[str] | None = None,
     max_categories: int = DEFAULT_MAX_CATEGORIES,
     name: str = "dataset",
     source: str = "the file",
 ) -> ImportedDataset:
     """Infer roles (see the module docstring), convert the columns, and return the dataset with
-    the columns dropped as row ids and the positive value of each text label."""
+    the columns dropped as row ids and the positive values of each text label. `positive` is one
+    value or several (a value may contain a comma; see `_positive_values`)."""
+    positives_l = [positive] if isinstance(positive, str) else list(positive or [])
     labels_l, cat_l = split_names(labels), split_names(categorical)
     num_l, drop_l = split_names(numeric), split_names(drop)
     for option, names in (
@@ -351,7 +527,7 @@ def infer_dataset(
         _check_known(frame, names, option, source)
     if max_categories < 0:
         raise ReprokitError("--max-categories must be >= 0")
-    if positive is not None and not positive.strip():
+    if any(not str(p).strip() for p in positives_l):
         raise ReprokitError("--positive needs a value, e.g. --positive yes")
     if len(frame) == 0:
         raise ReprokitError(f"{source} has no rows")
@@ -391,6 +567,13 @@ def infer_dataset(
                     f"column {col!r} is given two roles ({roles[col]} and {option})"
                 )
             roles[col] = option
+    dates = [c for c in frame.columns if c not in roles and _is_date(frame[c])]
+    inferred_timestamp = inferred_from = None
+    if timestamp is None and len(dates) == 1 and not frame[dates[0]].isna().any():
+        timestamp = inferred_timestamp = dates.pop()
+        roles[timestamp] = "--timestamp"
+        text = not pd.api.types.is_datetime64_any_dtype(frame[timestamp])
+        inferred_from = "ISO dates" if text else "dates"
 
     columns: dict[str, pd.Series] = {}
     if example_id is None:
@@ -406,8 +589,11 @@ def infer_dataset(
         if col in roles and roles[col] not in ("--categorical", "--numeric"):
             continue
         series = frame[col].reset_index(drop=True)
-        if col not in roles and _is_row_id(series, col):
-            dropped[col] = UNIQUE_PER_ROW
+        if col not in roles and _is_pandas_index(series, col):
+            dropped[col] = INDEX_COLUMN
+            continue
+        if col not in roles and col not in dates and _is_row_id(series, col):
+            dropped[col] = UNIQUE_PER_ROW  # a date is never a row id, even one per row
             continue
         if col in cat_l or (col not in num_l and _is_categorical(series, col, max_categories)):
             columns[col] = _as_categorical(series)
@@ -418,12 +604,13 @@ def infer_dataset(
     if timestamp is not None:
         columns[timestamp] = _timestamp(frame[timestamp], timestamp).reset_index(drop=True)
     raw_labels = {col: _plain(frame[col]) for col in labels_l}
-    _check_label_options(raw_labels, label_threshold, positive)
-    positives: dict[str, str] = {}
+    _check_label_options(raw_labels, label_threshold, positives_l)
+    positives: dict[str, list[str]] = {}
     for col, raw in raw_labels.items():
-        columns[col] = _binary_label(raw, col, label_threshold, positive).reset_index(drop=True)
-        if positive is not None and _is_text(raw):
-            positives[col] = positive.strip()
+        binary, chosen = _binary_label(raw, col, label_threshold, positives_l)
+        columns[col] = binary.reset_index(drop=True)
+        if chosen:
+            positives[col] = chosen
 
     schema = DatasetSchema(
         categorical=cat_out,
@@ -435,7 +622,15 @@ def infer_dataset(
     )
     out = pd.DataFrame(columns)
     schema.validate(out)
-    return ImportedDataset(frame=out, schema=schema, dropped=dropped, positive=positives)
+    return ImportedDataset(
+        frame=out,
+        schema=schema,
+        dropped=dropped,
+        positive=positives,
+        inferred_timestamp=inferred_timestamp,
+        inferred_timestamp_from=inferred_from,
+        date_columns=dates if timestamp is None else [],
+    )
 
 
 def import_file(
@@ -448,7 +643,11 @@ def import_file(
     """Read `path`, infer its dataset (options as for `infer_dataset`, e.g. ``labels="income",
     positive=">50K"``) and write it to `out`; `.dropped` names the row-id columns left out."""
     path = Path(path)
-    frame = read_table(path)
+    frame = read_table(
+        path,
+        categorical=split_names(options.get("categorical")),
+        numeric=split_names(options.get("numeric")),
+    )
     stem = path.name.split(".")[0] or "dataset"
     dataset = infer_dataset(frame, name=name or stem, source=str(path), **options)
     if out is not None:
