@@ -272,8 +272,8 @@ def _check_label_options(
 def _positive_values(values: pd.Series, name: str, positive: list[str]) -> list[str]:
     """The label values that mean 1. Each --positive value counts as a whole; one that occurs
     nowhere but holds commas counts as its comma-separated parts (a value may contain a comma).
-    A label of more than two values with a single positive one is refused: its other spellings
-    (UCI adult's '>50K.') would silently become 0."""
+    A value that is another spelling of a positive one (UCI adult's '>50K.' next to '>50K') is
+    refused: it would silently become 0. A one-vs-rest label (A/B/C with --positive A) is fine."""
     present = set(pd.unique(values))
     out: list[str] = []
     for given in positive:
@@ -291,14 +291,24 @@ def _positive_values(values: pd.Series, name: str, positive: list[str]) -> list[
                 )
             if part not in out:
                 out.append(part)
-    if len(present) > 2 and len(out) == 1:
+    variants = sorted(
+        v for v in present if v not in out and any(_spelling(v) == _spelling(o) for o in out)
+    )
+    if variants:
         raise ReprokitError(
-            f"label column {name!r} holds {len(present)} distinct values "
-            f"({_show_values(values)}), and with --positive {out[0]!r} every value other than "
-            f"{out[0]!r} would be 0; name each positive value with --positive (repeat it: "
-            f"--positive {out[0]!r} --positive OTHER)"
+            f"label column {name!r} holds {variants[0]!r}, another spelling of --positive "
+            f"{out[0]!r} (values {_show_values(values)}), which would silently become 0; name "
+            f"each positive spelling (--positive {out[0]!r} --positive {variants[0]!r}), or "
+            "clean the column first"
         )
     return out
+
+
+def _spelling(value: str) -> str:
+    """A label value without case, surrounding space and trailing full stops: '>50K.' and '>50k'
+    read alike ('<=50K' does not), so a one-vs-rest label (grades A/B/C, --positive A) is
+    accepted but a stray spelling of the positive value is not."""
+    return value.casefold().strip().rstrip(".").strip()
 
 
 def _binary_label(
