@@ -1,5 +1,9 @@
 """CTR models: field embeddings + numeric features → MLP(s) → one logit per task.
 
+Every model receives its embedding table (an `EmbeddingTable`, TorchRec-style injection) and
+flattens its [batch, fields, dim] output in front of the numeric features; `create_model` builds
+the table the config names and the architecture `ARCHITECTURES` names.
+
 - `CTRModel` (`model.arch = "mlp"`): one MLP and one linear head with an output per task.
 - `SharedBottomModel` (`"shared-bottom"`): the MLP is shared by all tasks (hard sharing); each
   task has its own tower MLP and a one-output head.
@@ -19,7 +23,7 @@ import torch
 from torch import nn
 
 from reprokit.nn.components import ARCHITECTURES
-from reprokit.nn.embeddings import create_embeddings
+from reprokit.nn.embeddings import EmbeddingTable, create_embeddings
 from reprokit.nn.registry import create_activation
 
 
@@ -68,21 +72,12 @@ def _init_linears(modules: list[nn.Module], generator: torch.Generator) -> None:
 
 
 class _EmbeddedInput(nn.Module):
-    """What every architecture shares: the embedded input and its seeded dropout."""
+    """What every architecture shares: the injected embedding table (registered first, so its
+    parameters come first), the embedded input and its seeded dropout."""
 
-    def __init__(
-        self,
-        vocab_sizes: list[int],
-        num_numeric: int,
-        embedding_dim: int,
-        n_tasks: int,
-        embedding: str,
-        sparse_embeddings: bool,
-    ) -> None:
+    def __init__(self, embeddings: EmbeddingTable, num_numeric: int, n_tasks: int) -> None:
         super().__init__()
-        self.embeddings = create_embeddings(
-            embedding, vocab_sizes, embedding_dim, sparse_embeddings
-        )
+        self.embeddings = embeddings
         self.input_dim = self.embeddings.output_dim + num_numeric
         self.n_tasks = int(n_tasks)
 
@@ -93,7 +88,7 @@ class _EmbeddedInput(nn.Module):
 
     def _input(self, cat: torch.Tensor, num: torch.Tensor) -> torch.Tensor:
         """Embedded categorical fields, then the numeric features: [batch, input_dim]."""
-        return torch.cat([self.embeddings(cat), num], dim=1)
+        return torch.cat([self.embeddings(cat).flatten(1), num], dim=1)
 
 
 class CTRModel(_EmbeddedInput):
@@ -103,20 +98,15 @@ class CTRModel(_EmbeddedInput):
 
     def __init__(
         self,
-        vocab_sizes: list[int],
+        embeddings: EmbeddingTable,
         num_numeric: int,
-        embedding_dim: int = 8,
         hidden: list[int] | tuple[int, ...] = (64, 32),
         activation: str = "relu",
         dropout: float = 0.0,
         batch_norm: bool = False,
         n_tasks: int = 1,
-        embedding: str = "table",
-        sparse_embeddings: bool = False,
     ) -> None:
-        super().__init__(
-            vocab_sizes, num_numeric, embedding_dim, n_tasks, embedding, sparse_embeddings
-        )
+        super().__init__(embeddings, num_numeric, n_tasks)
         self.mlp, width = _mlp(self.input_dim, hidden, activation, dropout, batch_norm)
         self.head = nn.Linear(width, n_tasks)
 
@@ -135,19 +125,14 @@ class _MultiTaskBase(_EmbeddedInput):
 
     def __init__(
         self,
-        vocab_sizes: list[int],
+        embeddings: EmbeddingTable,
         num_numeric: int,
-        embedding_dim: int,
         activation: str,
         dropout: float,
         batch_norm: bool,
         n_tasks: int,
-        embedding: str,
-        sparse_embeddings: bool,
     ) -> None:
-        super().__init__(
-            vocab_sizes, num_numeric, embedding_dim, n_tasks, embedding, sparse_embeddings
-        )
+        super().__init__(embeddings, num_numeric, n_tasks)
         self._mlp_args = (activation, dropout, batch_norm)
 
     def _build_towers(self, width: int, tower: list[int] | tuple[int, ...]) -> None:
@@ -183,22 +168,16 @@ class SharedBottomModel(_MultiTaskBase):
 
     def __init__(
         self,
-        vocab_sizes: list[int],
+        embeddings: EmbeddingTable,
         num_numeric: int,
-        embedding_dim: int = 8,
         hidden: list[int] | tuple[int, ...] = (64, 32),
         tower: list[int] | tuple[int, ...] = (16,),
         activation: str = "relu",
         dropout: float = 0.0,
         batch_norm: bool = False,
         n_tasks: int = 2,
-        embedding: str = "table",
-        sparse_embeddings: bool = False,
     ) -> None:
-        super().__init__(
-            vocab_sizes, num_numeric, embedding_dim, activation, dropout, batch_norm, n_tasks,
-            embedding, sparse_embeddings,
-        )  # fmt: skip
+        super().__init__(embeddings, num_numeric, activation, dropout, batch_norm, n_tasks)
         self.bottom, width = _mlp(self.input_dim, hidden, activation, dropout, batch_norm)
         self._build_towers(width, tower)
 
@@ -214,9 +193,8 @@ class MMoEModel(_MultiTaskBase):
 
     def __init__(
         self,
-        vocab_sizes: list[int],
+        embeddings: EmbeddingTable,
         num_numeric: int,
-        embedding_dim: int = 8,
         hidden: list[int] | tuple[int, ...] = (64, 32),
         tower: list[int] | tuple[int, ...] = (16,),
         experts: int = 4,
@@ -224,13 +202,8 @@ class MMoEModel(_MultiTaskBase):
         dropout: float = 0.0,
         batch_norm: bool = False,
         n_tasks: int = 2,
-        embedding: str = "table",
-        sparse_embeddings: bool = False,
     ) -> None:
-        super().__init__(
-            vocab_sizes, num_numeric, embedding_dim, activation, dropout, batch_norm, n_tasks,
-            embedding, sparse_embeddings,
-        )  # fmt: skip
+        super().__init__(embeddings, num_numeric, activation, dropout, batch_norm, n_tasks)
         built = [
             _mlp(self.input_dim, hidden, activation, dropout, batch_norm) for _ in range(experts)
         ]
@@ -265,17 +238,16 @@ def create_model(
     embedding: str = "table",
     sparse_embeddings: bool = False,
 ) -> nn.Module:
-    """The model `arch` names in `reprokit.nn.components.ARCHITECTURES`."""
+    """The model `arch` names in `reprokit.nn.components.ARCHITECTURES`, given the embedding table
+    `embedding` names (built first, as its parameters come first)."""
     cls = ARCHITECTURES.get(arch).load()
+    table = create_embeddings(embedding, vocab_sizes, embedding_dim, sparse_embeddings)
     common = dict(
-        embedding_dim=embedding_dim,
         hidden=hidden,
         activation=activation,
         dropout=dropout,
         batch_norm=batch_norm,
         n_tasks=n_tasks,
-        embedding=embedding,
-        sparse_embeddings=sparse_embeddings,
     )
     own = {"tower": tower, "experts": experts}
-    return cls(vocab_sizes, num_numeric, **common, **{k: own[k] for k in cls.options})
+    return cls(table, num_numeric, **common, **{k: own[k] for k in cls.options})

@@ -52,6 +52,7 @@ from reprokit.config import RunConfig
 from reprokit.errors import ReprokitError
 from reprokit.nn import _fused
 from reprokit.nn.activations import ReLU
+from reprokit.nn.embeddings import TableLayout
 from reprokit.nn.models import CTRModel, SeededDropout
 from reprokit.optim.catalog import OPTIMIZERS, accumulator_start
 from reprokit.training.divergence import SpikeDetector
@@ -94,14 +95,15 @@ def _round_up(n: int, k: int = ALIGN) -> int:
 class Stack:
     """The parameters of R replicas.
 
-    `table` [R, V_pad, dim]: every field's table of a replica, field f from row `offsets[f]`, padded
-    to V_pad rows (a multiple of ALIGN). `flat` [R, P_pad]: all dense parameters of a replica in one
+    `table` [R, V_pad, dim]: a replica's embedding rows as the table kind lays them out (`layout`,
+    from `EmbeddingTable.stacked_layout`; for `table`, field f from row `offsets[f]`), padded to
+    V_pad rows (a multiple of ALIGN). `flat` [R, P_pad]: all dense parameters of a replica in one
     zero-padded row; `weights` [R, in, out] (nn.Linear's weight transposed) and `biases` [R, 1, out]
     are views of it that require grad.
     """
 
     table: torch.Tensor
-    offsets: torch.Tensor
+    layout: TableLayout  # ids → rows of a replica's table (on the stack's device)
     flat: torch.Tensor
     weights: list[torch.Tensor]
     biases: list[torch.Tensor]
@@ -113,6 +115,10 @@ class Stack:
     @property
     def replicas(self) -> int:
         return self.table.shape[0]
+
+    @property
+    def offsets(self) -> torch.Tensor:
+        return self.layout.offsets
 
     @property
     def dense(self) -> list[torch.Tensor]:
@@ -136,8 +142,8 @@ class Stack:
 
 
 def _model_tensors(model: CTRModel) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """(embedding tables stacked [V, dim], dense tensors W0ᵀ, b0, W1ᵀ, b1, .. in Stack's order)."""
-    table = torch.cat([t.weight.detach() for t in model.embeddings.tables], dim=0)
+    """(the table's stacked rows [V, dim], dense tensors W0ᵀ, b0, W1ᵀ, b1, .. in Stack's order)."""
+    table = model.embeddings.stacked_weight()
     dense: list[torch.Tensor] = []
     for m in [*(m for m in model.mlp if isinstance(m, nn.Linear)), model.head]:
         dense += [m.weight.detach().t(), m.bias.detach().unsqueeze(0)]
@@ -166,9 +172,9 @@ def build_stack(
         per_replica.append(cache[key])
     assert first is not None
     device = torch.device(config.device)
-    n_rep, dim = len(per_replica), int(config.model.embedding_dim)
-    sizes = list(encoded.vocab_sizes)
-    v_pad = _round_up(max(int(sum(sizes)), 1))
+    layout = first.embeddings.stacked_layout()
+    n_rep, dim = len(per_replica), layout.dim
+    v_pad = _round_up(max(layout.num_rows, 1))
     table = torch.zeros((n_rep, v_pad, dim))
     shapes = [t.shape for t in per_replica[0][1]]
     numels = [int(np.prod(sh)) for sh in shapes]
@@ -181,10 +187,9 @@ def build_stack(
     for sh, k in zip(shapes, numels, strict=True):
         views.append(flat[:, start : start + k].view(n_rep, *sh).requires_grad_(True))
         start += k
-    offsets = torch.as_tensor(np.concatenate([[0], np.cumsum(sizes)[:-1]]), dtype=torch.long)
     return Stack(
         table=table,
-        offsets=offsets.to(device),
+        layout=layout.to(device),
         flat=flat,
         weights=views[0::2],
         biases=views[1::2],
@@ -422,7 +427,7 @@ def forward(
 
 def _flat_rows(stack: Stack, cat_rows: torch.Tensor, replica_base: torch.Tensor) -> torch.Tensor:
     """Local field ids [G or 1, b, F] → rows of the flat stacked table [R, b, F]."""
-    return cat_rows + stack.offsets + replica_base
+    return stack.layout.rows(cat_rows) + replica_base
 
 
 class EmbeddingGradAccumulator:
@@ -819,8 +824,9 @@ def _train(
     y = torch.as_tensor(encoded.train_y, device=device)
     n = cat.shape[0]
     bs = config.optim.batch_size
-    # rows of a replica's table (field offsets added), int32 when they fit (half the bytes to copy)
-    local_rows = cat + stack.offsets
+    # rows of a replica's table (the layout's: field offsets added), int32 when they fit (half the
+    # bytes to copy)
+    local_rows = stack.layout.rows(cat)
     if stack.vocab_total * n_rep < 2**31:
         local_rows = local_rows.to(torch.int32)
     stepper = _Stepper(stack)

@@ -14,7 +14,7 @@ kernels are used:
   but ``""``, ``0``, ``false``, ``no``, ``off``), or by the :func:`disabled` context manager
   (benchmarks, tests); both switches turn off both extensions.
 
-The variable is read when reprokit.nn is imported (so one process uses one path throughout) and
+The variable is read when this module is first imported (so one process uses one path throughout) and
 again by :func:`refresh`. Both paths give the same bits, so the choice only changes speed.
 """
 
