@@ -14,8 +14,9 @@ kernels are used:
   but ``""``, ``0``, ``false``, ``no``, ``off``), or by the :func:`disabled` context manager
   (benchmarks, tests); both switches turn off both extensions.
 
-The variable is read when this module is first imported (so one process uses one path throughout) and
-again by :func:`refresh`. Both paths give the same bits, so the choice only changes speed.
+The variable is read when this module is first imported (so one process uses one path
+throughout) and again by :func:`refresh`. Both paths give the same bits, so the choice only
+changes speed.
 """
 
 from __future__ import annotations
