@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
+import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from rundir_fixtures import make_compare, make_train_ensemble
@@ -13,7 +17,7 @@ from typer.testing import CliRunner
 
 from reprokit.cli import app
 from reprokit.errors import ReprokitError
-from reprokit.report import build_report, sections_for, write_report
+from reprokit.report import build_report, figures, sections_for, write_report
 from reprokit.report.context import pareto_front
 from reprokit.rundir import load_run
 
@@ -325,3 +329,117 @@ def test_report_and_gate_of_a_real_train_ensemble_run(tmp_path: Path):
         app, ["gate", str(run), "--baseline", str(run), "--max-pd-increase", "0", "--json"]
     )
     assert again.exit_code == 0 and json.loads(again.stdout)["rules"][0]["observed"] == 0
+
+
+# ---- cosmetics found in a user trial --------------------------------------------------------------
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def _tick_labels(svg: str, name: str) -> list[tuple[float, str]]:
+    """(x, text) of every labelled tick of a figure's x axis, read from its inline SVG."""
+    root = ET.fromstring(str(svg))
+    axis = next(g for g in root.iter(f"{SVG}g") if g.get("id") == f"{name}-matplotlib.axis_1")
+    out = []
+    for tick in axis.findall(f"{SVG}g"):
+        if "xtick_" in (tick.get("id") or ""):
+            for t in tick.iter(f"{SVG}text"):
+                out.append((float(t.get("x", "nan")), "".join(t.itertext()).strip()))
+    return out
+
+
+def _buckets(lo: float, hi: float, k: int = 12) -> list[dict]:
+    r = (hi / lo) ** (1 / k)
+    return [
+        {"lo": lo * r**i, "hi": lo * r ** (i + 1), "abs_mean": 0.01 + i / 1000} for i in range(k)
+    ]
+
+
+@pytest.mark.parametrize(
+    "lo, hi", [(0.015, 0.09), (0.02, 0.3), (0.05, 0.6), (0.001, 0.9), (1e-6, 0.99), (0.42, 0.47)]
+)
+def test_bucket_chart_log_axis_has_few_plain_labels_that_do_not_overlap(lo, hi):
+    """The trial's axis read `2×10⁻²3×10⁻²4×10⁻²...`: a mathtext label on every minor tick."""
+    svg = figures.pd_by_bucket([SimpleNamespace(label="a")], [_buckets(lo, hi)])
+    ticks = _tick_labels(svg, "pd-by-bucket")
+    assert 2 <= len(ticks) <= 9, ticks
+    values = [float(text) for _, text in ticks]  # plain numbers: "0.02", not "2×10−2"
+    assert values == sorted(values)
+    char = 9 * 0.62  # DejaVu Sans digit width at the 9 px tick font, generously
+    for (x0, a), (x1, b) in zip(ticks, ticks[1:], strict=False):
+        assert x1 - x0 > (len(a) + len(b)) / 2 * char + 4, (a, b, x1 - x0)
+
+
+@pytest.mark.parametrize("steps", [4, 6, 10, 1000])
+def test_training_loss_axis_ticks_are_whole_steps(steps):
+    rep = SimpleNamespace(
+        loss_steps=list(range(steps)), loss=[1 / (s + 1) for s in range(steps)], name="000"
+    )
+    svg = figures.loss_curves([SimpleNamespace(label="a")], [SimpleNamespace(replicas=[rep])])
+    labels = [text for _, text in _tick_labels(svg, "training-loss")]
+    assert len(labels) >= 2 and all(re.fullmatch(r"\d+", t) for t in labels), labels
+
+
+def test_configuration_of_imported_data_leaves_out_synthetic_settings(tmp_path: Path):
+    run = make_train_ensemble(
+        tmp_path / "imported", replicas=2, examples=50, config={"data": {"path": "/d/clicks"}}
+    )
+    report = build_report(run)
+    config = report.document["sections"]["configuration"]["config"]
+    assert config["data.path"] == "/d/clicks" and config["data.split"] == "random"
+    assert not [k for k in config if k.startswith("data.synth_")]
+    assert "synth_rows" not in report.html
+    synthetic = build_report(make_train_ensemble(tmp_path / "synth", replicas=2, examples=50))
+    assert synthetic.document["sections"]["configuration"]["config"]["data.synth_rows"] == 2000
+
+
+@pytest.fixture(scope="module")
+def stability_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "stab"
+    args = ["stability", "--optimizers", "adagrad,adam", "--lr-multipliers", "1,1e5",
+            "--replicas", "2", "--epochs", "1", "--synth-rows", "2000", "--out", str(out)]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_stability_divergence_table_puts_std_on_its_own_line(stability_run: Path):
+    html = build_report(stability_run).html
+    table = html.split('id="divergence"')[1].split("</table>")[0]
+    assert '<table class="compact">' in table
+    assert re.search(r'<td class="n">0\.\d+<span class="ci">± ', table), table
+    assert " ± " not in re.sub(r'<span class="ci">± ', "", table)  # no "mean ± std" on one line
+
+
+CHROMIUM = shutil.which("chromium")
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(CHROMIUM is None, reason="needs chromium (apt-get install -y chromium)")
+def test_stability_divergence_table_fits_a_1280_px_window(stability_run: Path, tmp_path: Path):
+    """Measured by the browser: no table of the stability report needs horizontal scrolling."""
+    html = build_report(stability_run).html
+    html = re.sub(r'<meta http-equiv="Content-Security-Policy"[^>]*>', "", html)
+    probe = (
+        "<script>document.body.setAttribute('data-widths', Array.from("
+        "document.querySelectorAll('section .scroll')).map(function (d) { return "
+        "d.closest('section').id + ':' + d.scrollWidth + ':' + d.clientWidth; }).join(' '));"
+        "</script>"
+    )
+    page = tmp_path / "probe.html"
+    page.write_text(html.replace("</body>", probe + "</body>"), encoding="utf-8")
+    profile = tmp_path / "profile"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={profile}", "--window-size=1280,2400"]  # fmt: skip
+    dom = subprocess.run(
+        [CHROMIUM, *flags, "--dump-dom", page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    widths = re.search(r'data-widths="([^"]*)"', dom).group(1).split()
+    measured = {w.split(":")[0]: tuple(map(int, w.split(":")[1:])) for w in widths}
+    assert "divergence" in measured, widths
+    for section, (scroll, client) in measured.items():
+        assert scroll <= client, f"{section} table is {scroll}px wide in a {client}px box"

@@ -16,7 +16,9 @@ from collections.abc import Sequence
 import matplotlib as mpl
 import numpy as np
 from markupsafe import Markup
+from matplotlib.axis import Axis
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from reprokit.report.context import Arm, ArmStats
 
@@ -82,6 +84,28 @@ def _grid(n: int, width_each: float = 3.2, height_each: float = 2.6):
     for ax in flat[n:]:
         ax.set_visible(False)
     return fig, flat[:n]
+
+
+def _plain_log_ticks(axis: Axis, values: Sequence[float]) -> None:
+    """Label a log axis with a few plain numbers (0.02, 0.05, 0.1) instead of matplotlib's
+    mathtext labels on every minor tick (2×10⁻², 3×10⁻², ...), which run into each other when the
+    data spans about one decade. Fewer in-decade ticks the more decades the data spans."""
+    finite = [v for v in values if v > 0 and math.isfinite(v)]
+    decades = math.log10(max(finite) / min(finite)) if finite else 1.0
+    if decades <= 0.5:  # within half a decade log is nearly linear: evenly spaced round numbers
+        axis.set_major_locator(MaxNLocator(nbins=5))
+    else:
+        subs = (
+            (1.0, 2.0, 3.0, 5.0)
+            if decades <= 1.2
+            else (1.0, 2.0, 5.0)
+            if decades <= 2.5
+            else (1.0,)
+        )
+        axis.set_major_locator(LogLocator(base=10.0, subs=subs, numticks=12))
+    axis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:.3g}"))
+    axis.set_minor_locator(LogLocator(base=10.0, subs=tuple(range(2, 10)), numticks=12))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def pd_vs_auc(arms: Sequence[Arm], pareto: Sequence[str]) -> Markup:
@@ -152,6 +176,7 @@ def pd_by_bucket(arms: Sequence[Arm], buckets: Sequence[list[dict]]) -> Markup:
         ax = fig.add_subplot()
         # Log-spaced buckets (lo > 0 everywhere) read better on a log axis.
         log_x = all((r.get("lo") or 0) > 0 for rows in buckets for r in rows) and any(buckets)
+        centres: list[float] = []
         for i, (arm, rows) in enumerate(zip(arms, buckets, strict=True)):
             rows = [r for r in rows if r.get("abs_mean") is not None]
             if log_x:
@@ -159,9 +184,11 @@ def pd_by_bucket(arms: Sequence[Arm], buckets: Sequence[list[dict]]) -> Markup:
             else:
                 xs = [(r["lo"] + r["hi"]) / 2 for r in rows]
             ys = [r["abs_mean"] for r in rows]
+            centres += xs
             ax.plot(xs, ys, "o-", color=color(i), label=text(arm.label), markersize=4)
         if log_x:
             ax.set_xscale("log")
+            _plain_log_ticks(ax.xaxis, centres)
         ax.set_xlabel("ensemble-mean prediction p̄ (bucket centre)")
         ax.set_ylabel("mean |p_m − p̄| in bucket")
         ax.legend(fontsize=8)
@@ -197,6 +224,9 @@ def loss_curves(arms: Sequence[Arm], stats: Sequence[ArmStats]) -> Markup:
             for rep in st.replicas:
                 ax.plot(rep.loss_steps, rep.loss, linewidth=0.9, alpha=0.8, label=rep.name)
             ax.set_title(text(arm.label), fontsize=9, color=color(i))
+            ax.xaxis.set_major_locator(
+                MaxNLocator(nbins="auto", steps=[1, 2, 5, 10], integer=True)
+            )  # whole steps
             ax.set_xlabel("step")
             ax.set_ylabel("training loss")
             if len(st.replicas) <= 8:

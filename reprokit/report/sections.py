@@ -294,6 +294,16 @@ def _configuration_pd(ctx: ReportContext) -> SectionOutput:
 
 
 # ------------------------------------------------------------------------------------ configuration
+def _shown_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A run's flattened config as the report lists it: the built-in synthetic dataset's
+    ``data.synth_*`` settings are left out when the run read a file (``data.path`` set), where they
+    played no part and would read as if they had."""
+    data = config.get("data")
+    if not (isinstance(data, dict) and data.get("path")):
+        return _flatten(config)
+    return {k: v for k, v in _flatten(config).items() if not k.startswith("data.synth_")}
+
+
 @register_section(*_both(), id="configuration", title="Configuration and environment", order=10)
 def _configuration(ctx: ReportContext) -> SectionOutput:
     main = ctx.manifest_arm()
@@ -317,10 +327,10 @@ def _configuration(ctx: ReportContext) -> SectionOutput:
         run_info["baseline arm"] = ctx.baseline.label if ctx.baseline else None
         run_info["arms"] = ", ".join(a.label for a in ctx.arms)
     run_info = {k: v for k, v in run_info.items() if v is not None}
-    config = _flatten(manifest.get("config") or {})
+    config = _shown_config(manifest.get("config") or {})
     differs: dict[str, dict[str, Any]] = {}
     if len(ctx.arms) > 1:
-        flat = {a.name: _flatten((a.run.manifest or {}).get("config") or {}) for a in ctx.arms}
+        flat = {a.name: _shown_config((a.run.manifest or {}).get("config") or {}) for a in ctx.arms}
         keys = sorted({k for f in flat.values() for k in f})
         for key in keys:
             values = {a.label: flat[a.name].get(key) for a in ctx.arms}
