@@ -20,7 +20,7 @@ from reprokit.config import RunConfig
 from reprokit.environment import environment_fingerprint
 from reprokit.errors import ReprokitError
 from reprokit.metrics.churn import DEFAULT_TOP_K, ChurnGroups, check_top_k
-from reprokit.runners.executors import run_local
+from reprokit.runners.executors import Executor, LocalExecutor, ReplicaRecord
 from reprokit.runschema import TRAIN_ENSEMBLE, check_label_names, prediction_column_names
 from reprokit.sources import SOURCES, replica_seeds
 from reprokit.store import RunStore, atomic_write_json, run_lock
@@ -35,11 +35,12 @@ StepProgress = Callable[[int, int], None]
 
 @dataclass
 class ReplicaPayload:
-    """What a worker needs to train any replica: the encoded data, the config and the store path."""
+    """What a task needs to train any replica: the encoded data and the config (and, in this
+    process only, the vectorized engine's step callback)."""
 
     encoded: Any
     config: RunConfig
-    run_dir: str
+    on_step: StepProgress | None = None
 
 
 def default_run_dir(kind: str = KIND) -> Path:
@@ -86,29 +87,26 @@ def build_manifest(
     }
 
 
-def _train_and_store(payload: ReplicaPayload, replica: int) -> dict[str, Any]:
-    """Train one replica and write its files; runs in the parent or in a worker process."""
+def _train_one_by_one(payload: ReplicaPayload, replicas: list[int]) -> Iterator[ReplicaRecord]:
+    """The reference loop, one replica after the other (a batch of one in a worker process)."""
     from reprokit.training.loop import train_replica
 
     config = payload.config
-    seeds = replica_seeds(config.seed, config.vary, replica)
-    out = train_replica(payload.encoded, config, replica, seeds)
-    return _store_replica(payload, replica, seeds, out)
+    for replica in replicas:
+        seeds = replica_seeds(config.seed, config.vary, replica)
+        out = train_replica(payload.encoded, config, replica, seeds)
+        yield replica_record(payload, replica, seeds, out)
 
 
-def _train_vectorized(
-    payload: ReplicaPayload, replicas: list[int], on_step: StepProgress | None = None
-) -> Iterator[dict[str, Any]]:
-    """Train `replicas` together in this process (stacked parameters); write each one's files."""
+def _train_stacked(payload: ReplicaPayload, replicas: list[int]) -> Iterator[ReplicaRecord]:
+    """The vectorized engine: the batch's replicas together (stacked parameters)."""
     from reprokit.training.vectorized import train_replicas
 
     config = payload.config
     seeds = [replica_seeds(config.seed, config.vary, r) for r in replicas]
-    if not replicas:
-        return
-    outs = train_replicas(payload.encoded, config, replicas, seeds, on_step=on_step)
+    outs = train_replicas(payload.encoded, config, replicas, seeds, on_step=payload.on_step)
     for replica, s, out in zip(replicas, seeds, outs, strict=True):
-        yield _store_replica(payload, replica, s, out)
+        yield replica_record(payload, replica, s, out)
 
 
 # --- engine selection ---------------------------------------------------------------------------
@@ -154,10 +152,11 @@ def _resume_engine(store: RunStore, config: RunConfig, engine: str, finished: li
     return engine
 
 
-def _store_replica(
+def replica_record(
     payload: ReplicaPayload, replica: int, seeds: dict[str, int], out: Any
-) -> dict[str, Any]:
-    """Write one trained replica's predictions, metrics and log; return its metrics."""
+) -> ReplicaRecord:
+    """A trained replica's predictions, metrics and log, ready for the store (pure: the driver
+    writes it, so a worker needs no access to the run directory)."""
     from reprokit.training.divergence import replica_divergence
 
     enc = payload.encoded
@@ -178,8 +177,7 @@ def _store_replica(
         "threads": out.threads,
         "steps": out.steps,
     }
-    RunStore(payload.run_dir).write_replica(replica, frame, metrics, log)
-    return metrics
+    return ReplicaRecord(replica, frame, metrics, log)
 
 
 def provenance(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -261,8 +259,12 @@ def train_ensemble(
     encoded: Any = None,
     churn: ChurnGroups | None = None,
     step_progress: StepProgress | None = None,
+    executor: Executor | None = None,
 ) -> dict[str, Any]:
     """Train `config.replicas` replicas into run directory `out` (resuming it) and return the summary.
+
+    `executor` runs the replica batches (default: `LocalExecutor(workers)`); their records come
+    back here and are written through the run store.
 
     `churn` (groups of the evaluation examples, see `reprokit.data.splits.eval_groups`) adds top-k
     churn per group to the summary; it does not change training, so a run resumes either way.
@@ -285,15 +287,20 @@ def train_ensemble(
         done = len(finished)
         if progress:
             progress(done, config.replicas, {})
-        payload = ReplicaPayload(encoded=encoded, config=config, run_dir=str(store.path))
-        if engine == "vectorized":
-            results = _train_vectorized(payload, todo, step_progress)
-        else:
-            results = run_local(_train_and_store, payload, todo, workers=workers)
-        for metrics in results:
+        executor = executor or LocalExecutor(workers)
+        if engine == "vectorized":  # one batch: every replica stacked in one task
+            payload = ReplicaPayload(encoded, config, on_step=step_progress)
+            task, batches = _train_stacked, [todo] if todo else []
+        else:  # one replica per task
+            payload = ReplicaPayload(encoded, config)
+            task, batches = _train_one_by_one, [[r] for r in todo]
+        for record in executor.run(task, payload, batches):
+            store.write_replica(
+                record.replica, record.predictions, record.metrics, record.train_log
+            )
             done += 1
             if progress:
-                progress(done, config.replicas, metrics)
+                progress(done, config.replicas, record.metrics)
         summary = summarize_run(store, config, churn)
         summary["run_dir"] = str(store.path)
         store.write_summary(summary)

@@ -1,53 +1,86 @@
-"""Where replica tasks run: in this process, or in a pool of spawned worker processes.
+"""Where replica batches train: an executor takes batches of replica indices, runs a task on each
+and hands every finished replica's record back to the driver, which writes it through the run
+store. Workers therefore need no shared file system (a cluster executor is one more
+implementation of the same interface).
 
-Workers receive the encoded data once (pool initializer), pin their thread count per task, and write
-their replica's files themselves, so the parent only collects small metric dictionaries.
+`LocalExecutor` runs batches in this process or in a pool of spawned worker processes; workers
+receive the task's payload (the encoded data) once, through the pool initializer.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
+import pandas as pd
 import torch
 
-ReplicaTask = Callable[[Any, int], dict[str, Any]]
+
+@dataclass
+class ReplicaRecord:
+    """One trained replica, as the driver stores it (predictions, metrics, train log)."""
+
+    replica: int
+    predictions: pd.DataFrame
+    metrics: dict[str, Any]
+    train_log: pd.DataFrame
+
+
+#: task(payload, batch) → the records of the batch's replicas (a list, or an iterator that yields
+#: each as soon as it is ready).
+BatchTask = Callable[[Any, list[int]], Iterable[ReplicaRecord]]
+
+
+class Executor(Protocol):
+    def run(
+        self, task: BatchTask, payload: Any, batches: list[list[int]]
+    ) -> Iterator[ReplicaRecord]:
+        """Yield every replica's record as its batch finishes (in any order)."""
+        ...
+
 
 _WORKER_STATE: dict[str, Any] = {}
 
 
-def _init_worker(task: ReplicaTask, payload: Any) -> None:
+def _init_worker(task: BatchTask, payload: Any) -> None:
     # One inter-op thread per worker; the task sets its intra-op thread count per replica.
     torch.set_num_interop_threads(1)
     _WORKER_STATE["task"] = task
     _WORKER_STATE["payload"] = payload
 
 
-def _run_in_worker(replica: int) -> dict[str, Any]:
-    return _WORKER_STATE["task"](_WORKER_STATE["payload"], replica)
+def _run_in_worker(batch: list[int]) -> list[ReplicaRecord]:
+    return list(_WORKER_STATE["task"](_WORKER_STATE["payload"], batch))
 
 
-def run_local(
-    task: ReplicaTask, payload: Any, replicas: list[int], workers: int = 1
-) -> Iterator[dict[str, Any]]:
-    """Yield each replica's result as it finishes. `workers > 1` uses spawned processes."""
-    if workers <= 1 or len(replicas) <= 1:
-        saved = torch.get_num_threads()
-        try:
-            for r in replicas:
-                yield task(payload, r)
-        finally:
-            torch.set_num_threads(saved)
-        return
-    ctx = mp.get_context("spawn")
-    with ProcessPoolExecutor(
-        max_workers=min(workers, len(replicas)),
-        mp_context=ctx,
-        initializer=_init_worker,
-        initargs=(task, payload),
-    ) as pool:
-        futures = [pool.submit(_run_in_worker, r) for r in replicas]
-        for fut in as_completed(futures):
-            yield fut.result()
+@dataclass
+class LocalExecutor:
+    """This machine: in this process (`workers` <= 1, or a single batch) or in spawned processes."""
+
+    workers: int = 1
+
+    def run(
+        self, task: BatchTask, payload: Any, batches: list[list[int]]
+    ) -> Iterator[ReplicaRecord]:
+        batches = [b for b in batches if b]
+        if self.workers <= 1 or len(batches) <= 1:
+            saved = torch.get_num_threads()
+            try:
+                for batch in batches:
+                    yield from task(payload, batch)
+            finally:
+                torch.set_num_threads(saved)
+            return
+        ctx = mp.get_context("spawn")
+        with ProcessPoolExecutor(
+            max_workers=min(self.workers, len(batches)),
+            mp_context=ctx,
+            initializer=_init_worker,
+            initargs=(task, payload),
+        ) as pool:
+            futures = [pool.submit(_run_in_worker, batch) for batch in batches]
+            for fut in as_completed(futures):
+                yield from fut.result()
