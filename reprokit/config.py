@@ -138,6 +138,7 @@ class RunConfig:
             raise ReprokitError(f"{non_finite[0]} must be a finite number")
         checks = [
             (self.replicas >= 1, "--replicas must be at least 1"),
+            (self.seed >= 0, f"--seed must be >= 0, got {self.seed}"),
             (self.optim.lr > 0, "the learning rate must be positive"),
             (self.optim.batch_size >= 1, "the batch size must be at least 1"),
             (self.optim.epochs >= 1, "epochs must be at least 1"),
@@ -356,8 +357,13 @@ def resolve_config(
     config = RunConfig()
     if config_file is not None:
         _merge(config, load_toml(config_file), str(config_file))
+        # a relative data path in a config file means relative to that file, wherever it runs
+        if config.data.path and not Path(config.data.path).is_absolute():
+            config.data.path = str(Path(config_file).parent / config.data.path)
     merge_dotted(
-        config, {k: v for k, v in (overrides or {}).items() if v is not None}, "command-line options"
+        config,
+        {k: v for k, v in (overrides or {}).items() if v is not None},
+        "command-line options",
     )
     return config.validate()
 

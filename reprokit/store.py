@@ -101,12 +101,18 @@ def read_json(path: str | os.PathLike, what: str | None = None) -> dict[str, Any
 
 
 def comparable_manifest(doc: dict[str, Any]) -> dict[str, Any]:
-    """The manifest keys a resume must agree on, without the replica count and the seeds of
-    replicas beyond the first `shared` ones (a run may be extended with more replicas)."""
+    """The manifest keys a resume must agree on, without the replica count (a run may be extended
+    with more replicas) and the data file's path (the same data named from another directory; the
+    data fingerprint must still agree)."""
     # Round-trip through JSON so tuples/lists and numpy scalars compare the way they are stored.
     out = json.loads(to_json({k: doc.get(k) for k in RESUME_KEYS}))
     if isinstance(out.get("config"), dict):
         out["config"].pop("replicas", None)
+        # where the data file is named from does not matter: its fingerprint must agree
+        if isinstance(out["config"].get("data"), dict):
+            out["config"]["data"].pop("path", None)
+    if isinstance(out.get("data"), dict):
+        out["data"].pop("path", None)
     return out
 
 

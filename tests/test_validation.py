@@ -36,6 +36,7 @@ def test_vary_string_is_split_into_sources_not_characters():
         (["--lr", "inf"], {"optim.lr": math.inf}),
         (["--lr", "nan"], {"optim.lr": math.nan}),
         (["--replicas", "0"], {"replicas": 0}),
+        (["--seed", "-1"], {"seed": -1}),
         (["--activation", "smelu:bta=1"], {"model.activation": "smelu:bta=1"}),
     ],
 )
@@ -133,3 +134,24 @@ def test_a_path_object_is_accepted_where_a_path_string_is_expected(tmp_path):
 
     config = RunConfig(data=DataConfig(path=tmp_path / "d.parquet")).validate()
     assert config.data.path == str(tmp_path / "d.parquet")
+
+
+def test_a_relative_data_path_in_a_config_file_is_relative_to_that_file(tmp_path, monkeypatch):
+    (tmp_path / "cfg").mkdir()
+    toml = tmp_path / "cfg" / "run.toml"
+    toml.write_text('[data]\npath = "../d.parquet"\n')
+    monkeypatch.chdir("/")
+    assert resolve_config(toml).data.path == str(tmp_path / "cfg" / ".." / "d.parquet")
+
+
+def test_a_run_resumes_when_its_data_is_named_from_another_directory(tmp_path, monkeypatch):
+    tiny = ["--synth-rows", "1000", "--epochs", "1", "--hidden", "8", "--replicas", "2"]
+    data = tmp_path / "d.parquet"
+    made = runner.invoke(app, ["data", "synth", "--rows", "1000", "--out", str(data)])
+    assert made.exit_code == 0, made.stderr
+    out = str(tmp_path / "run")
+    first = runner.invoke(app, ["train-ensemble", *tiny, "--data", str(data), "--out", out])
+    assert first.exit_code == 0, first.stderr
+    monkeypatch.chdir(tmp_path)
+    again = runner.invoke(app, ["train-ensemble", *tiny, "--data", "d.parquet", "--out", out])
+    assert again.exit_code == 0, again.stderr  # same fingerprint: resumed, not refused
