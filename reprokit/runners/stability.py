@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import MaxNLocator
 
 from reprokit.config import RunConfig
 from reprokit.environment import environment_fingerprint
@@ -459,6 +460,7 @@ def draw_loss_grid(fig: Any, run_dir: Path, doc: dict[str, Any]) -> None:
             ax.set_title(f"{opt} ×{mult:g}: {d['count']}/{cell['replicas']} diverged", fontsize=8)
             if i == len(opts) - 1:
                 ax.set_xlabel("step")
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole
             if j == 0:
                 ax.set_ylabel("training loss")
     handles = [
