@@ -117,3 +117,12 @@ def test_event_column():
     d = detect(_flat(30) + [5.0, 0.53])
     col = event_column(d.events, np.arange(32))
     assert col[30] == "spike" and col[31] == "recovered" and set(col[:30]) == {""}
+
+
+def test_loss_wandering_on_random_labels_is_not_a_rise():
+    from reprokit.training.divergence import loss_rose
+
+    # ten steps of a model on random labels: the loss wanders around ln 2 (a user's trial run)
+    noisy = [0.6946, 0.7834, 0.6912, 0.6990, 0.6950, 0.6941, 0.6962, 0.6956, 0.6955, 0.6957]
+    assert not loss_rose(noisy)
+    assert loss_rose([0.69] * 10 + [0.80] * 10)  # a real rise still counts

@@ -229,15 +229,26 @@ EDGE_STEPS = 10
 CONSTANT_SPREAD = 0.01
 
 
+#: A final loss counts as risen only when it is this share above the first steps' loss (and above
+#: their noise): on random labels the loss wanders by a fraction of a percent around ln 2.
+LOSS_RISE_FRACTION = 0.02
+
+
 def loss_rose(losses: Any) -> bool:
-    """Whether the median loss of the last EDGE_STEPS steps is above that of the first ones."""
+    """Whether the median loss of the last EDGE_STEPS steps is clearly above that of the first
+    ones: by LOSS_RISE_FRACTION of it and by 3 robust standard deviations of those first steps."""
     x = np.asarray(losses, dtype=np.float64)
     if len(x) < 2:
         return False
     k = max(1, min(EDGE_STEPS, len(x) // 2))
+    head = x[:k][np.isfinite(x[:k])]
     with np.errstate(invalid="ignore"):
-        first, last = np.nanmedian(x[:k]), np.nanmedian(x[-k:])
-    return bool(last > first) if math.isfinite(first) and math.isfinite(last) else False
+        last = np.nanmedian(x[-k:])
+    if len(head) == 0 or not math.isfinite(last):
+        return False
+    first, scale = robust_center_scale(head)
+    margin = max(LOSS_RISE_FRACTION * abs(first), 3.0 * scale if len(head) >= 3 else 0.0)
+    return bool(last > first + margin)
 
 
 def random_auc_sd(labels: Any) -> float:
