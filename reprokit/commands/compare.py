@@ -27,7 +27,7 @@ from reprokit.metrics.churn import DEFAULT_TOP_K
 DEFAULT_REPLICAS = 8
 
 #: Table width when stderr is not a terminal (Rich would otherwise assume 80 columns).
-WIDE = 150
+WIDE = 200
 
 ARMS_HELP = (
     "Activation specs, one per arm, separated by commas or ';' (repeatable). A comma followed by a "
@@ -93,7 +93,7 @@ def render_compare_table(doc: dict[str, Any]) -> Table:
         ),
     )
     # long arm labels (several overrides) wrap; the numbers never do
-    table.add_column("arm", overflow="fold", max_width=44)
+    table.add_column("arm", overflow="fold", min_width=24, max_width=44)
     table.add_column(f"PD rel [{level * 100:g}% CI]", justify="right", no_wrap=True)
     table.add_column("PD abs", justify="right", no_wrap=True)
     table.add_column("AUC mean±std", justify="right", no_wrap=True)
