@@ -142,3 +142,13 @@ def test_activation_stacked_capability_means_no_parameters_or_buffers(info):
     module = create_activation(info.name)
     stateless = not list(module.parameters()) and not list(module.buffers())
     assert info.capabilities.stacked == stateless
+
+
+def test_stacked_capability_is_exactly_the_engine_rules():
+    from reprokit.training.stacked.optimizers import RULES, StackedRule
+
+    assert set(RULES) == set(OPTIMIZERS.having("stacked")) == {"adagrad", "sgd", "adam"}
+    for name, rule in RULES.items():
+        sparse = type(rule).sparse_torch is not StackedRule.sparse_torch
+        assert sparse == OPTIMIZERS[name].capabilities.sparse_gradients, name
+        assert sparse == (type(rule).sparse_fused is not StackedRule.sparse_fused), name
