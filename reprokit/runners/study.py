@@ -264,8 +264,8 @@ class StudyDir:
         foreign = root.is_dir() and not is_study and any(p.name != LOCK for p in root.iterdir())
         if foreign and not force:
             raise ReprokitError(
-                f"{root} exists, is not empty and is not a reprokit run directory (of a "
-                f"{self.kind} study); choose another --out or pass --force"
+                f"{root} exists, is not empty and is not a {self.kind} run directory (it is "
+                "not a reprokit run directory at all); choose another --out or pass --force"
             )
         if not force:
             for arm in arms:
