@@ -16,9 +16,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reprokit.components.architectures import ARCHITECTURES
+from reprokit.components.optimizers import OPTIMIZERS
+from reprokit.components.tables import EMBEDDING_TABLES
 from reprokit.errors import ReprokitError
-from reprokit.nn.components import ARCHITECTURES, EMBEDDING_TABLES
-from reprokit.optim.catalog import OPTIMIZERS
 from reprokit.sources import parse_vary
 
 #: Model architectures (`model.arch`), from the torch-free registry.
@@ -72,7 +73,7 @@ class OptimConfig:
     epochs: int = 2
     weight_decay: float = 0.0
     # Adagrad-family accumulator start A0 (adagrad, clippy*, adagrad+*). None: the optimizer's
-    # default, declared once in reprokit.optim.catalog (OPTIMIZERS, `accumulator`).
+    # default, declared once in reprokit.components.optimizers (`accumulator`).
     initial_accumulator_value: float | None = None
 
 

@@ -8,9 +8,9 @@ import pytest
 
 import reprokit.nn.models as models
 import reprokit.training.loop as loop
+from reprokit.components.optimizers import OPTIMIZERS
 from reprokit.config import resolve_config
 from reprokit.errors import ReprokitError
-from reprokit.optim.catalog import OPTIMIZERS
 from reprokit.runners.ensemble import choose_engine
 from reprokit.training.stacked.capability import check_supported, unsupported_reason
 

@@ -1,7 +1,7 @@
 """Embedding tables for categorical fields, injected into the models (TorchRec-style).
 
 A model receives an :class:`EmbeddingTable` (built by :func:`create_embeddings` from the kind the
-config names in ``reprokit.nn.components.EMBEDDING_TABLES``) instead of building ``nn.Embedding``
+config names in ``reprokit.components.tables.EMBEDDING_TABLES``) instead of building ``nn.Embedding``
 layers itself. The interface: ``forward(cat) -> [batch, fields, dim]``, ``output_dim`` (the width a
 model sees after flattening), ``num_rows``, ``memory_bytes()``, ``reset_parameters(generator)`` and,
 for kinds the vectorized engine can stack, ``stacked_layout()`` + ``stacked_weight()``: one
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from reprokit.nn.components import EMBEDDING_TABLES
+from reprokit.components.tables import EMBEDDING_TABLES
 
 __all__ = ["EmbeddingTable", "FieldEmbeddings", "TableLayout", "create_embeddings"]
 
@@ -113,5 +113,5 @@ class FieldEmbeddings(EmbeddingTable):
 
 
 def create_embeddings(kind: str, vocab_sizes: list[int], dim: int, sparse: bool) -> EmbeddingTable:
-    """The table `kind` names in `reprokit.nn.components.EMBEDDING_TABLES`."""
+    """The table `kind` names in `reprokit.components.tables.EMBEDDING_TABLES`."""
     return EMBEDDING_TABLES.get(kind).load()(vocab_sizes, dim, sparse=sparse)

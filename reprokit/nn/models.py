@@ -22,7 +22,7 @@ import math
 import torch
 from torch import nn
 
-from reprokit.nn.components import ARCHITECTURES
+from reprokit.components.architectures import ARCHITECTURES
 from reprokit.nn.embeddings import EmbeddingTable, create_embeddings
 from reprokit.nn.registry import create_activation
 
@@ -238,7 +238,7 @@ def create_model(
     embedding: str = "table",
     sparse_embeddings: bool = False,
 ) -> nn.Module:
-    """The model `arch` names in `reprokit.nn.components.ARCHITECTURES`, given the embedding table
+    """The model `arch` names in `reprokit.components.architectures.ARCHITECTURES`, given the embedding table
     `embedding` names (built first, as its parameters come first)."""
     cls = ARCHITECTURES.get(arch).load()
     table = create_embeddings(embedding, vocab_sizes, embedding_dim, sparse_embeddings)

@@ -25,10 +25,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from reprokit.components.activations import ActivationCapabilities
 from reprokit.errors import ReprokitError
 from reprokit.nn import activations as A
 from reprokit.nn import functional as RF
-from reprokit.nn.components import ActivationCapabilities
 
 __all__ = [
     "ActivationInfo",
@@ -46,7 +46,7 @@ ParamValue = float | str
 @dataclass(frozen=True)
 class ActivationInfo:
     """One registry entry: the module class, the function, the parameters with defaults, and
-    what engines need to know (:class:`~reprokit.nn.components.ActivationCapabilities`)."""
+    what engines need to know (:class:`~reprokit.components.activations.ActivationCapabilities`)."""
 
     name: str
     module: type[A.Activation]

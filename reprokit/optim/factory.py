@@ -11,7 +11,7 @@
         opt.step()
 
 Names (case-insensitive; see :data:`OPTIMIZER_NAMES` / :func:`describe_optimizers`). Each one is
-an entry of :data:`reprokit.optim.catalog.OPTIMIZERS`, which also declares its capabilities (sparse
+an entry of :data:`reprokit.components.optimizers.OPTIMIZERS`, which also declares its capabilities (sparse
 gradients, the Adagrad accumulator and its default start, a stacked implementation):
 
 ======================== ===========================================================================
@@ -41,8 +41,8 @@ from typing import Any, NamedTuple
 import torch
 from torch.optim import Optimizer
 
+from reprokit.components.optimizers import OPTIMIZERS
 from reprokit.optim._common import OptimizerArgumentError, check_number, flatten_params
-from reprokit.optim.catalog import OPTIMIZERS
 from reprokit.optim.clipping import (
     AdaptiveGradClip,
     GradientTransform,

@@ -31,11 +31,11 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from reprokit.components.optimizers import OPTIMIZERS, run_accumulator
+from reprokit.components.tables import EMBEDDING_TABLES
 from reprokit.config import RunConfig
-from reprokit.nn.components import EMBEDDING_TABLES
 from reprokit.nn.models import create_model
 from reprokit.optim import ClippyAdagrad, OptimizerBundle, make_optimizer
-from reprokit.optim.catalog import OPTIMIZERS, run_accumulator
 from reprokit.training.divergence import SpikeDetector
 
 EVAL_BATCH = 16384

@@ -1,7 +1,7 @@
 """What the vectorized engine can train, from the config and the components' declared capabilities.
 
 Nothing is built to find out: the sources say whether replicas need processes of their own, and the
-registries (`reprokit.optim.catalog.OPTIMIZERS`, `reprokit.nn.components.ARCHITECTURES` and
+registries (`reprokit.components.optimizers.OPTIMIZERS`, `reprokit.components.architectures.ARCHITECTURES` and
 `EMBEDDING_TABLES`, the activations' `capabilities`) say whether the engine has a stacked
 implementation. The reasons are sentences that `choose_engine` and `check_supported` put after
 "... cannot train this configuration: ".
@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from reprokit.components.architectures import ARCHITECTURES
+from reprokit.components.optimizers import OPTIMIZERS
+from reprokit.components.tables import EMBEDDING_TABLES
 from reprokit.config import RunConfig
 from reprokit.errors import ReprokitError
-from reprokit.nn.components import ARCHITECTURES, EMBEDDING_TABLES
-from reprokit.optim.catalog import OPTIMIZERS
 
 #: Sources whose replicas differ in process-wide state, so each needs a process of its own.
 PROCESS_SOURCES = ("threads", "gpu-kernels")

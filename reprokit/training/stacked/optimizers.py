@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from reprokit.components.optimizers import OPTIMIZERS, accumulator_start
 from reprokit.nn import _fused
-from reprokit.optim.catalog import OPTIMIZERS, accumulator_start
 from reprokit.training.stacked.layout import SparseGrad, Stack
 
 ADAGRAD_EPS = 1e-10

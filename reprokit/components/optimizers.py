@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from reprokit.nn.components import ComponentInfo, Registry
+from reprokit.components import ComponentInfo, Registry
 
 __all__ = [
     "OPTIMIZERS",
