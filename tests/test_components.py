@@ -88,6 +88,10 @@ def test_declared_accumulator_start_is_what_the_optimizer_gets(name):
         assert accumulator_start(name) is None and run_accumulator(name, 0.3) is None
         return
     assert group["initial_accumulator_value"] == acc.start == PAPER_ACCUMULATOR_START
+    # the classes' own defaults, used directly (no registry default passed), agree with it
+    if name.startswith("clippy") or name == "adagrad+lamb":  # torch's Adagrad starts at 0
+        own = OPTIMIZERS[name].load()([torch.zeros(3, requires_grad=True)], 0.1, {})
+        assert own.optimizer.param_groups[0]["initial_accumulator_value"] == acc.start
     # a training run: the configured value wins; unset, the run default or the optimizer's own
     assert accumulator_start(name, 0.25) == 0.25 == run_accumulator(name, 0.25)
     expected = acc.start if acc.run_start is None else acc.run_start

@@ -10,10 +10,13 @@ Torch-free (``reprokit.config`` validates names against it); the builders live i
 - ``stacked``: the vectorized engine implements it for stacked parameters
   (``reprokit.training.stacked.optimizers``).
 
-The accumulator start A0 is declared here and nowhere else: :data:`PAPER_ACCUMULATOR_START` for a
-direct ``make_optimizer`` call (Clippy's presets, the clipping baselines, plain ``adagrad``), and,
-for ``adagrad`` only, torch's :data:`TORCH_ACCUMULATOR_START` when a training run leaves
-``optim.initial_accumulator_value`` unset (what earlier runs and the vectorized engine use).
+The accumulator start A0 is declared here: :data:`PAPER_ACCUMULATOR_START` is what
+``make_optimizer`` passes to every Adagrad-family optimizer the caller gives none (plain
+``adagrad``, Clippy, the clipping baselines), and, for ``adagrad`` only, torch's
+:data:`TORCH_ACCUMULATOR_START` is what a training run passes when it leaves
+``optim.initial_accumulator_value`` unset (what earlier runs and the vectorized engine use). Used
+on their own, ClippyAdagrad's presets and LambAdagrad have the same value as their defaults
+(tests/test_components.py checks they agree); torch's Adagrad has 0.
 """
 
 from __future__ import annotations

@@ -11,13 +11,14 @@
         opt.step()
 
 Names (case-insensitive; see :data:`OPTIMIZER_NAMES` / :func:`describe_optimizers`). Each one is
-an entry of :data:`reprokit.components.optimizers.OPTIMIZERS`, which also declares its capabilities (sparse
-gradients, the Adagrad accumulator and its default start, a stacked implementation):
+an entry of the registry :data:`reprokit.components.optimizers.OPTIMIZERS`, which also declares
+its capabilities (sparse gradients, the Adagrad accumulator and its start, a stacked
+implementation). An Adagrad-family optimizer gets the registry's accumulator start unless the
+caller passes ``initial_accumulator_value``:
 
 ======================== ===========================================================================
-``adagrad``              ``torch.optim.Adagrad``; accumulator start: the catalog's
-                         ``PAPER_ACCUMULATOR_START`` when called here, its run default
-                         (``run_accumulator``) or ``optim.initial_accumulator_value`` in a run
+``adagrad``              ``torch.optim.Adagrad``, accumulator start ``PAPER_ACCUMULATOR_START``
+                         when called here (a training run passes its own, ``run_accumulator``)
 ``adam``                 ``torch.optim.Adam``
 ``sgd``                  ``torch.optim.SGD``
 ``clippy``               :class:`ClippyAdagrad` preset ``paper`` (alias ``clippy-paper``)
@@ -62,8 +63,7 @@ class OptimizerBundle(NamedTuple):
 
 
 def _adagrad(params: list, lr: float, kw: dict[str, Any]) -> Optimizer:
-    start = OPTIMIZERS["adagrad"].capabilities.accumulator.start  # type: ignore[union-attr]
-    return torch.optim.Adagrad(params, lr=lr, **{"initial_accumulator_value": start, **kw})
+    return torch.optim.Adagrad(params, lr=lr, **kw)
 
 
 def _with_transform(
@@ -106,7 +106,7 @@ def _plain(factory: Callable[..., Optimizer]):
 
 Builder = Callable[[list, float, dict[str, Any]], OptimizerBundle]
 
-# The builders the catalog's entries name (``reprokit.optim.factory:<name>``).
+# The builders the registry's entries name (``reprokit.optim.factory:<name>``).
 build_adagrad: Builder = _plain(_adagrad)
 build_adam: Builder = _plain(lambda p, lr, kw: torch.optim.Adam(p, lr=lr, **kw))
 build_sgd: Builder = _plain(lambda p, lr, kw: torch.optim.SGD(p, lr=lr, **kw))
@@ -144,9 +144,12 @@ def make_optimizer(name: str, params: Iterable, lr: float, **kw: Any) -> Optimiz
     params = list(params)
     if not params:
         raise OptimizerArgumentError(f"optimizer {key!r} got an empty parameter list")
-    build = OPTIMIZERS[key].load()
+    info = OPTIMIZERS[key]
+    kw = dict(kw)
+    if info.capabilities.accumulator is not None:  # the registry's A0 unless the caller gives one
+        kw.setdefault("initial_accumulator_value", info.capabilities.accumulator.start)
     try:
-        return build(params, lr, dict(kw))
+        return info.load()(params, lr, kw)
     except OptimizerArgumentError:
         raise
     except (TypeError, ValueError) as exc:  # bad keyword or value rejected by a torch optimizer
