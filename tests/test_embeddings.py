@@ -2,6 +2,7 @@
 stacked form, and the fixed parameter order and initialisation draws the engines rely on."""
 
 import math
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -94,6 +95,32 @@ class _HashedTable(EmbeddingTable):
 
     def forward(self, cat: torch.Tensor) -> torch.Tensor:
         return self.weight[cat % self.buckets]
+
+
+@dataclass(frozen=True)
+class _HashedLayout(TableLayout):
+    buckets: int = 1
+
+    def rows(self, cat: torch.Tensor) -> torch.Tensor:
+        return cat % self.buckets
+
+
+class _StackableHashedTable(_HashedTable):
+    def stacked_layout(self) -> TableLayout:
+        offsets = torch.zeros(self.num_fields, dtype=torch.long)
+        return _HashedLayout(self.buckets, self.dim, offsets, buckets=self.buckets)
+
+    def stacked_weight(self) -> torch.Tensor:
+        return self.weight.detach()
+
+
+def test_another_table_kind_brings_its_own_row_mapping():
+    table = _StackableHashedTable(3, 4, 2)
+    table.reset_parameters(torch.Generator().manual_seed(2))
+    ids = _ids(n=20)
+    layout = table.stacked_layout().to("cpu")
+    assert type(layout) is _HashedLayout  # moving it to a device keeps its mapping
+    assert torch.equal(table.stacked_weight()[layout.rows(ids)], table(ids))
 
 
 @pytest.mark.parametrize("cls", [CTRModel, SharedBottomModel, MMoEModel])

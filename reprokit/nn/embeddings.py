@@ -1,13 +1,14 @@
 """Embedding tables for categorical fields, injected into the models (TorchRec-style).
 
 A model receives an :class:`EmbeddingTable` (built by :func:`create_embeddings` from the kind the
-config names in ``reprokit.components.tables.EMBEDDING_TABLES``) instead of building ``nn.Embedding``
-layers itself. The interface: ``forward(cat) -> [batch, fields, dim]``, ``output_dim`` (the width a
+config names in ``reprokit.components.tables.EMBEDDING_TABLES``) instead of building
+``nn.Embedding`` layers itself. The interface: ``forward(cat) -> [batch, fields, dim]``, ``output_dim`` (the width a
 model sees after flattening), ``num_rows``, ``memory_bytes()``, ``reset_parameters(generator)`` and,
 for kinds the vectorized engine can stack, ``stacked_layout()`` + ``stacked_weight()``: one
 [num_rows, dim] block per replica whose rows the ids look up through the layout's ``rows``. A table
 kind whose lookup is one row per (field, id), e.g. a hashed or collisionless table, plugs in by
-implementing these (its ``rows`` maps ids to rows) without changes to the engine.
+implementing these (with a `TableLayout` subclass whose ``rows`` maps ids to rows) without
+changes to the engine; one that combines several rows per id (QR) needs a new stacked form.
 
 `table` (:class:`FieldEmbeddings`) is one table per field: the training split's vocabulary plus an
 out-of-vocabulary row at index 0.
@@ -15,7 +16,7 @@ out-of-vocabulary row at index 0.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -38,7 +39,7 @@ class TableLayout:
         return cat + self.offsets
 
     def to(self, device: torch.device | str) -> TableLayout:
-        return TableLayout(self.num_rows, self.dim, self.offsets.to(device))
+        return replace(self, offsets=self.offsets.to(device))  # keeps a subclass's type
 
 
 class EmbeddingTable(nn.Module):

@@ -238,8 +238,8 @@ def create_model(
     embedding: str = "table",
     sparse_embeddings: bool = False,
 ) -> nn.Module:
-    """The model `arch` names in `reprokit.components.architectures.ARCHITECTURES`, given the embedding table
-    `embedding` names (built first, as its parameters come first)."""
+    """The model `arch` names (`reprokit.components.architectures.ARCHITECTURES`), given the
+    embedding table `embedding` names (built first, as its parameters come first)."""
     cls = ARCHITECTURES.get(arch).load()
     table = create_embeddings(embedding, vocab_sizes, embedding_dim, sparse_embeddings)
     common = dict(

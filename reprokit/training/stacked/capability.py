@@ -1,9 +1,8 @@
 """What the vectorized engine can train, from the config and the components' declared capabilities.
 
 Nothing is built to find out: the sources say whether replicas need processes of their own, and the
-registries (`reprokit.components.optimizers.OPTIMIZERS`, `reprokit.components.architectures.ARCHITECTURES` and
-`EMBEDDING_TABLES`, the activations' `capabilities`) say whether the engine has a stacked
-implementation. The reasons are sentences that `choose_engine` and `check_supported` put after
+registries in `reprokit.components` (optimizers, architectures, embedding tables, and the
+activations' `capabilities`) say whether the engine has a stacked implementation. The reasons are sentences that `choose_engine` and `check_supported` put after
 "... cannot train this configuration: ".
 """
 
