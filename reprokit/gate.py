@@ -40,11 +40,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from reprokit.errors import ReprokitError
+from reprokit.metrics.pd import PD_KEYS
 from reprokit.rundir import Run, as_float
 from reprokit.runschema import ARM_STUDIES
 
 SCHEMA_VERSION = 1
-PD_KEYS = ("abs", "rel", "abs_mean", "rel_mean", "l2", "rel_std", "flip")
 
 EXIT_PASS = 0
 EXIT_FAIL = 1

@@ -124,3 +124,22 @@ def test_compare_stability_report_and_gate_on_the_users_label(user_dataset, tmp_
     )
     assert code == 0, err
     assert json.loads(out)["verdict"] == "pass"
+
+
+@pytest.mark.parametrize("engine", ["vectorized", "process"])
+def test_a_dataset_with_only_numeric_features_trains_in_both_engines(tmp_path, engine):
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame({"a": rng.random(1500), "b": rng.normal(size=1500)})
+    frame["click"] = (rng.random(1500) < 0.2 + 0.5 * (frame["a"] > 0.5)).astype(int)
+    frame.to_csv(tmp_path / "num.csv", index=False)
+    code, _, err = _invoke(
+        "data", "import", str(tmp_path / "num.csv"), "--label", "click",
+        "--out", str(tmp_path / "num.pq"),
+    )  # fmt: skip
+    assert code == 0, err
+    code, out, err = _invoke(
+        "train-ensemble", "--data", str(tmp_path / "num.pq"), "--replicas", "2", *SMALL,
+        "--engine", engine, "--out", str(tmp_path / "run"), "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["auc"]["mean"] > 0.6

@@ -7,7 +7,6 @@ context builder with `register_context` (and its own sections in `reprokit.repor
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -17,6 +16,8 @@ from typing import Any
 import numpy as np
 
 from reprokit.errors import ReprokitError
+from reprokit.metrics.pd import EPS
+from reprokit.metrics.stats import pareto_front as stats_pareto_front
 from reprokit.rundir import (
     TRAIN_ENSEMBLE,
     Replica,
@@ -30,7 +31,6 @@ from reprokit.runschema import ARM_STUDIES
 #: `reprokit pd --out DIR`: a directory holding only a summary.json of kind "pd".
 PD = "pd"
 
-EPS = 1e-7
 RELIABILITY_BINS = 10
 LOSS_POINTS = 300
 
@@ -257,18 +257,9 @@ def build_context(run: Run) -> ReportContext:
 
 def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
     """Names not dominated in (lower PD, higher AUC); NaNs never dominate and are never on it."""
-    front = []
-    for name, (pd_v, auc_v) in points.items():
-        if math.isnan(pd_v) or math.isnan(auc_v):
-            continue
-        dominated = any(
-            other != name and o_pd <= pd_v and o_auc >= auc_v and (o_pd < pd_v or o_auc > auc_v)
-            for other, (o_pd, o_auc) in points.items()
-            if not (math.isnan(o_pd) or math.isnan(o_auc))
-        )
-        if not dominated:
-            front.append(name)
-    return front
+    names = list(points)
+    front = stats_pareto_front([points[n] for n in names], maximize=[False, True]) if names else []
+    return [names[k] for k in front]
 
 
 @register_context(TRAIN_ENSEMBLE)

@@ -20,9 +20,8 @@ from matplotlib.axis import Axis
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
+from reprokit.plotstyle import PALETTE
 from reprokit.report.context import Arm, ArmStats
-
-PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
 
 _RC = {
     "svg.fonttype": "none",

@@ -22,13 +22,13 @@ from markupsafe import Markup
 
 from reprokit.errors import ReprokitError
 from reprokit.gate import undefined_pd_reason
+from reprokit.metrics.pd import PD_KEYS
 from reprokit.report import figures
 from reprokit.report.context import PD, Arm, ReportContext
 from reprokit.rundir import TRAIN_ENSEMBLE, as_float
 from reprokit.runschema import ARM_STUDIES
 
 #: The PD keys of the metrics contract, in display order.
-PD_KEYS = ("abs", "rel", "abs_mean", "rel_mean", "l2", "rel_std", "flip")
 BUCKETS = 10
 
 

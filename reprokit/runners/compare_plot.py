@@ -17,9 +17,9 @@ import matplotlib as mpl
 from matplotlib.figure import Figure
 
 from reprokit.nn.registry import parse_spec
+from reprokit.plotstyle import PALETTE
 from reprokit.store import atomic_write_bytes
 
-PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
 _RC = {"svg.fonttype": "none", "font.size": 9, "axes.grid": True, "grid.alpha": 0.3}
 
 
