@@ -23,14 +23,13 @@ from reprokit.config import RunConfig
 from reprokit.errors import ReprokitError
 from reprokit.jsonio import as_float
 from reprokit.metrics.churn import ChurnGroups
-from reprokit.runners.compare import finish_document
 from reprokit.runners.ensemble import StepProgress, default_run_dir
 from reprokit.runners.study import (
     ArmResult,
     StudyDir,
     StudyProgress,
-    compare_document,
     make_arms,
+    paired_document,
     run_study,
 )
 from reprokit.runschema import ATTRIBUTE
@@ -111,18 +110,15 @@ def verdict(sources: list[dict[str, Any]]) -> str:
 
 
 def attribution_document(
-    results: list[ArmResult], specs: list[tuple[str, str, list[str]]], test: str
+    results: list[ArmResult],
+    specs: list[tuple[str, str, list[str]]],
+    root: Path,
+    test: str = "permutation",
+    plot: bool = True,
 ) -> dict[str, Any]:
-    arms = [r.arm for r in results]
-    doc = compare_document(
-        KIND,
-        [r.summary for r in results],
-        arms,
-        0,  # the control: every other arm's paired PD test is against PD = 0
-        wall_seconds=[r.wall_seconds for r in results],
-        test_method=test,
-        seed=arms[0].config.seed,
-    )
+    """The paired document with the control as the reference (every other arm's PD test is
+    against PD = 0), plus the per-source entries, the verdict and the control check."""
+    doc = paired_document(KIND, results, 0, root, test=test, plot=plot)
     for entry, (_, mode, _vary) in zip(doc["arms"], specs, strict=True):
         entry["mode"] = mode
     sources = [
@@ -144,6 +140,7 @@ def attribution_document(
         "PD contributions are not additive: compare each source alone with all sources but it "
         "(leave-one-out) rather than summing."
     )
+    doc["vary"] = next(vary for _, mode, vary in specs if mode == "all")  # what was attributed
     return doc
 
 
@@ -194,11 +191,7 @@ def attribute(
     study_arms, specs, study = check_attribute(config, sources, leave_one_out, out, force)
 
     def finish(results: list[ArmResult]) -> dict[str, Any]:
-        doc = finish_document(
-            attribution_document(results, specs, test), study_arms[0].config, study.root, plot
-        )
-        doc["vary"] = next(vary for _, mode, vary in specs if mode == "all")  # what was attributed
-        return doc
+        return attribution_document(results, specs, study.root, test, plot)
 
     return run_study(
         study,

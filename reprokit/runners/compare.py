@@ -32,7 +32,6 @@ is the PD one; ``tests`` holds both.
 
 from __future__ import annotations
 
-import datetime as _dt
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -63,6 +62,7 @@ from reprokit.runners.study import (
     StudyProgress,
     compare_document,
     make_arms,
+    paired_document,
     pareto_labels,
     run_study,
 )
@@ -91,7 +91,6 @@ __all__ = [
 
 KIND = COMPARE
 COMPARE_FILE = "compare.json"
-PLOT_STEM = "pareto"
 
 #: Arms of a bare `reprokit compare-activations`: ReLU (baseline), two SmeLU widths, GELU, Swish.
 DEFAULT_ARMS: tuple[str, ...] = ("relu", "smelu:beta=0.5", "smelu:beta=1", "gelu", "swish")
@@ -381,20 +380,17 @@ def compare_activations(
         config, arms, baseline, out, sweep=sweep, force=force, test=test
     )
     study_arms = activation_arms(config, specs)
-    seed = study_arms[0].config.seed
 
     def finish(results: list[ArmResult]) -> dict[str, Any]:
-        doc = compare_document(
+        return paired_document(
             KIND,
-            [r.summary for r in results],
-            study_arms,
+            results,
             specs.index(base),
-            wall_seconds=[r.wall_seconds for r in results],
-            test_method=test,
-            seed=seed,
+            root,
+            test=test,
+            plot=plot,
+            extra={"families": families(specs)},
         )
-        doc["families"] = families(specs)
-        return finish_document(doc, study_arms[0].config, root, plot)
 
     return run_study(
         _study_dir(root),
@@ -407,19 +403,3 @@ def compare_activations(
         progress=progress,
         step_progress=step_progress,
     )
-
-
-def finish_document(
-    doc: dict[str, Any], config: RunConfig, root: Path, plot: bool
-) -> dict[str, Any]:
-    """The run fields every paired study's document carries, and its trade-off plot."""
-    doc["replicas"] = config.replicas
-    doc["vary"] = list(config.vary)
-    doc["seed"] = config.seed
-    doc["created"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-    doc["run_dir"] = str(root)
-    if plot:
-        from reprokit.runners.compare_plot import plot_tradeoff
-
-        doc["plots"] = plot_tradeoff(doc, root, stem=PLOT_STEM)
-    return doc

@@ -16,7 +16,6 @@ from reprokit.config import RunConfig
 from reprokit.errors import ReprokitError
 from reprokit.metrics.churn import ChurnGroups
 from reprokit.metrics.paired import TEST_METHODS
-from reprokit.runners.compare import finish_document
 from reprokit.runners.ensemble import StepProgress, default_run_dir
 from reprokit.runners.study import (
     Arm,
@@ -24,8 +23,8 @@ from reprokit.runners.study import (
     StudyDir,
     StudyProgress,
     baseline_index,
-    compare_document,
     make_arms,
+    paired_document,
     parse_arm,
     run_study,
 )
@@ -94,16 +93,7 @@ def compare_configs(
     study_arms, base, study = check_compare(config, arms, baseline, out, force=force, test=test)
 
     def finish(results: list[ArmResult]) -> dict[str, Any]:
-        doc = compare_document(
-            KIND,
-            [r.summary for r in results],
-            study_arms,
-            base,
-            wall_seconds=[r.wall_seconds for r in results],
-            test_method=test,
-            seed=study_arms[0].config.seed,
-        )
-        return finish_document(doc, study_arms[0].config, study.root, plot)
+        return paired_document(KIND, results, base, study.root, test=test, plot=plot)
 
     return run_study(
         study,

@@ -16,6 +16,7 @@ fields its document has.
 from __future__ import annotations
 
 import copy
+import datetime as _dt
 import math
 import re
 import shutil
@@ -50,6 +51,8 @@ from reprokit.store import (
 )
 
 ARMS_DIR = "arms"
+#: File stem of the trade-off plot every paired study draws (``pareto.png`` / ``.svg``).
+PLOT_STEM = "pareto"
 
 #: progress(done, total, info): done/total count replicas over all arms; info has "arm" (label),
 #: "arm_index", "arms" and the finished replica's "metrics" (empty at the start of an arm).
@@ -464,3 +467,45 @@ def compare_document(
             "replicas_needed_for_0.05": replicas_needed(len(arms) - 1),
         },
     }
+
+
+def finish_document(
+    doc: dict[str, Any], config: RunConfig, root: Path, plot: bool
+) -> dict[str, Any]:
+    """The run fields every paired study's document carries, and its trade-off plot."""
+    doc["replicas"] = config.replicas
+    doc["vary"] = list(config.vary)
+    doc["seed"] = config.seed
+    doc["created"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+    doc["run_dir"] = str(root)
+    if plot:
+        from reprokit.runners.compare_plot import plot_tradeoff
+
+        doc["plots"] = plot_tradeoff(doc, root, stem=PLOT_STEM)
+    return doc
+
+
+def paired_document(
+    kind: str,
+    results: Sequence[ArmResult],
+    base: int,
+    root: Path,
+    *,
+    test: str = "permutation",
+    plot: bool = True,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A paired study's whole document from its trained arms: `compare_document`, the preset's
+    `extra` keys (before the plot, which may use them), then `finish_document`."""
+    arms = [r.arm for r in results]
+    doc = compare_document(
+        kind,
+        [r.summary for r in results],
+        arms,
+        base,
+        wall_seconds=[r.wall_seconds for r in results],
+        test_method=test,
+        seed=arms[0].config.seed,
+    )
+    doc.update(extra or {})
+    return finish_document(doc, arms[0].config, root, plot)
