@@ -201,3 +201,17 @@ def test_attribute_control_is_exactly_zero_and_sources_are_listed(tmp_path, engi
 def test_attribute_refuses_an_unknown_source():
     result = runner.invoke(app, ["attribute", "--sources", "init,cosmic", *TINY])
     assert "unknown nondeterminism source 'cosmic'" in one_error_line(result)
+
+
+def test_arms_whose_accumulator_starts_differ_by_default_get_a_note():
+    from reprokit.runners.study import study_notes
+
+    arms = make_arms(RunConfig(), [parse_arm("optim.name=adagrad"), parse_arm("optim.name=clippy")])
+    (note,) = study_notes(arms)
+    assert "optim.name=adagrad: 0, optim.name=clippy: 0.1" in note
+    assert "optim.initial_accumulator_value" in note
+    base = RunConfig()
+    base.optim.initial_accumulator_value = 0.1  # the same start for both: nothing to say
+    arms = make_arms(base, [parse_arm("optim.name=adagrad"), parse_arm("optim.name=clippy")])
+    assert study_notes(arms) == []
+    assert study_notes(make_arms(RunConfig(), [parse_arm("model.dropout=0.1")])) == []

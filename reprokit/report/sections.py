@@ -244,6 +244,9 @@ def _verdict_compare(ctx: ReportContext) -> SectionOutput:
         data.update(best=best.label, pd_change_percent=change, auc_change=_f(d_auc), test=best.test)
     for arm in ctx.arms:
         notes.append(f"{arm.label}: {_headline_ensemble(arm)}.")
+    for note in (ctx.run.compare or {}).get("notes") or []:
+        notes.append(f"Note: {note}.")
+        status = "warning"
     data.update(headline=headline, notes=notes, status=status)
     return SectionOutput(data=data)
 

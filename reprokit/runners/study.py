@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
+import logging
 import math
 import re
 import shutil
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reprokit.components.optimizers import accumulator_start
 from reprokit.config import RunConfig, merge_dotted
 from reprokit.errors import ReprokitError
 from reprokit.jsonio import to_json
@@ -49,6 +51,8 @@ from reprokit.store import (
     read_json,
     run_lock,
 )
+
+log = logging.getLogger("reprokit")
 
 ARMS_DIR = "arms"
 #: File stem of the trade-off plot every paired study draws (``pareto.png`` / ``.svg``).
@@ -339,6 +343,8 @@ def run_study(
     """Train every arm into its directory (resuming it), then write `finish(results)` as the
     study's document; the whole study holds the directory's lock."""
     study.check(arms, force)
+    for note in study_notes(arms):
+        log.warning("%s", note)
     if encoded is None:
         from reprokit.data.encoding import load_encoded
 
@@ -393,6 +399,27 @@ def _finished_replicas(arm_dir: Path, replicas: int) -> int:
         return 0
     store = RunStore(arm_dir)
     return sum(store.is_finished(r) for r in range(replicas))
+
+
+def study_notes(arms: Sequence[Arm]) -> list[str]:
+    """What a reader of the comparison must know that the overrides do not say: arms whose
+    Adagrad-family accumulator starts differ only because their optimizers' defaults differ
+    (Adagrad 0, Clippy 0.1), which moves AUC and PD as much as the optimizer does."""
+    starts = {
+        arm.label: accumulator_start(
+            arm.config.optim.name, arm.config.optim.initial_accumulator_value
+        )
+        for arm in arms
+    }
+    known = {label: a0 for label, a0 in starts.items() if a0 is not None}
+    if len(set(known.values())) <= 1:
+        return []
+    shown = ", ".join(f"{label}: {a0:g}" for label, a0 in known.items())
+    return [
+        f"the arms start the Adagrad accumulator at different values ({shown}), each "
+        "optimizer's default; set optim.initial_accumulator_value (in the base config or every "
+        "arm) to compare the optimizers alone"
+    ]
 
 
 # ------------------------------------------------------------------------------------ documents
@@ -452,11 +479,16 @@ def compare_document(
         if wall_seconds is not None:
             entry["wall_seconds"] = float(wall_seconds[k])
         entries.append(entry)
+    for entry, arm in zip(entries, arms, strict=True):
+        entry["accumulator_start"] = accumulator_start(
+            arm.config.optim.name, arm.config.optim.initial_accumulator_value
+        )
     return {
         "schema_version": 1,
         "kind": kind,
         "baseline": arms[base].label,
         "arms": entries,
+        "notes": study_notes(arms),
         "pareto": pareto_labels(entries),
         "test": {
             "method": test_method,
