@@ -18,7 +18,7 @@ from typing import Any
 
 from reprokit.components.architectures import ARCHITECTURES
 from reprokit.components.optimizers import OPTIMIZERS
-from reprokit.components.tables import EMBEDDING_TABLES
+from reprokit.components.tables import EMBEDDING_TABLES, parse_table_spec
 from reprokit.errors import ReprokitError
 from reprokit.sources import parse_vary
 
@@ -203,10 +203,7 @@ class RunConfig:
 
         # an unknown activation fails before any work starts; the stored form is canonical
         self.model.activation = str(parse_spec(self.model.activation))
-        if self.model.embedding not in EMBEDDINGS:
-            raise ReprokitError(
-                f"unknown embedding table {self.model.embedding!r}; choose {', '.join(EMBEDDINGS)}"
-            )
+        self.model.embedding = str(parse_table_spec(self.model.embedding))
         check_device(self.device)
         return self
 

@@ -38,7 +38,7 @@ def test_registries_and_config_import_neither_torch_nor_nn_nor_optim():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "('mlp', 'shared-bottom', 'mmoe') ('table',)"
+    assert out.stdout.strip() == "('mlp', 'shared-bottom', 'mmoe') ('table', 'hashed', 'qr')"
 
 
 def test_config_accepts_every_registered_name_and_refuses_others():
@@ -50,8 +50,8 @@ def test_config_accepts_every_registered_name_and_refuses_others():
         resolve_config(None, {"optim.name": "nadam"})
     with pytest.raises(ReprokitError, match="unknown model 'dcn'; choose mlp, shared-bottom, mmoe"):
         resolve_config(None, {"model.arch": "dcn"})
-    with pytest.raises(ReprokitError, match="unknown embedding table 'qr'; choose table"):
-        resolve_config(None, {"model.embedding": "qr"})
+    with pytest.raises(ReprokitError, match="unknown embedding table 'lsh'; choose one of: table;"):
+        resolve_config(None, {"model.embedding": "lsh"})
     assert list(describe_optimizers()) == list(OPTIMIZER_NAMES)
 
 
@@ -70,9 +70,9 @@ def test_unknown_names_list_the_known_ones():
         ARCHITECTURES.get("transformer")
     assert str(exc.value) == "unknown model 'transformer'; choose one of: mlp, shared-bottom, mmoe"
     with pytest.raises(
-        ReprokitError, match="unknown embedding table 'hashed'; choose one of: table"
+        ReprokitError, match="unknown embedding table 'lsh'; choose one of: table, hashed, qr"
     ):
-        EMBEDDING_TABLES["hashed"]
+        EMBEDDING_TABLES["lsh"]
     with pytest.raises(ReprokitError, match="unknown optimizer 'NADAM'; choose one of: adagrad,"):
         make_optimizer("NADAM", [torch.zeros(1, requires_grad=True)], lr=0.1)
 

@@ -53,6 +53,7 @@ CONFIG_KEYS: dict[str, str] = {
     "engine": "engine",
     "threads": "threads",
     "activation": "model.activation",
+    "embedding": "model.embedding",
     "embedding_dim": "model.embedding_dim",
     "hidden": "model.hidden",
     "dropout": "model.dropout",
@@ -122,6 +123,17 @@ ConfigFile = Annotated[
     Path | None, typer.Option("--config", help="TOML config; options override it.")
 ]
 Vary = Annotated[str | None, typer.Option("--vary", help=config_help("vary", VARY_HELP))]
+Embedding = Annotated[
+    str | None,
+    typer.Option(
+        "--embedding",
+        help=config_help(
+            "embedding",
+            "Embedding table spec: table, hashed:buckets=N[,seed=0], "
+            "qr:buckets=N[,op=mult|add|concat].",
+        ),
+    ),
+]
 EmbeddingDim = Annotated[
     int | None,
     typer.Option("--embedding-dim", help=config_help("embedding_dim", "Embedding width.")),

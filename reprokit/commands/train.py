@@ -64,6 +64,7 @@ def register(app: typer.Typer) -> None:
                 ),
             ),
         ] = None,
+        embedding: opt.Embedding = None,
         embedding_dim: opt.EmbeddingDim = None,
         hidden: opt.Hidden = None,
         dropout: opt.Dropout = None,

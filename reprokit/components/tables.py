@@ -1,10 +1,29 @@
-"""Embedding table kinds (`model.embedding`) and what engines need to know about them."""
+"""Embedding table kinds (`model.embedding`): the registry, the spec grammar, and what engines need
+to know about each kind (torch-free: `reprokit.config` canonicalises specs with it).
+
+A spec is ``name`` or ``name:key=value,...`` like an activation's: ``table``,
+``hashed:buckets=1000`` (= ``hashed:buckets=1000,seed=0``), ``qr:buckets=64,op=add``. Names and
+keys are case-insensitive; :func:`parse_table_spec` fills every default in, so two spellings of one
+table have one canonical string (``str(spec)``, what a config stores). A parameter without a
+default (``buckets``) must be given. Bad specs raise a ReprokitError that lists what exists.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from reprokit.components import ComponentInfo, Registry
+from reprokit.errors import ReprokitError
+
+__all__ = [
+    "EMBEDDING_TABLES",
+    "TABLE_PARAMS",
+    "TableCapabilities",
+    "TableParam",
+    "TableSpec",
+    "parse_table_spec",
+]
 
 
 @dataclass(frozen=True)
@@ -17,7 +36,48 @@ class TableCapabilities:
     sparse_gradients: bool
 
 
-EMBEDDING_TABLES: Registry[TableCapabilities] = Registry(
+@dataclass(frozen=True)
+class TableParam:
+    """One spec parameter: an integer of at least `minimum`, or one of `choices` (a string).
+    `default` None: the parameter must be given."""
+
+    name: str
+    default: int | str | None
+    minimum: int | None = None
+    choices: tuple[str, ...] = ()
+
+    def parse(self, kind: str, raw: str) -> int | str:
+        raw = raw.strip()
+        if self.choices:
+            value = raw.lower()
+            if value not in self.choices:
+                raise ReprokitError(
+                    f"{kind} parameter {self.name} must be one of {', '.join(self.choices)}, "
+                    f"got {raw!r}"
+                )
+            return value
+        try:
+            number = int(raw)
+        except ValueError:
+            raise ReprokitError(
+                f"{kind} parameter {self.name} must be an integer, got {raw!r}"
+            ) from None
+        if self.minimum is not None and number < self.minimum:
+            raise ReprokitError(
+                f"{kind} parameter {self.name} must be at least {self.minimum}, got {number}"
+            )
+        return number
+
+
+class TableRegistry(Registry[TableCapabilities]):
+    """The registry of table kinds; `get` also takes a whole spec (``hashed:buckets=8`` → the
+    `hashed` entry), so engines read a config's capabilities from its stored spec."""
+
+    def get(self, name: str) -> ComponentInfo[TableCapabilities]:
+        return super().get(str(name).partition(":")[0].strip().lower())
+
+
+EMBEDDING_TABLES = TableRegistry(
     "embedding table",
     (
         ComponentInfo(
@@ -27,5 +87,112 @@ EMBEDDING_TABLES: Registry[TableCapabilities] = Registry(
             TableCapabilities(stacked=True, sparse_gradients=True),
             "reprokit.nn.embeddings:FieldEmbeddings",
         ),
+        ComponentInfo(
+            "hashed",
+            "hashed",
+            "the hashing trick: per field, a fixed 64-bit hash of the raw value mod `buckets` rows",
+            TableCapabilities(stacked=True, sparse_gradients=True),
+            "reprokit.nn.hashed:HashedEmbeddings",
+        ),
+        ComponentInfo(
+            "qr",
+            "qr",
+            "quotient-remainder (Shi et al.): rows ⌊i/buckets⌋ and i mod buckets of two tables, "
+            "combined by op",
+            TableCapabilities(stacked=False, sparse_gradients=True),
+            "reprokit.nn.qr:QREmbeddings",
+        ),
     ),
 )
+
+#: The spec parameters of each kind, in canonical order.
+TABLE_PARAMS: dict[str, tuple[TableParam, ...]] = {
+    "table": (),
+    "hashed": (TableParam("buckets", None, minimum=1), TableParam("seed", 0, minimum=0)),
+    "qr": (
+        TableParam("buckets", None, minimum=1),
+        TableParam("op", "mult", choices=("mult", "add", "concat")),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """A resolved table spec: the kind's `name` and every parameter (defaults filled in)."""
+
+    name: str
+    params: Mapping[str, int | str] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        if not self.params:
+            return self.name
+        return self.name + ":" + ",".join(f"{k}={v}" for k, v in self.params.items())
+
+    def __hash__(self) -> int:
+        return hash(str(self))
+
+    @property
+    def info(self) -> ComponentInfo[TableCapabilities]:
+        return EMBEDDING_TABLES.get(self.name)
+
+
+def usage(name: str) -> str:
+    """``hashed:buckets=N[,seed=0]``, ``qr:buckets=N[,op=mult|add|concat]``: how to write a kind's spec (help text, errors)."""
+    params = TABLE_PARAMS[name]
+    required = [f"{p.name}=N" for p in params if p.default is None]
+    optional = [
+        f"{p.name}={'|'.join(p.choices) if p.choices else p.default}"
+        for p in params
+        if p.default is not None
+    ]
+    text = name + (":" + ",".join(required) if required else "")
+    if optional:
+        text += ("[," if required else "[:") + ",".join(optional) + "]"
+    return text
+
+
+def _accepts(name: str) -> str:
+    params = TABLE_PARAMS[name]
+    if not params:
+        return f"embedding table {name!r} takes no parameters"
+    return f"embedding table {name!r} accepts: " + ", ".join(p.name for p in params)
+
+
+def parse_table_spec(spec: str | TableSpec) -> TableSpec:
+    """Resolve ``name[:key=value,...]`` into a validated :class:`TableSpec`."""
+    if isinstance(spec, TableSpec):
+        return spec
+    if not isinstance(spec, str):
+        raise ReprokitError(
+            f"an embedding table spec must be a string like 'hashed:buckets=1000', got {spec!r}"
+        )
+    head, sep, rest = spec.strip().partition(":")
+    name = head.strip().lower()
+    if name not in EMBEDDING_TABLES:
+        shown = name or "(empty)"
+        known = "; ".join(usage(n) for n in EMBEDDING_TABLES.names)
+        raise ReprokitError(f"unknown embedding table {shown!r}; choose one of: {known}")
+    known_params = {p.name: p for p in TABLE_PARAMS[name]}
+    given: dict[str, int | str] = {}
+    for item in [item.strip() for item in rest.split(",")] if sep else []:
+        key, eq, raw = item.partition("=")
+        key = key.strip().lower()
+        if not item or not eq:
+            raise ReprokitError(
+                f"embedding table parameter {item!r} in {spec!r} must look like key=value; "
+                f"write {usage(name)}"
+            )
+        if key not in known_params:
+            raise ReprokitError(f"unknown parameter {key!r} in {spec!r}; {_accepts(name)}")
+        if key in given:
+            raise ReprokitError(f"parameter {key!r} is given twice in embedding spec {spec!r}")
+        given[key] = known_params[key].parse(name, raw)
+    params: dict[str, int | str] = {}
+    for p in TABLE_PARAMS[name]:
+        if p.name in given:
+            params[p.name] = given[p.name]
+        elif p.default is None:
+            raise ReprokitError(f"embedding table {name!r} needs {p.name}: write {usage(name)}")
+        else:
+            params[p.name] = p.default
+    return TableSpec(name, params)

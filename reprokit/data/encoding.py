@@ -10,10 +10,15 @@ Everything is fitted on the TRAINING split only, so the evaluation split never l
   constant or all-missing column uses std 1); missing values become 0 after standardising, which is
   the training mean.
 - labels: float32 ``[n, T]`` in the order of ``label_names``.
+
+``vocab_sizes`` is a :class:`VocabSizes`: the list of sizes that also carries, per field, the
+64-bit key of the raw value behind each index (:func:`value_keys`), so table kinds that hash the
+raw value (``hashed``) get it through the same argument as the sizes.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -25,6 +30,45 @@ from reprokit.errors import ReprokitError
 
 if TYPE_CHECKING:
     from reprokit.config import DataConfig
+
+
+def _blake64(data: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
+
+
+#: Keys of the out-of-vocabulary index 0 and of the missing-value index (no raw value has them
+#: unless an integer id happens to equal them).
+OOV_KEY = _blake64(b"reprokit:out-of-vocabulary")
+NULL_KEY = _blake64(b"reprokit:missing")
+
+
+def value_keys(values: np.ndarray | list) -> np.ndarray:
+    """The fixed 64-bit key (uint64) of each raw categorical value, the same in every process and
+    on every machine (``PYTHONHASHSEED`` plays no part): an integer (or a bool, or an integral
+    float) is its own int64 two's complement; anything else is the first 8 bytes, little-endian,
+    of ``blake2b(str(value).encode("utf-8"), digest_size=8)``."""
+    arr = np.asarray(values)
+    if arr.dtype.kind in "iub":
+        return arr.astype(np.int64).view(np.uint64)
+    if arr.dtype.kind == "f" and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
+        return arr.astype(np.int64).view(np.uint64)
+    out = np.empty(len(arr), dtype=np.uint64)
+    for i, v in enumerate(arr.tolist()):
+        integral = isinstance(v, bool | int) or (isinstance(v, float) and v.is_integer())
+        if integral and -(2**63) <= int(v) < 2**63:
+            out[i] = np.int64(int(v)).view(np.uint64)
+        else:
+            out[i] = _blake64(str(v).encode("utf-8"))
+    return out
+
+
+class VocabSizes(list):
+    """Per field, the rows a `table` needs (vocabulary + OOV row); `keys[f][i]` is the 64-bit key
+    (:func:`value_keys`) of the raw value encoded as index i (index 0: `OOV_KEY`)."""
+
+    def __init__(self, sizes: list[int], keys: list[np.ndarray]) -> None:
+        super().__init__(int(s) for s in sizes)
+        self.keys = keys
 
 
 @dataclass
@@ -39,7 +83,7 @@ class EncodedData:
     eval_y: np.ndarray  # float32 [n_eval, T]
     train_example_id: np.ndarray  # int64 [n_train]
     eval_example_id: np.ndarray  # int64 [n_eval]
-    vocab_sizes: list[int]  # per field, including the out-of-vocabulary row 0
+    vocab_sizes: list[int]  # per field, including the out-of-vocabulary row 0 (a VocabSizes)
     field_names: list[str]
     numeric_names: list[str]
     label_names: list[str]
@@ -75,7 +119,7 @@ def _sorted_unique(values: pd.Series, min_count: int = 1) -> np.ndarray:
 
 def _encode_categorical(
     train: pd.Series, test: pd.Series, min_count: int = 1
-) -> tuple[np.ndarray, np.ndarray, int]:
+) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
     vocab = pd.Index(_sorted_unique(train, min_count))
     v = len(vocab)
     has_null = int(train.isna().sum()) >= max(min_count, 1)
@@ -86,7 +130,14 @@ def _encode_categorical(
             codes[values.isna().to_numpy()] = v + 1
         return codes
 
-    return lookup(train), lookup(test), v + 1 + int(has_null)
+    keys = np.concatenate(
+        [
+            np.array([OOV_KEY], dtype=np.uint64),
+            value_keys(vocab.to_numpy()),
+            np.array([NULL_KEY] * int(has_null), dtype=np.uint64),
+        ]
+    )
+    return lookup(train), lookup(test), v + 1 + int(has_null), keys
 
 
 def _numeric_matrix(frame: pd.DataFrame, names: list[str]) -> np.ndarray:
@@ -145,11 +196,12 @@ def encode(
     n_tr, n_ev = len(train), len(eval_)
     train_cat = np.zeros((n_tr, len(fields)), dtype=np.int64)
     eval_cat = np.zeros((n_ev, len(fields)), dtype=np.int64)
-    vocab_sizes = []
+    sizes, keys = [], []
     for j, name in enumerate(fields):
-        a, b, size = _encode_categorical(train.frame[name], eval_.frame[name], min_count)
+        a, b, size, k = _encode_categorical(train.frame[name], eval_.frame[name], min_count)
         train_cat[:, j], eval_cat[:, j] = a, b
-        vocab_sizes.append(size)
+        sizes.append(size)
+        keys.append(k)
 
     x_tr = _numeric_matrix(train.frame, numeric)
     x_ev = _numeric_matrix(eval_.frame, numeric)
@@ -176,7 +228,7 @@ def encode(
         eval_y=_labels(eval_.frame, label_names, "eval"),
         train_example_id=_example_ids(train),
         eval_example_id=_example_ids(eval_),
-        vocab_sizes=vocab_sizes,
+        vocab_sizes=VocabSizes(sizes, keys),
         field_names=fields,
         numeric_names=numeric,
         label_names=label_names,

@@ -11,19 +11,36 @@ implementing these (with a `TableLayout` subclass whose ``rows`` maps ids to row
 changes to the engine; one that combines several rows per id (QR) needs a new stacked form.
 
 `table` (:class:`FieldEmbeddings`) is one table per field: the training split's vocabulary plus an
-out-of-vocabulary row at index 0.
+out-of-vocabulary row at index 0. `hashed` lives in :mod:`reprokit.nn.hashed`, `qr` in
+:mod:`reprokit.nn.qr`; a kind's spec (``hashed:buckets=1000,seed=0``) is parsed by
+:func:`reprokit.components.tables.parse_table_spec` and its parameters passed to its builder.
+
+Accounting (:func:`embedding_account`): `params` (embedding parameters of one replica), `bytes`,
+and the collision rate of Monolith's §1.7 table, per field and overall,
+``1 − (distinct rows the distinct training ids use) / (distinct training ids)``: 0 when every id
+has a row of its own (`table`, `qr`), ``1 − 1/n`` for n ids hashed into one bucket. A row is
+"what an id reads" (`EmbeddingTable.id_rows`): for `qr` the pair of rows, unique per id.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from reprokit.components.tables import EMBEDDING_TABLES
+from reprokit.components.tables import parse_table_spec
 
-__all__ = ["EmbeddingTable", "FieldEmbeddings", "TableLayout", "create_embeddings"]
+__all__ = [
+    "EmbeddingTable",
+    "FieldEmbeddings",
+    "TableLayout",
+    "collision_rates",
+    "create_embeddings",
+    "embedding_account",
+]
 
 
 @dataclass(frozen=True)
@@ -64,6 +81,14 @@ class EmbeddingTable(nn.Module):
     def memory_bytes(self) -> int:
         """Bytes of the table's parameters (one replica)."""
         return sum(p.numel() * p.element_size() for p in self.parameters())
+
+    def num_params(self) -> int:
+        """Embedding parameters of one replica."""
+        return sum(p.numel() for p in self.parameters())
+
+    def id_rows(self) -> list[np.ndarray]:
+        """Per field, what each vocabulary index reads (equal entries: ids that share a row)."""
+        return [np.arange(v, dtype=np.int64) for v in getattr(self, "vocab_sizes", [])]
 
     def reset_parameters(self, generator: torch.Generator) -> None:
         raise NotImplementedError
@@ -114,5 +139,48 @@ class FieldEmbeddings(EmbeddingTable):
 
 
 def create_embeddings(kind: str, vocab_sizes: list[int], dim: int, sparse: bool) -> EmbeddingTable:
-    """The table `kind` names in `reprokit.components.tables.EMBEDDING_TABLES`."""
-    return EMBEDDING_TABLES.get(kind).load()(vocab_sizes, dim, sparse=sparse)
+    """The table the spec `kind` names (``table``, ``hashed:buckets=N``, ...), its parameters
+    passed to the builder in `reprokit.components.tables.EMBEDDING_TABLES`; `table.spec` keeps
+    the canonical spec."""
+    spec = parse_table_spec(kind)
+    table = spec.info.load()(vocab_sizes, dim, sparse=sparse, **spec.params)
+    table.spec = str(spec)
+    return table
+
+
+def collision_rates(
+    table: EmbeddingTable, train_cat: np.ndarray | None = None
+) -> tuple[list[float], float]:
+    """(per field, overall) ``1 − distinct rows / distinct ids`` over the distinct training ids:
+    the vocabulary indices 1.. (index 0 is the out-of-vocabulary row, no id of its own), or,
+    given `train_cat` [n, fields], the indices it holds other than 0."""
+    per_field, ids_total, rows_total = [], 0, 0
+    for f, rows in enumerate(table.id_rows()):
+        if train_cat is None:
+            ids = np.arange(1, len(rows))
+        else:
+            ids = np.unique(train_cat[:, f])
+            ids = ids[ids > 0]
+        n_ids, n_rows = len(ids), len(np.unique(rows[ids]))
+        per_field.append(1.0 - n_rows / n_ids if n_ids else 0.0)
+        ids_total, rows_total = ids_total + n_ids, rows_total + n_rows
+    overall = 1.0 - rows_total / ids_total if ids_total else 0.0
+    return per_field, overall
+
+
+def embedding_account(
+    table: EmbeddingTable,
+    field_names: list[str] | None = None,
+    train_cat: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """The summary's `embedding` block: `kind`, `params`, `bytes`, `collision_rate` (overall) and
+    `field_collision_rate` {field: rate} (see :func:`collision_rates`)."""
+    per_field, overall = collision_rates(table, train_cat)
+    names = field_names or [f"field_{f}" for f in range(len(per_field))]
+    return {
+        "kind": getattr(table, "spec", type(table).__name__),
+        "params": table.num_params(),
+        "bytes": table.memory_bytes(),
+        "collision_rate": overall,
+        "field_collision_rate": dict(zip(names, per_field, strict=True)),
+    }
