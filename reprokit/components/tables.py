@@ -99,7 +99,7 @@ EMBEDDING_TABLES = TableRegistry(
             "qr",
             "quotient-remainder (Shi et al.): rows ⌊i/buckets⌋ and i mod buckets of two tables, "
             "combined by op",
-            TableCapabilities(stacked=False, sparse_gradients=True),
+            TableCapabilities(stacked=True, sparse_gradients=True),
             "reprokit.nn.qr:QREmbeddings",
         ),
     ),

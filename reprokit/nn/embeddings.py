@@ -8,7 +8,9 @@ for kinds the vectorized engine can stack, ``stacked_layout()`` + ``stacked_weig
 [num_rows, dim] block per replica whose rows the ids look up through the layout's ``rows``. A table
 kind whose lookup is one row per (field, id), e.g. a hashed or collisionless table, plugs in by
 implementing these (with a `TableLayout` subclass whose ``rows`` maps ids to rows) without
-changes to the engine; one that combines several rows per id (QR) needs a new stacked form.
+changes to the engine; one that reads two rows per id and joins them (`qr`) maps ids [..., F] to
+rows [..., 2F] and names the join in its layout's ``combine`` (mult / add, which the engine's
+forward and backward apply: `reprokit.training.stacked.backward.combine_rows`).
 
 `table` (:class:`FieldEmbeddings`) is one table per field: the training split's vocabulary plus an
 out-of-vocabulary row at index 0. `hashed` lives in :mod:`reprokit.nn.hashed`, `qr` in

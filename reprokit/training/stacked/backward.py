@@ -33,8 +33,9 @@ def forward(
     With `emb_leaf` the gathered embeddings are a leaf that requires grad (returned second), so the
     embedding gradient comes out per occurrence and can be applied sparsely.
     """
-    r, b, n_fields = flat_rows.shape
-    emb = stack.table_flat.index_select(0, flat_rows.reshape(-1)).view(r, b, n_fields * stack.dim)
+    r, b, n_rows = flat_rows.shape
+    gathered = stack.table_flat.index_select(0, flat_rows.reshape(-1))
+    emb, _ = combine_rows(stack, gathered, r, b, n_rows)
     if emb_leaf:
         emb.requires_grad_(True)
     x = torch.cat([emb, num.expand(r, -1, -1)], dim=2) if num.shape[2] else emb
@@ -47,6 +48,38 @@ def forward(
                 # SeededDropout's expression and evaluation order, so the rounding is the same
                 x = x * masks[i] / (1.0 - stack.dropout)
     return x, emb
+
+
+def combine_rows(
+    stack: Stack, gathered: torch.Tensor, r: int, b: int, n_rows: int
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+    """The embeddings [r, b, fields * dim] of the gathered rows [r * b * n_rows, dim], and the two
+    halves a pair-combining layout (`combine`, e.g. `qr`'s mult/add: two rows per field) joined,
+    which the backward needs (None for one row per field)."""
+    op = getattr(stack.layout, "combine", None)
+    if op is None:
+        return gathered.view(r, b, n_rows * stack.dim), None
+    pairs = gathered.view(r, b, n_rows // 2, 2, stack.dim)
+    first, second = pairs[:, :, :, 0], pairs[:, :, :, 1]
+    joined = first * second if op == "mult" else first + second
+    return joined.reshape(r, b, (n_rows // 2) * stack.dim), (first, second)
+
+
+def split_grad(
+    stack: Stack, grad: torch.Tensor, halves: tuple[torch.Tensor, torch.Tensor] | None
+) -> torch.Tensor:
+    """Per-row gradients [r, b, n_rows * dim] from the embeddings' gradient [r, b, fields * dim]:
+    autograd's formulas for `combine_rows` (mult: grad · other, add: grad)."""
+    if halves is None:
+        return grad
+    r, b = grad.shape[:2]
+    g = grad.view(r, b, -1, stack.dim)
+    if stack.layout.combine == "mult":
+        first, second = halves
+        parts = [g * second, g * first]
+    else:
+        parts = [g, g]
+    return torch.stack(parts, dim=3).view(r, b, -1)
 
 
 class EmbeddingGradAccumulator:
@@ -156,17 +189,18 @@ class Stepper:
         self.accumulate = EmbeddingGradAccumulator(stack)
         self.workspaces: dict[int, dict[str, Any]] = {}
 
-    def _workspace(self, b_pad: int, n_fields: int) -> dict[str, Any]:
+    def _workspace(self, b_pad: int, n_rows: int) -> dict[str, Any]:
         """Buffers of one padded batch size, reused every step (fresh large tensors cost page
-        faults on every step)."""
+        faults on every step). `n_rows`: table rows per example (fields, or 2 per `qr` field)."""
         ws = self.workspaces.get(b_pad)
         if ws is None:
             stack, r = self.stack, self.stack.replicas
             empty = stack.flat.new_empty
+            n_fields = n_rows // 2 if getattr(stack.layout, "combine", None) else n_rows
             emb_width = n_fields * stack.dim
             widths = [w.shape[2] for w in stack.weights[:-1]]
             ws = self.workspaces[b_pad] = {
-                "emb": empty((r * b_pad * n_fields, stack.dim)),
+                "emb": empty((r * b_pad * n_rows, stack.dim)),
                 "x0": empty((r, b_pad, stack.weights[0].shape[1])),
                 "z": [empty((r, b_pad, h)) for h in widths],
                 "drop": [empty((r, b_pad, h)) for h in widths],
@@ -182,13 +216,13 @@ class Stepper:
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, SparseGrad]:
         """(loss [R], per-task mean losses [R, T] or None, flat gradient, embedding gradient)."""
         stack, rows, masks, b = self.stack, batch.rows, batch.masks, batch.b
-        r, b_pad, n_fields = rows.shape
-        ws = self._workspace(b_pad, n_fields)
-        emb_width = n_fields * stack.dim
+        r, b_pad, n_rows = rows.shape
+        ws = self._workspace(b_pad, n_rows)
         last = len(stack.weights) - 1
         p = stack.dropout
-        emb = torch.index_select(stack.table_flat, 0, rows.reshape(-1), out=ws["emb"])
-        emb = emb.view(r, b_pad, emb_width)
+        gathered = torch.index_select(stack.table_flat, 0, rows.reshape(-1), out=ws["emb"])
+        emb, halves = combine_rows(stack, gathered, r, b_pad, n_rows)
+        emb_width = emb.shape[2]
         x = emb
         if batch.num.shape[2]:
             x = torch.cat([emb, batch.num.expand(r, -1, -1)], dim=2, out=ws["x0"])
@@ -262,7 +296,7 @@ class Stepper:
         if not last:  # no hidden layer: the head is layer 0
             w = w_head[:, :emb_width]
             grad = torch.bmm(grad, w.transpose(1, 2), out=ws["gemb"])
-        table_grad = self.accumulate(rows, grad)
+        table_grad = self.accumulate(rows, split_grad(stack, grad, halves))
         return loss, task, self.flat_grad, table_grad
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from reprokit.components.architectures import ARCHITECTURES
 from reprokit.components.optimizers import OPTIMIZERS
-from reprokit.components.tables import EMBEDDING_TABLES
+from reprokit.components.tables import EMBEDDING_TABLES, parse_table_spec
 from reprokit.config import RunConfig
 from reprokit.errors import ReprokitError
 
@@ -38,6 +38,10 @@ def unsupported_reason(config: RunConfig, encoded: Any = None) -> str | None:
         return "weight decay (the reference loop then uses dense embedding gradients)"
     if not EMBEDDING_TABLES.get(config.model.embedding).capabilities.stacked:
         return f"the {config.model.embedding!r} embedding is not implemented for stacked parameters"
+    table = parse_table_spec(config.model.embedding)
+    if table.name == "qr" and table.params["op"] == "concat" and config.model.embedding_dim % 2:
+        # the stacked form lays the two halves out as fields of their own, of one width
+        return f"{table} needs an even embedding dimension, got {config.model.embedding_dim}"
     if config.model.hidden:  # the layers between the linear ones must be stateless
         if config.model.batch_norm:
             return "the MLP has a BatchNorm1d layer with parameters or buffers"
