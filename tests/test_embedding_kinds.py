@@ -374,3 +374,21 @@ def test_train_ensemble_with_each_kind_through_the_cli(tmp_path):
         assert result.exit_code == 0, result.output
         manifest = (out / "manifest.json").read_text()
         assert str(parse_table_spec(spec)) in manifest
+
+
+def test_worker_processes_hash_like_the_parent(encoded, tmp_path):
+    """The process engine's workers get the raw-value keys with the data (else they would hash
+    the vocabulary indices and train another model)."""
+    import pandas as pd
+
+    from reprokit.runners.ensemble import train_ensemble
+
+    cfg = _config("init", "hashed:buckets=25,seed=1", replicas=2, engine="process")
+    train_ensemble(cfg, out=tmp_path / "run", workers=2, encoded=encoded)
+    ref = train_replica(encoded, cfg, 1, replica_seeds(cfg.seed, cfg.vary, 1))
+    frame = pd.read_parquet(tmp_path / "run/replicas/001/predictions.parquet")
+    assert np.array_equal(frame["prediction"].to_numpy(), ref.predictions[:, 0])
+    plain = VocabSizes(list(encoded.vocab_sizes), [np.arange(v) for v in encoded.vocab_sizes])
+    lost = create_embeddings(cfg.model.embedding, plain, 2, sparse=False).id_rows()
+    kept = create_embeddings(cfg.model.embedding, encoded.vocab_sizes, 2, sparse=False).id_rows()
+    assert any(not np.array_equal(a, b) for a, b in zip(lost, kept, strict=True))
