@@ -47,3 +47,23 @@ def test_batches_per_engine_and_the_driver_writes_every_record(tmp_path, engine,
     again = RecordingExecutor()
     train_ensemble(config, out=tmp_path / "run", executor=again)
     assert again.batches == []
+
+
+def test_the_summary_accounts_for_the_embedding_table(tmp_path):
+    import numpy as np
+
+    from reprokit.runners.ensemble import load_run_data
+
+    table = resolve_config(None, {**TINY, "replicas": 2})
+    summary = train_ensemble(table, out=tmp_path / "t")
+    assert summary["embedding"]["kind"] == "table" and summary["embedding"]["collision_rate"] == 0
+    one = resolve_config(None, {**TINY, "replicas": 2, "model.embedding": "hashed:buckets=1"})
+    summary = train_ensemble(one, out=tmp_path / "h")
+    encoded, _ = load_run_data(one)
+    block = summary["embedding"]
+    assert block["kind"] == "hashed:buckets=1,seed=0"
+    assert block["params"] == len(encoded.field_names) * one.model.embedding_dim
+    for f, name in enumerate(encoded.field_names):
+        ids = np.unique(encoded.train_cat[:, f])
+        distinct = int((ids > 0).sum())
+        assert block["field_collision_rate"][name] == pytest.approx(1 - 1 / distinct)

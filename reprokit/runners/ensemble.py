@@ -180,6 +180,20 @@ def replica_record(
     return ReplicaRecord(replica, frame, metrics, log)
 
 
+def embedding_block(config: RunConfig, encoded: Any) -> dict[str, Any]:
+    """The summary's `embedding` block: the table kind, its parameters and bytes, and how many
+    distinct training ids share a row (per field and overall)."""
+    from reprokit.nn.embeddings import create_embeddings, embedding_account
+
+    table = create_embeddings(
+        config.model.embedding,
+        encoded.vocab_sizes,
+        config.model.embedding_dim,
+        sparse=False,
+    )
+    return embedding_account(table, list(encoded.field_names), encoded.train_cat)
+
+
 def provenance(manifest: dict[str, Any]) -> dict[str, Any]:
     """What a summary must carry so that a baseline can be checked against it: the reprokit
     version, the resolved config and the data block (with its fingerprint) of the manifest."""
@@ -302,6 +316,7 @@ def train_ensemble(
             if progress:
                 progress(done, config.replicas, record.metrics)
         summary = summarize_run(store, config, churn)
+        summary["embedding"] = embedding_block(config, encoded)
         summary["run_dir"] = str(store.path)
         store.write_summary(summary)
     return summary
