@@ -70,6 +70,16 @@ def _power_note(doc: dict[str, Any]) -> str:
     )
 
 
+def _table_cells(arm: dict[str, Any]) -> list[str]:
+    """Embedding parameters and the share of training ids that share a row, of one arm."""
+    block = arm.get("embedding") or {}
+    params = block.get("params")
+    return [
+        f"{params:,}" if isinstance(params, int) else "n/a",
+        fmt_significant(block.get("collision_rate"), 3),
+    ]
+
+
 def render_compare_table(doc: dict[str, Any]) -> Table:
     """One row per arm: spec, PD rel [CI], PD abs, AUC mean±std, ensemble AUC, log-loss, top-k
     churn (when measured), time, p (Holm) of the paired PD and AUC tests against the baseline,
@@ -104,6 +114,11 @@ def render_compare_table(doc: dict[str, Any]) -> Table:
     )
     if churn_k is not None:
         table.add_column(f"top-{churn_k} churn", justify="right", no_wrap=True)
+    kinds = {(a.get("embedding") or {}).get("kind") for a in doc["arms"]}
+    show_tables = len(kinds - {None}) > 1  # the arms differ in their embedding table
+    if show_tables:
+        table.add_column("emb params", justify="right", no_wrap=True)
+        table.add_column("collision", justify="right", no_wrap=True)
     table.add_column("time s", justify="right", no_wrap=True)
     table.add_column("p PD (Holm)", justify="right", no_wrap=True)
     table.add_column("p AUC (Holm)", justify="right", no_wrap=True)
@@ -134,6 +149,7 @@ def render_compare_table(doc: dict[str, Any]) -> Table:
             _fix(auc.get("ensemble")),
             _fix(logloss.get("mean")),
             *churn,
+            *(_table_cells(arm) if show_tables else []),
             f"{as_float(arm.get('train_seconds')):.1f}",
             p_cell("rel"),
             p_cell("auc"),
