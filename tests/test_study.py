@@ -215,3 +215,28 @@ def test_arms_whose_accumulator_starts_differ_by_default_get_a_note():
     arms = make_arms(base, [parse_arm("optim.name=adagrad"), parse_arm("optim.name=clippy")])
     assert study_notes(arms) == []
     assert study_notes(make_arms(RunConfig(), [parse_arm("model.dropout=0.1")])) == []
+
+
+def test_the_compare_table_shows_table_size_and_collisions_when_tables_differ():
+    from rich.console import Console
+
+    from reprokit.commands.compare import render_compare_table
+
+    def arm(label, kind, params, rate):
+        return {
+            "label": label, "pd": {"rel": 0.1, "abs": 0.01}, "pd_ci": {"rel": [0.05, 0.2]},
+            "auc": {"mean": 0.7, "std": 0.01, "ensemble": 0.71}, "logloss": {"mean": 0.5},
+            "train_seconds": 1.0, "tests": None,
+            "embedding": {"kind": kind, "params": params, "collision_rate": rate},
+        }  # fmt: skip
+
+    doc = {"arms": [arm("a", "table", 23456, 0.0), arm("b", "hashed:buckets=100", 6400, 0.868)],
+           "baseline": "a", "pareto": ["a"]}  # fmt: skip
+    console = Console(width=200, record=True, color_system=None)
+    console.print(render_compare_table(doc))
+    text = console.export_text()
+    assert "emb params" in text and "23,456" in text and "0.868" in text
+    doc["arms"][1]["embedding"]["kind"] = "table"
+    console = Console(width=200, record=True, color_system=None)
+    console.print(render_compare_table(doc))
+    assert "emb params" not in console.export_text()
