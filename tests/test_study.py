@@ -240,3 +240,44 @@ def test_the_compare_table_shows_table_size_and_collisions_when_tables_differ():
     console = Console(width=200, record=True, color_system=None)
     console.print(render_compare_table(doc))
     assert "emb params" not in console.export_text()
+
+
+@pytest.mark.parametrize("arm", ["data.synth_rows=3000", "replicas=5", "seed=7"])
+def test_arms_may_not_change_the_data_the_replicas_or_the_seeds(tmp_path, arm):
+    out = tmp_path / "cmp"
+    result = runner.invoke(
+        app, ["compare", "--arm", "model.activation=relu", "--arm", arm, "--out", str(out), *TINY]
+    )
+    assert "every arm of a study shares the data" in one_error_line(result)
+    assert not out.exists()
+
+
+def test_studies_refuse_each_others_directories_and_bad_tests_before_training(
+    tmp_path, compare_run
+):
+    out, _ = compare_run
+    result = runner.invoke(app, ["attribute", "--sources", "init", "--out", str(out), *TINY])
+    assert "holds another study (compare.json), not an attribute one" in one_error_line(result)
+    run = tmp_path / "run"
+    assert runner.invoke(app, ["train-ensemble", "--out", str(run), *TINY]).exit_code == 0
+    result = runner.invoke(
+        app, ["compare", "--arm", "model.dropout=0", "--arm", "model.dropout=0.1",
+              "--out", str(run), *TINY],
+    )  # fmt: skip
+    assert "holds a train-ensemble run, not a compare study" in one_error_line(result)
+    fresh = tmp_path / "attr"
+    result = runner.invoke(app, ["attribute", "--test", "bogus", "--out", str(fresh), *TINY])
+    assert "unknown paired test 'bogus'" in one_error_line(result)
+    assert not fresh.exists()
+
+
+def test_attribute_of_one_source_has_no_duplicate_all_arm_and_says_dropout_is_off(tmp_path):
+    result = runner.invoke(
+        app, ["attribute", "--sources", "dropout,dropout", "--out", str(tmp_path / "a"),
+              "--json", *TINY],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert [s["label"] for s in doc["sources"]] == ["none", "dropout"]
+    assert any("the model has no dropout" in n for n in doc["notes"])
+    assert doc["sources"][1]["pd"]["rel"] == 0.0  # no dropout layer: the source varies nothing

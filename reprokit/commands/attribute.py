@@ -12,7 +12,12 @@ from rich.table import Table
 
 from reprokit.commands import options as opt
 from reprokit.commands.common import cli_errors, fmt_significant
-from reprokit.commands.compare import DEFAULT_REPLICAS, _replicas_in_file, run_paired_study
+from reprokit.commands.compare import (
+    DEFAULT_REPLICAS,
+    _power_note,
+    _replicas_in_file,
+    run_paired_study,
+)
 from reprokit.jsonio import as_float
 from reprokit.metrics.churn import DEFAULT_TOP_K
 
@@ -26,9 +31,21 @@ def render_attribution_table(doc: dict[str, Any]) -> Table:
         title_justify="left",
         box=box.SIMPLE_HEAD,
         caption_justify="left",
-        caption=f"{doc.get('replicas')} replicas per arm; {doc.get('verdict')}.\n{doc.get('note')}",
+        caption=(
+            f"{doc.get('replicas')} replicas per arm; {doc.get('verdict')}.\n{doc.get('note')}"
+            + "".join(f"\nnote: {n}" for n in doc.get("notes") or [])
+            + _power_note(doc)
+        ),
     )
-    for name in ("source", "mode", "PD rel [95% CI]", "PD abs", "flip", "AUC mean±std", "p PD"):
+    for name in (
+        "source",
+        "mode",
+        "PD rel [95% CI]",
+        "PD abs",
+        "flip",
+        "AUC mean±std",
+        "p PD (Holm)",
+    ):
         table.add_column(name, justify="left" if name in ("source", "mode") else "right")
     tests = {a["label"]: (a.get("tests") or {}).get("rel") or {} for a in doc["arms"]}
     for entry in doc["sources"]:
@@ -128,7 +145,7 @@ def register(app: typer.Typer) -> None:
             replicas = DEFAULT_REPLICAS
         cfg = resolve_config(config, opt.run_overrides(**{**ctx.params, "replicas": replicas}))
         chosen = [s.strip() for s in sources.split(",") if s.strip()] if sources else None
-        study_arms, _, _ = check_attribute(cfg, chosen, leave_one_out, out, force)
+        study_arms, _, _ = check_attribute(cfg, chosen, leave_one_out, out, force, test)
         encoded, churn = load_run_data(cfg, churn_by, top_k)
         run_paired_study(
             lambda **kw: attribute(

@@ -23,6 +23,7 @@ from reprokit.config import RunConfig
 from reprokit.errors import ReprokitError
 from reprokit.jsonio import as_float
 from reprokit.metrics.churn import ChurnGroups
+from reprokit.metrics.paired import TEST_METHODS
 from reprokit.runners.ensemble import StepProgress, default_run_dir
 from reprokit.runners.study import (
     ArmResult,
@@ -58,7 +59,7 @@ def applicable_sources(device: str, chosen: Sequence[str] | None = None) -> list
         raise ReprokitError(
             f"source {refused[0]!r} needs a CUDA device (--device cuda); this run is on {device}"
         )
-    return [s for s in SOURCES if s in chosen]
+    return [s for s in SOURCES if s in chosen]  # canonical order, each once
 
 
 def attribution_arms(
@@ -67,8 +68,10 @@ def attribution_arms(
     """(label, mode, vary) per arm: control, each source alone, all, and each source left out."""
     arms = [(CONTROL, "control", ["none"])]
     arms += [(s, "alone", [s]) for s in sources]
-    arms.append((ALL, "all", list(sources)))
-    if leave_one_out and len(sources) > 1:
+    if len(sources) > 1:  # with one source, `all` is that source alone
+        arms.append((ALL, "all", list(sources)))
+    # with two sources, leaving one out is the other alone: only three or more add arms
+    if leave_one_out and len(sources) > 2:
         arms += [
             (f"{LEAVE_OUT_PREFIX}{s}", "leave-one-out", [o for o in sources if o != s])
             for s in sources
@@ -91,6 +94,8 @@ def verdict(sources: list[dict[str, Any]]) -> str:
     """One sentence: the single source with the largest PD alone, as a share of `all`'s PD."""
     alone = [s for s in sources if s["mode"] == "alone"]
     everything = next((s for s in sources if s["mode"] == "all"), None)
+    if everything is None and len(alone) == 1:  # one source: it is all there is
+        everything = alone[0]
     total = as_float(((everything or {}).get("pd") or {}).get("rel"))
     ranked = sorted(
         (s for s in alone if math.isfinite(as_float((s.get("pd") or {}).get("rel")))),
@@ -105,7 +110,7 @@ def verdict(sources: list[dict[str, Any]]) -> str:
     share = 100.0 * value / total
     return (
         f"{top['source']} alone gives {share:.0f} % of the PD of all sources together "
-        f"(PD rel {value:.4g} vs {total:.4g}); contributions are not additive"
+        f"(PD rel {value:.4g} vs {total:.4g})"
     )
 
 
@@ -140,7 +145,13 @@ def attribution_document(
         "PD contributions are not additive: compare each source alone with all sources but it "
         "(leave-one-out) rather than summing."
     )
-    doc["vary"] = next(vary for _, mode, vary in specs if mode == "all")  # what was attributed
+    config = results[0].arm.config
+    if any(s["source"] == "dropout" for s in sources) and not config.model.dropout:
+        doc["notes"].append(
+            "the model has no dropout (model.dropout is 0), so the dropout source varies "
+            "nothing; set --dropout to measure it"
+        )
+    doc["vary"] = sorted({v for _, mode, vary in specs if mode != "control" for v in vary})
     return doc
 
 
@@ -150,10 +161,13 @@ def check_attribute(
     leave_one_out: bool = False,
     out: str | Path | None = None,
     force: bool = False,
+    test: str = "permutation",
 ) -> tuple[list, list[tuple[str, str, list[str]]], StudyDir]:
     """Every arm's config validated and the run directory checked, before any training."""
     if config.replicas < 2:
         raise ReprokitError("reprokit attribute needs at least 2 replicas per arm")
+    if test not in TEST_METHODS:
+        raise ReprokitError(f"unknown paired test {test!r}; choose {' or '.join(TEST_METHODS)}")
     chosen = applicable_sources(config.device, sources)
     if not chosen:
         raise ReprokitError("reprokit attribute needs at least one nondeterminism source")
@@ -188,7 +202,7 @@ def attribute(
 ) -> dict[str, Any]:
     """Train one arm per source (alone, and with `leave_one_out` left out), the control and all;
     write and return attribute.json."""
-    study_arms, specs, study = check_attribute(config, sources, leave_one_out, out, force)
+    study_arms, specs, study = check_attribute(config, sources, leave_one_out, out, force, test)
 
     def finish(results: list[ArmResult]) -> dict[str, Any]:
         return attribution_document(results, specs, study.root, test, plot)

@@ -42,7 +42,7 @@ from reprokit.metrics.paired import (
 )
 from reprokit.metrics.stats import pareto_front
 from reprokit.runners.ensemble import StepProgress, train_ensemble
-from reprokit.runschema import LOCK, MANIFEST
+from reprokit.runschema import LOCK, MANIFEST, STUDY_DOCUMENTS
 from reprokit.store import (
     RunStore,
     atomic_write_json,
@@ -154,9 +154,25 @@ def slugify(label: str) -> str:
     return slug[:80]
 
 
+#: Keys an arm may not override: every arm trains on the same data (loaded once, so the
+#: comparison is of models, not datasets) with the same replicas and seeds (the pairing).
+SHARED_KEYS = ("data.", "replicas", "seed")
+
+
+def check_shared(overrides: dict[str, Any], where: str) -> None:
+    for key in overrides:
+        norm = key.replace("-", "_")
+        if any(norm == k or (k.endswith(".") and norm.startswith(k)) for k in SHARED_KEYS):
+            raise ReprokitError(
+                f"{where} sets {key}, but every arm of a study shares the data, the replica count "
+                "and the seeds (that is what pairs the arms); set it for the whole study instead"
+            )
+
+
 def arm_config(config: RunConfig, overrides: dict[str, Any], where: str) -> RunConfig:
     """A validated copy of `config` with `overrides` applied: the same checks and sentences as a
     TOML file or a CLI option (`where` names the arm in them)."""
+    check_shared(overrides, where)
     arm = copy.deepcopy(config)
     merge_dotted(arm, overrides, where)
     if not arm.vary:
@@ -251,11 +267,23 @@ class StudyDir:
         if root.exists() and not root.is_dir():
             raise ReprokitError(f"{root} exists and is not a directory")
         doc_path = root / self.document
+        for other in STUDY_DOCUMENTS:
+            if other != self.document and (root / other).exists() and not force:
+                raise ReprokitError(
+                    f"{root} holds another study ({other}), not {_a(self.kind)} one; choose another "
+                    "--out or pass --force"
+                )
+        if self.manifest is None and (root / MANIFEST).exists() and not force:
+            kind = read_json(root / MANIFEST, "manifest").get("kind")
+            raise ReprokitError(
+                f"{root} holds {_a(str(kind))} run, not {_a(self.kind)} study; choose another --out or "
+                "pass --force"
+            )
         if doc_path.exists():
             kind = read_json(doc_path, self.document).get("kind")  # a broken file is reported
             if kind not in (None, self.kind) and not force:
                 raise ReprokitError(
-                    f"{root} holds a {kind} study, not a {self.kind} one; choose another --out "
+                    f"{root} holds {_a(str(kind))} study, not {_a(self.kind)} one; choose another --out "
                     "or pass --force"
                 )
         if self.manifest is not None and (root / MANIFEST).exists() and not force:
@@ -271,7 +299,7 @@ class StudyDir:
         foreign = root.is_dir() and not is_study and any(p.name != LOCK for p in root.iterdir())
         if foreign and not force:
             raise ReprokitError(
-                f"{root} exists, is not empty and is not a {self.kind} run directory (it is "
+                f"{root} exists, is not empty and is not {_a(self.kind)} run directory (it is "
                 "not a reprokit run directory at all); choose another --out or pass --force"
             )
         if not force:
@@ -296,6 +324,10 @@ class StudyDir:
                     atomic_write_json(mpath, {**old, "config": self.manifest["config"]})
             else:
                 atomic_write_json(mpath, self.manifest)
+
+
+def _a(word: str) -> str:
+    return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
 
 
 def _study_key(doc: dict[str, Any]) -> str:
