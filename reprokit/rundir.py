@@ -235,6 +235,11 @@ def _load_directory(path: Path) -> Run:
             run = _load_document(path / SUMMARY)
             run.path = path
             return run
+        if (path / "arms").is_dir() or (path / "cells").is_dir():
+            raise ReprokitError(
+                f"{path} holds a study that has not finished (no compare.json or attribute.json "
+                "yet); re-run its command to resume it"
+            )
         raise ReprokitError(
             f"{path} is not a reprokit run directory (no manifest.json or compare.json)"
         )

@@ -177,7 +177,11 @@ def arm_config(config: RunConfig, overrides: dict[str, Any], where: str) -> RunC
     merge_dotted(arm, overrides, where)
     if not arm.vary:
         arm.vary = ["none"]
-    return arm.validate()
+    try:
+        return arm.validate()
+    except ReprokitError as exc:  # range and name checks do not say which arm they judged
+        message = str(exc)
+        raise ReprokitError(message if where in message else f"{where}: {message}") from None
 
 
 def canonical_overrides(config: RunConfig, overrides: dict[str, Any]) -> dict[str, Any]:
