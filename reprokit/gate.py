@@ -41,6 +41,7 @@ from typing import Any
 
 from reprokit.errors import ReprokitError
 from reprokit.metrics.pd import PD_KEYS
+from reprokit.overrides import same_arm
 from reprokit.rundir import Run, as_float
 from reprokit.runschema import ARM_STUDIES
 
@@ -178,7 +179,9 @@ def units(run: Run) -> list[Unit]:
 
 
 def _matches(unit: Unit, name: str) -> bool:
-    return name in (unit.name, unit.label)
+    """An arm is named by its label, its directory, or (studies over config keys) any spelling of
+    its overrides: ``model.dropout=0.0`` names the arm labelled ``model.dropout=0``."""
+    return name in (unit.name, unit.label) or same_arm(name, unit.summary.get("overrides"))
 
 
 def select_units(run: Run, arms: list[str]) -> list[Unit]:

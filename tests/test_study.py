@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 from reprokit.cli import app
 from reprokit.config import RunConfig
 from reprokit.errors import ReprokitError
-from reprokit.runners.study import make_arms, parse_arm, parse_value
+from reprokit.overrides import parse_arm, parse_value
+from reprokit.runners.study import make_arms
 
 runner = CliRunner()
 TINY = ["--synth-rows", "2000", "--epochs", "1", "--replicas", "3"]
@@ -281,3 +282,16 @@ def test_attribute_of_one_source_has_no_duplicate_all_arm_and_says_dropout_is_of
     assert [s["label"] for s in doc["sources"]] == ["none", "dropout"]
     assert any("the model has no dropout" in n for n in doc["notes"])
     assert doc["sources"][1]["pd"]["rel"] == 0.0  # no dropout layer: the source varies nothing
+
+
+def test_an_arm_is_found_by_any_spelling_of_its_overrides(tmp_path):
+    out = tmp_path / "cmp"
+    result = runner.invoke(
+        app, ["compare", "--arm", "model.dropout=0.0", "--arm", "model.dropout=0.1",
+              "--baseline", "model.dropout = 0.1", "--out", str(out), "--json", *TINY],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["baseline"] == "model.dropout=0.1" and len(doc["arms"]) == 2
+    gate = runner.invoke(app, ["gate", str(out), "--arm", "model.dropout=0.0", "--max-pd", "100"])
+    assert gate.exit_code == 0, gate.stderr

@@ -1,6 +1,6 @@
 """`compare_configs` (`reprokit compare`): the study engine with arms over any config keys.
 
-An arm is one ``--arm 'key=value[,key=value...]'`` (`reprokit.runners.study.parse_arm`): any dotted
+An arm is one ``--arm 'key=value[,key=value...]'`` (`reprokit.overrides.parse_arm`): any dotted
 config key, values read as TOML when they parse as TOML. The first arm (or ``--baseline``) is the
 reference; every arm shares the per-replica seeds of the base config, so the comparison is paired
 exactly as in compare-activations (whose document, report and gate this one shares).
@@ -16,6 +16,7 @@ from reprokit.config import RunConfig
 from reprokit.errors import ReprokitError
 from reprokit.metrics.churn import ChurnGroups
 from reprokit.metrics.paired import TEST_METHODS
+from reprokit.overrides import parse_arm, same_arm
 from reprokit.runners.ensemble import StepProgress, default_run_dir
 from reprokit.runners.study import (
     Arm,
@@ -25,7 +26,6 @@ from reprokit.runners.study import (
     baseline_index,
     make_arms,
     paired_document,
-    parse_arm,
     run_study,
 )
 from reprokit.runschema import COMPARE_CONFIGS
@@ -45,7 +45,12 @@ def resolve_config_arms(
         )
     specs = [parse_arm(text) for text in arms]
     built = make_arms(config, specs)
-    if baseline is not None and baseline not in {a.label for a in built} | {a.slug for a in built}:
+    named = {a.label for a in built} | {a.slug for a in built}
+    if (
+        baseline is not None
+        and baseline not in named
+        and not any(same_arm(baseline, a.given) or same_arm(baseline, a.overrides) for a in built)
+    ):
         built = make_arms(config, [parse_arm(baseline), *specs])
         return built, 0
     if len(built) < 2:

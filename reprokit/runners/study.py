@@ -22,7 +22,6 @@ import math
 import re
 import shutil
 import time
-import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +40,7 @@ from reprokit.metrics.paired import (
     smallest_p_holm,
 )
 from reprokit.metrics.stats import pareto_front
+from reprokit.overrides import overrides_label, same_arm
 from reprokit.runners.ensemble import StepProgress, train_ensemble
 from reprokit.runschema import LOCK, MANIFEST, STUDY_DOCUMENTS
 from reprokit.store import (
@@ -74,78 +74,7 @@ class Arm:
     overrides: dict[str, Any]
     config: RunConfig
     fields: dict[str, Any] = field(default_factory=dict)
-
-
-def parse_value(text: str) -> Any:
-    """An override's value: a TOML value when it parses as one (``0.1``, ``[128, 64]``, ``true``,
-    ``"x"``), else the text itself (``smelu:beta=1``, ``gelu``)."""
-    text = text.strip()
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-_KEY = re.compile(r"\s*([A-Za-z_][\w-]*(?:\.[A-Za-z_][\w-]*)*)\s*=")
-
-
-def _split_pairs(text: str) -> list[str]:
-    """Split ``a.b=1,c=[1,2],d=smelu:beta=1,alpha=2`` into ``key=value`` pieces: a comma starts a
-    new pair only outside brackets and quotes, and only when what follows is ``<known key>=``."""
-    from reprokit.config import is_config_key
-
-    pieces, depth, quote, start = [], 0, "", 0
-    for i, ch in enumerate(text):
-        if quote:
-            quote = "" if ch == quote else quote
-        elif ch in "\"'":
-            quote = ch
-        elif ch in "[{(":
-            depth += 1
-        elif ch in "]})":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            match = _KEY.match(text, i + 1)
-            if match and is_config_key(match.group(1)):
-                pieces.append(text[start:i])
-                start = i + 1
-    pieces.append(text[start:])
-    return [p.strip() for p in pieces if p.strip()]
-
-
-def parse_arm(text: str) -> dict[str, Any]:
-    """``--arm`` text → {dotted key: value}, in the order given."""
-    overrides: dict[str, Any] = {}
-    for piece in _split_pairs(text):
-        key, eq, value = piece.partition("=")
-        key = key.strip()
-        if not eq or not key or not value.strip():
-            raise ReprokitError(
-                f"--arm {text!r}: {piece!r} must look like key=value, e.g. model.activation=gelu"
-            )
-        if key in overrides:
-            raise ReprokitError(f"--arm {text!r} sets {key} twice")
-        overrides[key] = parse_value(value)
-    if not overrides:
-        raise ReprokitError("--arm is empty; give key=value pairs, e.g. model.activation=gelu")
-    return overrides
-
-
-def format_value(value: Any) -> str:
-    """How an override value reads in a label: strings bare, lists and numbers as TOML writes them."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, list | tuple):
-        return "[" + ",".join(format_value(v) for v in value) + "]"
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
-
-
-def overrides_label(overrides: dict[str, Any]) -> str:
-    return ",".join(f"{k}={format_value(v)}" for k, v in overrides.items())
+    given: dict[str, Any] = field(default_factory=dict)  # the overrides as the user wrote them
 
 
 def slugify(label: str) -> str:
@@ -214,7 +143,9 @@ def make_arms(
         # two spellings of one arm (SmeLU:beta=1.0, smelu) resume the same run
         label = given
         slug = slugs[i] if slugs is not None else slugify(overrides_label(canonical))
-        arms.append(Arm(label, slug, canonical, cfg, dict(fields[i]) if fields else {}))
+        arms.append(
+            Arm(label, slug, canonical, cfg, dict(fields[i]) if fields else {}, dict(overrides))
+        )
     check_distinct(arms)
     return arms
 
@@ -238,7 +169,7 @@ def baseline_index(arms: Sequence[Arm], baseline: str | None) -> int:
     if baseline is None:
         return 0
     for i, arm in enumerate(arms):
-        if baseline in (arm.label, arm.slug):
+        if baseline in (arm.label, arm.slug) or same_arm(baseline, arm.given):
             return i
     raise ReprokitError(
         f"--baseline {baseline!r} is not one of the arms ({', '.join(a.label for a in arms)})"
