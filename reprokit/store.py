@@ -116,8 +116,23 @@ def comparable_manifest(doc: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def with_current_defaults(config: Any) -> Any:
+    """A stored config with the settings added since it was written filled in at their defaults,
+    so a run made by an older reprokit resumes (settings it has keep their values)."""
+    if not isinstance(config, dict):
+        return config
+    from reprokit.config import config_from_dict
+
+    try:
+        return config_from_dict(config).to_dict()
+    except ReprokitError:  # a key this version does not know: compare it as stored
+        return config
+
+
 def _common_seeds(old: dict[str, Any], new: dict[str, Any]) -> tuple[dict, dict]:
     """Both manifests' comparable parts, with replica seeds restricted to the shared replicas."""
+    old = {**old, "config": with_current_defaults(old.get("config"))}
+    new = {**new, "config": with_current_defaults(new.get("config"))}
     a, b = comparable_manifest(old), comparable_manifest(new)
     seeds_a, seeds_b = a.get("replica_seeds"), b.get("replica_seeds")
     if isinstance(seeds_a, dict) and isinstance(seeds_b, dict):

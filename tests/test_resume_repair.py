@@ -103,3 +103,13 @@ def test_a_live_lock_refuses_a_second_run(tmp_path):
     result = _train(out, 2)
     assert result.exit_code == 0, result.stderr
     assert not (out / LOCK).exists()
+
+
+def test_a_run_made_before_a_setting_existed_still_resumes(tmp_path):
+    out = tmp_path / "run"
+    assert _train(out, 2).exit_code == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["config"]["divergence"]["collapse_auc"]  # as if written by an older reprokit
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    result = _train(out, 3)
+    assert result.exit_code == 0, result.stderr

@@ -50,6 +50,7 @@ from reprokit.store import (
     first_difference,
     read_json,
     run_lock,
+    with_current_defaults,
 )
 
 log = logging.getLogger("reprokit")
@@ -278,7 +279,9 @@ def _check_arm_config(arm_dir: Path, config: RunConfig) -> None:
     manifest = arm_dir / MANIFEST
     if not manifest.exists():
         return
-    stored = comparable_manifest({"config": read_json(manifest, "manifest").get("config")})
+    stored = comparable_manifest(
+        {"config": with_current_defaults(read_json(manifest, "manifest").get("config"))}
+    )
     wanted = comparable_manifest({"config": config.to_dict()})
     if stored != wanted:
         raise ReprokitError(
