@@ -2,7 +2,8 @@
 to know about each kind (torch-free: `reprokit.config` canonicalises specs with it).
 
 A spec is ``name`` or ``name:key=value,...`` like an activation's: ``table``,
-``hashed:buckets=1000`` (= ``hashed:buckets=1000,seed=0``), ``qr:buckets=64,op=add``. Names and
+``hashed:buckets=1000`` (= ``hashed:buckets=1000,seed=0``), ``qr:buckets=64,op=add``,
+``mde:alpha=0.5`` (``base_dim`` left out: the embedding dimension). Names and
 keys are case-insensitive; :func:`parse_table_spec` fills every default in, so two spellings of one
 table have one canonical string (``str(spec)``, what a config stores). A parameter without a
 default (``buckets``) must be given. Bad specs raise a ReprokitError that lists what exists.
@@ -10,6 +11,7 @@ default (``buckets``) must be given. Bad specs raise a ReprokitError that lists 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -38,16 +40,22 @@ class TableCapabilities:
 
 @dataclass(frozen=True)
 class TableParam:
-    """One spec parameter: an integer of at least `minimum`, or one of `choices` (a string).
-    `default` None: the parameter must be given."""
+    """One spec parameter: an integer of at least `minimum`, or one of `choices` (a string), or,
+    with `real`, a finite number in [`minimum`, `maximum`]. `default` None: the parameter must be
+    given, unless `optional` (then a spec without it omits it and the builder picks)."""
 
     name: str
     default: int | str | None
     minimum: int | None = None
     choices: tuple[str, ...] = ()
+    real: bool = False
+    maximum: float | None = None
+    optional: bool = False
 
-    def parse(self, kind: str, raw: str) -> int | str:
+    def parse(self, kind: str, raw: str) -> int | float | str:
         raw = raw.strip()
+        if self.real:
+            return self._parse_real(kind, raw)
         if self.choices:
             value = raw.lower()
             if value not in self.choices:
@@ -65,6 +73,22 @@ class TableParam:
         if self.minimum is not None and number < self.minimum:
             raise ReprokitError(
                 f"{kind} parameter {self.name} must be at least {self.minimum}, got {number}"
+            )
+        return number
+
+    def _parse_real(self, kind: str, raw: str) -> float:
+        try:
+            number = float(raw)
+        except ValueError:
+            number = math.nan
+        low, high = self.minimum, self.maximum
+        if (
+            not math.isfinite(number)
+            or (low is not None and number < low)
+            or (high is not None and number > high)
+        ):
+            raise ReprokitError(
+                f"{kind} parameter {self.name} must be a number from {low} to {high}, got {raw!r}"
             )
         return number
 
@@ -102,6 +126,14 @@ EMBEDDING_TABLES = TableRegistry(
             TableCapabilities(stacked=True, sparse_gradients=True),
             "reprokit.nn.qr:QREmbeddings",
         ),
+        ComponentInfo(
+            "mde",
+            "mde",
+            "mixed dimensions (Ginart et al.): field f's width base_dim·(n_0/n_f)^alpha by its row "
+            "count n_f, rounded to a power of 2, projected to the embedding dimension",
+            TableCapabilities(stacked=False, sparse_gradients=True),
+            "reprokit.nn.mde:MixedDimEmbeddings",
+        ),
     ),
 )
 
@@ -113,6 +145,10 @@ TABLE_PARAMS: dict[str, tuple[TableParam, ...]] = {
         TableParam("buckets", None, minimum=1),
         TableParam("op", "mult", choices=("mult", "add", "concat")),
     ),
+    "mde": (
+        TableParam("alpha", None, minimum=0, real=True, maximum=1),
+        TableParam("base_dim", None, minimum=1, optional=True),
+    ),
 }
 
 
@@ -121,7 +157,7 @@ class TableSpec:
     """A resolved table spec: the kind's `name` and every parameter (defaults filled in)."""
 
     name: str
-    params: Mapping[str, int | str] = field(default_factory=dict)
+    params: Mapping[str, int | float | str] = field(default_factory=dict)
 
     def __str__(self) -> str:
         if not self.params:
@@ -139,11 +175,13 @@ class TableSpec:
 def usage(name: str) -> str:
     """``hashed:buckets=N[,seed=0]``, ``qr:buckets=N[,op=mult|add|concat]``: how to write a kind's spec (help text, errors)."""
     params = TABLE_PARAMS[name]
-    required = [f"{p.name}=N" for p in params if p.default is None]
+    required = [
+        f"{p.name}={'A' if p.real else 'N'}" for p in params if p.default is None and not p.optional
+    ]
     optional = [
-        f"{p.name}={'|'.join(p.choices) if p.choices else p.default}"
+        f"{p.name}={'|'.join(p.choices) if p.choices else 'D' if p.default is None else p.default}"
         for p in params
-        if p.default is not None
+        if p.default is not None or p.optional
     ]
     text = name + (":" + ",".join(required) if required else "")
     if optional:
@@ -173,7 +211,7 @@ def parse_table_spec(spec: str | TableSpec) -> TableSpec:
         known = "; ".join(usage(n) for n in EMBEDDING_TABLES.names)
         raise ReprokitError(f"unknown embedding table {shown!r}; choose one of: {known}")
     known_params = {p.name: p for p in TABLE_PARAMS[name]}
-    given: dict[str, int | str] = {}
+    given: dict[str, int | float | str] = {}
     for item in [item.strip() for item in rest.split(",")] if sep else []:
         key, eq, raw = item.partition("=")
         key = key.strip().lower()
@@ -187,10 +225,12 @@ def parse_table_spec(spec: str | TableSpec) -> TableSpec:
         if key in given:
             raise ReprokitError(f"parameter {key!r} is given twice in embedding spec {spec!r}")
         given[key] = known_params[key].parse(name, raw)
-    params: dict[str, int | str] = {}
+    params: dict[str, int | float | str] = {}
     for p in TABLE_PARAMS[name]:
         if p.name in given:
             params[p.name] = given[p.name]
+        elif p.optional:
+            continue
         elif p.default is None:
             raise ReprokitError(f"embedding table {name!r} needs {p.name}: write {usage(name)}")
         else:

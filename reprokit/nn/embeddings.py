@@ -14,7 +14,7 @@ forward and backward apply: `reprokit.training.stacked.backward.combine_rows`).
 
 `table` (:class:`FieldEmbeddings`) is one table per field: the training split's vocabulary plus an
 out-of-vocabulary row at index 0. `hashed` lives in :mod:`reprokit.nn.hashed`, `qr` in
-:mod:`reprokit.nn.qr`; a kind's spec (``hashed:buckets=1000,seed=0``) is parsed by
+:mod:`reprokit.nn.qr`, `mde` (mixed dimensions, projected to `dim`) in :mod:`reprokit.nn.mde`; a kind's spec (``hashed:buckets=1000,seed=0``) is parsed by
 :func:`reprokit.components.tables.parse_table_spec` and its parameters passed to its builder.
 
 Accounting (:func:`embedding_account`): `params` (embedding parameters of one replica), `bytes`,

@@ -1,0 +1,97 @@
+"""`mde:alpha=A[,base_dim=D]`: mixed-dimension embeddings (Ginart, Naumov, Mudigere, Yang, Zou,
+arXiv 1909.11810; DLRM's ``tricks/md_embedding_bag.py``, ``md_solver`` with ``d0``).
+
+The α-power rule, one width per field (the unit of allocation is a whole field, as in DLRM):
+
+    d_f = λ · (n_f / k_f)^(−α),   λ = d0 · n_0^α
+
+n_f is field f's row count (the training split's vocabulary plus the out-of-vocabulary row, the
+`vocab_sizes` a `table` gets) and k_f the average queries of the field per example, 1 here (one id
+per field), so n_f / k_f = 1 / p_f with p_f the share of field f's queries one of its rows gets on
+average: rarely queried rows get fewer dimensions. n_0 is the smallest n_f and d0 = `base_dim`
+(default: the embedding dimension), so the smallest field gets `base_dim`. As in ``md_solver``:
+every other d_f is rounded to the nearest integer (half to even) and clamped to at least 1, then
+every d_f (the smallest field's too) is rounded to a power of two, ``2^round(log2 d_f)``.
+α = 0 gives every field `base_dim`; α must lie in [0, 1].
+
+Field f's `nn.Embedding(n_f, d_f)` is followed by a bias-free ``Linear(d_f → dim)`` (DLRM's
+``PrEmbeddingBag``; like it, none where d_f = dim), so a model sees [batch, fields, dim] like with
+every other kind. Each id has a row of its own (collision rate 0); `num_params` counts the
+projections. Initialisation: rows N(0, 0.01) like `table`'s, projections N(0, 1/d_f), so a
+projected embedding starts with standard deviation 0.01 too; with α = 0 and `base_dim` = dim the
+table is `table`, draw for draw. No stacked form: the vectorized engine refuses it and ``auto``
+trains one process per replica.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from reprokit.nn.embeddings import EmbeddingTable
+
+__all__ = ["MixedDimEmbeddings", "mde_widths"]
+
+
+def mde_widths(vocab_sizes: list[int], alpha: float, base_dim: int) -> list[int]:
+    """Field widths by the α-power rule (see the module docstring), in field order."""
+    if not vocab_sizes:
+        return []
+    n = np.asarray(vocab_sizes, dtype=np.float64)
+    smallest = int(np.argmin(n))  # the first of equal minima, like a stable sort
+    d = np.round(base_dim * n[smallest] ** alpha * n**-alpha)
+    d = np.maximum(d, 1.0)
+    d[smallest] = base_dim
+    return [int(w) for w in 2.0 ** np.round(np.log2(d))]
+
+
+class MixedDimEmbeddings(EmbeddingTable):
+    """Per field an `nn.Embedding(n_f, d_f)`, then (where d_f ≠ dim) a bias-free projection to
+    `dim`; all tables are registered before all projections."""
+
+    def __init__(
+        self,
+        vocab_sizes: list[int],
+        dim: int,
+        sparse: bool = False,
+        *,
+        alpha: float,
+        base_dim: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.vocab_sizes = [int(v) for v in vocab_sizes]
+        self.num_fields, self.dim = len(self.vocab_sizes), int(dim)
+        self.alpha = float(alpha)
+        self.base_dim = int(base_dim) if base_dim is not None else self.dim
+        self.widths = mde_widths(self.vocab_sizes, self.alpha, self.base_dim)
+        self.tables = nn.ModuleList(
+            nn.Embedding(v, w, sparse=sparse)
+            for v, w in zip(self.vocab_sizes, self.widths, strict=True)
+        )
+        self.projections = nn.ModuleList(
+            nn.Identity() if w == self.dim else nn.Linear(w, self.dim, bias=False)
+            for w in self.widths
+        )
+
+    @property
+    def num_rows(self) -> int:
+        return sum(self.vocab_sizes)
+
+    def reset_parameters(self, generator: torch.Generator) -> None:
+        for table in self.tables:
+            nn.init.normal_(table.weight, mean=0.0, std=0.01, generator=generator)
+        for width, proj in zip(self.widths, self.projections, strict=True):
+            if isinstance(proj, nn.Linear):
+                nn.init.normal_(proj.weight, mean=0.0, std=width**-0.5, generator=generator)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if not self.tables:
+            return ids.new_zeros((ids.shape[0], 0, self.dim), dtype=torch.float32)
+        return torch.stack(
+            [
+                proj(table(ids[:, f]))
+                for f, (table, proj) in enumerate(zip(self.tables, self.projections, strict=True))
+            ],
+            dim=1,
+        )
