@@ -130,7 +130,7 @@ Embedding = Annotated[
         help=config_help(
             "embedding",
             "Embedding table spec: table, hashed:buckets=N[,seed=0], "
-            "qr:buckets=N[,op=mult|add|concat].",
+            "qr:buckets=N[,op=mult|add|concat], mde:alpha=A[,base_dim=D].",
         ),
     ),
 ]
