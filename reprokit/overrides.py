@@ -29,7 +29,9 @@ _KEY = re.compile(r"\s*([A-Za-z_][\w-]*(?:\.[A-Za-z_][\w-]*)*)\s*=")
 
 def _split_pairs(text: str) -> list[str]:
     """Split ``a.b=1,c=[1,2],d=smelu:beta=1,alpha=2`` into ``key=value`` pieces: a comma starts a
-    new pair only outside brackets and quotes, and only when what follows is ``<known key>=``."""
+    new pair only outside brackets and quotes, only when what follows is ``<known key>=``, and
+    after a spec value (one with ``:``) only when that key is dotted, so a spec's parameter named
+    like a top-level setting (``seed``) stays in the spec."""
     from reprokit.config import is_config_key
 
     pieces, depth, quote, start = [], 0, "", 0
@@ -44,7 +46,11 @@ def _split_pairs(text: str) -> list[str]:
             depth -= 1
         elif ch == "," and depth == 0:
             match = _KEY.match(text, i + 1)
-            if match and is_config_key(match.group(1)):
+            key = match.group(1) if match else ""
+            # inside a spec value (`hashed:buckets=100,seed=3`) a bare name is the spec's own
+            # parameter; only a dotted key (`optim.lr=`) starts the next pair there
+            in_spec = ":" in text[start:i].partition("=")[2]
+            if match and is_config_key(key) and ("." in key or not in_spec):
                 pieces.append(text[start:i])
                 start = i + 1
     pieces.append(text[start:])

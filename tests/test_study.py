@@ -44,6 +44,14 @@ def test_a_comma_starts_a_new_pair_only_before_a_known_key():
     }
 
 
+def test_a_spec_parameter_named_like_a_top_level_setting_stays_in_the_spec():
+    assert parse_arm("model.embedding=hashed:buckets=100,seed=3,optim.lr=0.1") == {
+        "model.embedding": "hashed:buckets=100,seed=3",
+        "optim.lr": 0.1,
+    }
+    assert parse_arm("model.dropout=0.1,seed=3") == {"model.dropout": 0.1, "seed": 3}
+
+
 def test_arms_are_validated_with_the_config_sentences_and_canonicalised():
     with pytest.raises(ReprokitError, match=r"unknown key 'hiden' in --arm 'model.hiden=\[8\]'"):
         make_arms(RunConfig(), [parse_arm("model.hiden=[8]")])
