@@ -303,3 +303,20 @@ def test_an_arm_is_found_by_any_spelling_of_its_overrides(tmp_path):
     assert doc["baseline"] == "model.dropout=0.1" and len(doc["arms"]) == 2
     gate = runner.invoke(app, ["gate", str(out), "--arm", "model.dropout=0.0", "--max-pd", "100"])
     assert gate.exit_code == 0, gate.stderr
+
+
+def test_force_over_another_study_leaves_nothing_of_it(tmp_path):
+    out = tmp_path / "run"
+    first = runner.invoke(app, ["attribute", "--sources", "init", "--out", str(out), *TINY])
+    assert first.exit_code == 0, first.stderr
+    result = runner.invoke(
+        app, ["compare", "--arm", "model.dropout=0", "--arm", "model.dropout=0.1", "--force",
+              "--out", str(out), *TINY],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert not (out / "attribute.json").exists()
+    assert sorted(p.name for p in (out / "arms").iterdir()) == [
+        "model.dropout=0",
+        "model.dropout=0.1",
+    ]
+    assert runner.invoke(app, ["report", str(out)]).exit_code == 0

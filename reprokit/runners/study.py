@@ -42,7 +42,7 @@ from reprokit.metrics.paired import (
 from reprokit.metrics.stats import pareto_front
 from reprokit.overrides import overrides_label, same_arm
 from reprokit.runners.ensemble import StepProgress, train_ensemble
-from reprokit.runschema import LOCK, MANIFEST, STUDY_DOCUMENTS
+from reprokit.runschema import LOCK, MANIFEST, REPLICAS, STUDY_DOCUMENTS, SUMMARY
 from reprokit.store import (
     RunStore,
     atomic_write_json,
@@ -246,12 +246,12 @@ class StudyDir:
         """Create the directory, clear another study's arms with `force`, write the manifest."""
         root = self.root
         mpath = root / MANIFEST
-        if force and root.is_dir():
-            other = self.manifest is not None and (
-                not mpath.exists() or _study_key(read_json(mpath)) != _study_key(self.manifest)
-            )
-            if other or not (root / self.document).exists():
-                shutil.rmtree(root / self.arms_dir, ignore_errors=True)
+        if force and root.is_dir() and not self._holds_this_study():
+            # --force over another study or run: what it wrote goes, so no reader mixes the two
+            for name in (self.arms_dir, ARMS_DIR, REPLICAS):
+                shutil.rmtree(root / name, ignore_errors=True)
+            for name in (*STUDY_DOCUMENTS, self.document, MANIFEST, SUMMARY):
+                (root / name).unlink(missing_ok=True)
         root.mkdir(parents=True, exist_ok=True)
         if self.manifest is not None:
             if mpath.exists() and _study_key(read_json(mpath)) == _study_key(self.manifest):
@@ -260,6 +260,20 @@ class StudyDir:
                     atomic_write_json(mpath, {**old, "config": self.manifest["config"]})
             else:
                 atomic_write_json(mpath, self.manifest)
+
+    def _holds_this_study(self) -> bool:
+        """Whether the directory holds this study (perhaps unfinished): then `--force` only
+        retrains arms of another config; anything else there is another study or run."""
+        root = self.root
+        if any((root / d).exists() for d in STUDY_DOCUMENTS if d != self.document):
+            return False
+        doc = root / self.document
+        if doc.exists() and read_json(doc, self.document).get("kind") not in (None, self.kind):
+            return False
+        mpath = root / MANIFEST
+        if self.manifest is not None:
+            return mpath.exists() and _study_key(read_json(mpath)) == _study_key(self.manifest)
+        return not mpath.exists()  # a manifest here is a train-ensemble run's
 
 
 def _a(word: str) -> str:
