@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from cli_checks import one_error_line
 from typer.testing import CliRunner
 
 import reprokit.training.vectorized as vec
@@ -77,10 +78,7 @@ def test_bad_specs_are_one_sentence(spec, message):
 @pytest.mark.parametrize("spec", ["hashed:buckets=0", "lsh", "qr:buckets=3,width=2"])
 def test_bad_spec_on_the_command_line_exits_2_with_one_line(spec, tmp_path):
     args = ["train-ensemble", "--embedding", spec, "--synth-rows", "200", "--out", str(tmp_path)]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.output
+    one_error_line(CliRunner().invoke(app, args))
 
 
 # ---- the hash -------------------------------------------------------------------------------------

@@ -45,6 +45,15 @@ __all__ = [
 ]
 
 
+ROW_STD = 0.01  # the starting spread of every embedding row (and of a projected one)
+
+
+def init_rows(tables: Any, generator: torch.Generator, std: float = ROW_STD) -> None:
+    """Draw every row table from N(0, std) in field order, from the replica's init generator."""
+    for table in tables:
+        nn.init.normal_(table.weight, mean=0.0, std=std, generator=generator)
+
+
 @dataclass(frozen=True)
 class TableLayout:
     """How the vectorized engine stacks a table: `num_rows` × `dim` weights per replica; the ids
@@ -119,8 +128,7 @@ class FieldEmbeddings(EmbeddingTable):
         return sum(self.vocab_sizes)
 
     def reset_parameters(self, generator: torch.Generator) -> None:
-        for table in self.tables:
-            nn.init.normal_(table.weight, mean=0.0, std=0.01, generator=generator)
+        init_rows(self.tables, generator)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if not self.tables:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from reprokit.nn.embeddings import EmbeddingTable, TableLayout
+from reprokit.nn.embeddings import EmbeddingTable, TableLayout, init_rows
 
 __all__ = ["HashedEmbeddings", "bucket_of", "splitmix64"]
 
@@ -100,8 +100,7 @@ class HashedEmbeddings(EmbeddingTable):
         return [rows[a:b] for a, b in zip(self.starts[:-1], self.starts[1:], strict=True)]
 
     def reset_parameters(self, generator: torch.Generator) -> None:
-        for table in self.tables:
-            nn.init.normal_(table.weight, mean=0.0, std=0.01, generator=generator)
+        init_rows(self.tables, generator)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if not self.tables:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from reprokit.nn.embeddings import EmbeddingTable
+from reprokit.nn.embeddings import EmbeddingTable, init_rows
 
 __all__ = ["MixedDimEmbeddings", "mde_widths"]
 
@@ -79,8 +79,7 @@ class MixedDimEmbeddings(EmbeddingTable):
         return sum(self.vocab_sizes)
 
     def reset_parameters(self, generator: torch.Generator) -> None:
-        for table in self.tables:
-            nn.init.normal_(table.weight, mean=0.0, std=0.01, generator=generator)
+        init_rows(self.tables, generator)
         for width, proj in zip(self.widths, self.projections, strict=True):
             if isinstance(proj, nn.Linear):
                 nn.init.normal_(proj.weight, mean=0.0, std=width**-0.5, generator=generator)
