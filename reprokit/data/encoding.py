@@ -64,11 +64,22 @@ def value_keys(values: np.ndarray | list) -> np.ndarray:
 
 class VocabSizes(list):
     """Per field, the rows a `table` needs (vocabulary + OOV row); `keys[f][i]` is the 64-bit key
-    (:func:`value_keys`) of the raw value encoded as index i (index 0: `OOV_KEY`)."""
+    (:func:`value_keys`) of the raw value encoded as index i (index 0: `OOV_KEY`). Table kinds
+    that are fitted to the training data (LMA's co-occurrence signatures, frequency-based widths)
+    read `train_cat` (the training split's indices [n, fields], a reference, not a copy) and
+    `names` (the field names, for per-field settings) from it too; a plain list has neither."""
 
-    def __init__(self, sizes: list[int], keys: list[np.ndarray]) -> None:
+    def __init__(
+        self,
+        sizes: list[int],
+        keys: list[np.ndarray],
+        names: list[str] | None = None,
+        train_cat: np.ndarray | None = None,
+    ) -> None:
         super().__init__(int(s) for s in sizes)
         self.keys = keys
+        self.names = list(names) if names is not None else None
+        self.train_cat = train_cat
 
 
 @dataclass
@@ -228,7 +239,7 @@ def encode(
         eval_y=_labels(eval_.frame, label_names, "eval"),
         train_example_id=_example_ids(train),
         eval_example_id=_example_ids(eval_),
-        vocab_sizes=VocabSizes(sizes, keys),
+        vocab_sizes=VocabSizes(sizes, keys, fields, train_cat),
         field_names=fields,
         numeric_names=numeric,
         label_names=label_names,
