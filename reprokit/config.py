@@ -57,6 +57,11 @@ class ModelConfig:
     dropout: float = 0.0
     batch_norm: bool = False  # BatchNorm1d after each hidden layer (FuxiCTR's `batch_norm` option)
     embedding: str = "table"  # pluggable: later hashed / collisionless / mixed-dimension
+    # Explicit per-field widths {field name: width} (TOML `[model.field_dims]` or an inline table,
+    # `--field-dims user_id=16,item_id=8`): the table becomes mixed-dimension, each named field's
+    # rows that wide and projected to `embedding_dim` (reprokit.nn.mde); fields not named keep
+    # their kind's width. Only with the `table` and `mde` kinds; empty: no per-field widths.
+    field_dims: dict[str, int] = field(default_factory=dict)
     # mlp: one MLP, one linear head with an output per task (CTRModel);
     # shared-bottom: the `hidden` MLP shared by all tasks, then one `tower` MLP + head per task;
     # mmoe: `experts` MLPs of widths `hidden`, one softmax gate per task mixing them, then towers.
@@ -204,8 +209,41 @@ class RunConfig:
         # an unknown activation fails before any work starts; the stored form is canonical
         self.model.activation = str(parse_spec(self.model.activation))
         self.model.embedding = str(parse_table_spec(self.model.embedding))
+        check_field_dims(self.model.field_dims, self.model.embedding)
         check_device(self.device)
         return self
+
+
+#: The embedding kinds `model.field_dims` applies to (both end up as reprokit.nn.mde's table).
+FIELD_DIMS_KINDS = ("table", "mde")
+
+
+def check_field_dims(
+    field_dims: dict[str, int], embedding: str, field_names: list[str] | None = None
+) -> None:
+    """Refuse per-field widths that are not positive, that come with a kind other than `table` or
+    `mde`, or (given the data's `field_names`, known at train time) that name fields the data
+    does not have; one sentence each, the same from the CLI, a TOML file and the Python API."""
+    if not field_dims:
+        return
+    for name, width in field_dims.items():
+        if width < 1:
+            raise ReprokitError(
+                f"model.field_dims.{name} must be a positive width (at least 1), got {width}"
+            )
+    kind = EMBEDDING_TABLES.get(embedding).name
+    if kind not in FIELD_DIMS_KINDS:
+        raise ReprokitError(
+            f"model.field_dims (per-field widths) works with the {' and '.join(FIELD_DIMS_KINDS)} "
+            f"embeddings, not {embedding!r}"
+        )
+    if field_names is not None:
+        unknown = [name for name in field_dims if name not in field_names]
+        if unknown:
+            raise ReprokitError(
+                f"model.field_dims names {', '.join(map(repr, unknown))}, which the data does not "
+                f"have; its categorical fields: {', '.join(field_names) or '(none)'}"
+            )
 
 
 def check_device(device: str) -> None:
@@ -250,7 +288,29 @@ def _expected(hint: Any) -> str:
     if origin is list:
         (item,) = typing.get_args(hint)
         return f"a list of {_expected(item).removeprefix('an ').removeprefix('a ')}s"
+    if origin is dict:
+        _, item = typing.get_args(hint)
+        return (
+            f"a table of names = {_expected(item).removeprefix('an ').removeprefix('a ')}s, "
+            "e.g. {user_id = 16, item_id = 8}"
+        )
     return _NAMES.get(hint, str(hint))
+
+
+def _parse_pairs(text: str, key: str) -> dict[str, str]:
+    """'user_id=16,item_id=8' (the command line's form of a table) → {'user_id': '16', ...}."""
+    out: dict[str, str] = {}
+    for piece in (p.strip() for p in text.split(",")):
+        name, eq, value = piece.partition("=")
+        if not piece:
+            continue
+        if not eq or not name.strip() or not value.strip():
+            raise ReprokitError(
+                f"{key} must look like name=width[,name=width...], e.g. user_id=16,item_id=8; "
+                f"got {text!r}"
+            )
+        out[name.strip()] = value.strip()
+    return out
 
 
 def coerce(value: Any, hint: Any, key: str, where: str = "") -> Any:
@@ -272,6 +332,17 @@ def coerce(value: Any, hint: Any, key: str, where: str = "") -> Any:
             value = [v.strip() for v in value.split(",") if v.strip()]
         if isinstance(value, list | tuple):
             return [coerce(v, item, key, where) for v in value]
+    elif origin is dict:
+        key_hint, item = typing.get_args(hint)
+        if isinstance(value, str):
+            value = _parse_pairs(value, key)
+            if item is int:  # the command line's values are text: "16" is the integer 16
+                value = {k: _int_text(v) for k, v in value.items()}
+        if isinstance(value, dict):
+            return {
+                coerce(k, key_hint, key, where): coerce(v, item, f"{key}.{k}", where)
+                for k, v in value.items()
+            }
     elif hint is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     elif hint is str and isinstance(value, os.PathLike):  # RunConfig(data=DataConfig(path=Path()))
@@ -283,6 +354,14 @@ def coerce(value: Any, hint: Any, key: str, where: str = "") -> Any:
             return value
     place = f" in {where}" if where else ""
     raise ReprokitError(f"{key}{place} must be {_expected(hint)}, got {value!r}")
+
+
+def _int_text(text: str) -> int | str:
+    """An integer written as text ("16"); anything else stays text for `coerce` to refuse."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
 
 
 def check_types(config: Any, prefix: str = "", where: str = "") -> None:

@@ -83,6 +83,8 @@ def format_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, list | tuple):
         return "[" + ",".join(format_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # an inline table, as TOML writes it: {user_id=16,item_id=8}
+        return "{" + ",".join(f"{k}={format_value(v)}" for k, v in value.items()) + "}"
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)

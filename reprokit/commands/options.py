@@ -55,6 +55,7 @@ CONFIG_KEYS: dict[str, str] = {
     "activation": "model.activation",
     "embedding": "model.embedding",
     "embedding_dim": "model.embedding_dim",
+    "field_dims": "model.field_dims",
     "hidden": "model.hidden",
     "dropout": "model.dropout",
     "batch_norm": "model.batch_norm",
@@ -96,6 +97,8 @@ def _default_text(param: str) -> str:
     if isinstance(value, list):
         sep = "-" if all(isinstance(v, int) for v in value) else ","
         return sep.join(map(str, value)) or "none"
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items()) or "none"
     return str(value)
 
 
@@ -131,6 +134,17 @@ Embedding = Annotated[
             "embedding",
             "Embedding table spec: table, hashed:buckets=N[,seed=0], "
             "qr:buckets=N[,op=mult|add|concat], mde:alpha=A[,base_dim=D].",
+        ),
+    ),
+]
+FieldDims = Annotated[
+    str | None,
+    typer.Option(
+        "--field-dims",
+        help=config_help(
+            "field_dims",
+            "Per-field embedding widths, e.g. user_id=16,item_id=8: those fields' rows that wide, "
+            "projected to the embedding width (mixed dimensions; with table or mde only).",
         ),
     ),
 ]

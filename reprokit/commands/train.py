@@ -65,6 +65,7 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
         embedding: opt.Embedding = None,
+        field_dims: opt.FieldDims = None,
         embedding_dim: opt.EmbeddingDim = None,
         hidden: opt.Hidden = None,
         dropout: opt.Dropout = None,

@@ -21,17 +21,27 @@ projections. Initialisation: rows N(0, 0.01) like `table`'s, projections N(0, 1/
 projected embedding starts with standard deviation 0.01 too; with α = 0 and `base_dim` = dim the
 table is `table`, draw for draw. No stacked form: the vectorized engine refuses it and ``auto``
 trains one process per replica.
+
+Explicit widths (`model.field_dims`, {field name: width}) override the α-rule for the fields they
+name, and turn a `table` into this table too (every field not named keeps the embedding dimension,
+so with none named it is `table` draw for draw): :func:`build_embeddings` builds what a config's
+`embedding` and `field_dims` name; the field names come from the data (`VocabSizes.names`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
-from reprokit.nn.embeddings import EmbeddingTable, init_rows
+from reprokit.components.tables import parse_table_spec
+from reprokit.config import check_field_dims
+from reprokit.errors import ReprokitError
+from reprokit.nn.embeddings import EmbeddingTable, create_embeddings, init_rows
 
-__all__ = ["MixedDimEmbeddings", "mde_widths"]
+__all__ = ["MixedDimEmbeddings", "build_embeddings", "mde_widths"]
 
 
 def mde_widths(vocab_sizes: list[int], alpha: float, base_dim: int) -> list[int]:
@@ -58,6 +68,7 @@ class MixedDimEmbeddings(EmbeddingTable):
         *,
         alpha: float,
         base_dim: int | None = None,
+        field_dims: Mapping[str, int] | None = None,
     ) -> None:
         super().__init__()
         self.vocab_sizes = [int(v) for v in vocab_sizes]
@@ -65,6 +76,13 @@ class MixedDimEmbeddings(EmbeddingTable):
         self.alpha = float(alpha)
         self.base_dim = int(base_dim) if base_dim is not None else self.dim
         self.widths = mde_widths(self.vocab_sizes, self.alpha, self.base_dim)
+        if field_dims:
+            names = getattr(vocab_sizes, "names", None)
+            if names is None:
+                raise ReprokitError("model.field_dims needs the data's field names")
+            check_field_dims(dict(field_dims), "mde", list(names))
+            for name, width in field_dims.items():
+                self.widths[list(names).index(name)] = int(width)
         self.tables = nn.ModuleList(
             nn.Embedding(v, w, sparse=sparse)
             for v, w in zip(self.vocab_sizes, self.widths, strict=True)
@@ -84,6 +102,11 @@ class MixedDimEmbeddings(EmbeddingTable):
             if isinstance(proj, nn.Linear):
                 nn.init.normal_(proj.weight, mean=0.0, std=width**-0.5, generator=generator)
 
+    def field_widths(self, names: list[str] | None = None) -> dict[str, int]:
+        """{field: width} for the summary's embedding block (`field_dims`)."""
+        names = names or [f"field_{f}" for f in range(self.num_fields)]
+        return dict(zip(names, self.widths, strict=True))
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if not self.tables:
             return ids.new_zeros((ids.shape[0], 0, self.dim), dtype=torch.float32)
@@ -94,3 +117,23 @@ class MixedDimEmbeddings(EmbeddingTable):
             ],
             dim=1,
         )
+
+
+def build_embeddings(
+    kind: str,
+    vocab_sizes: list[int],
+    dim: int,
+    sparse: bool,
+    field_dims: Mapping[str, int] | None = None,
+) -> EmbeddingTable:
+    """The table a config's `embedding` spec and `field_dims` name: without widths, the kind's own
+    (`create_embeddings`); with them, a mixed-dimension table (`mde`'s α-rule, or every field
+    `dim` for `table`) whose named fields get the given widths. `table.spec` is the kind's spec."""
+    if not field_dims:
+        return create_embeddings(kind, vocab_sizes, dim, sparse)
+    spec = parse_table_spec(kind)
+    check_field_dims(dict(field_dims), str(spec), getattr(vocab_sizes, "names", None))
+    params = dict(spec.params) if spec.name == "mde" else {"alpha": 0.0}
+    table = MixedDimEmbeddings(vocab_sizes, dim, sparse, **params, field_dims=field_dims)
+    table.spec = str(spec)
+    return table

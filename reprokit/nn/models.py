@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from reprokit.components.architectures import ARCHITECTURES
-from reprokit.nn.embeddings import EmbeddingTable, create_embeddings
+from reprokit.nn.embeddings import EmbeddingTable
 from reprokit.nn.registry import create_activation
 
 
@@ -237,11 +237,15 @@ def create_model(
     n_tasks: int = 1,
     embedding: str = "table",
     sparse_embeddings: bool = False,
+    field_dims: dict[str, int] | None = None,
 ) -> nn.Module:
     """The model `arch` names (`reprokit.components.architectures.ARCHITECTURES`), given the
-    embedding table `embedding` names (built first, as its parameters come first)."""
+    embedding table `embedding` (and per-field widths `field_dims`) name, built first, as its
+    parameters come first."""
+    from reprokit.nn.mde import build_embeddings
+
     cls = ARCHITECTURES.get(arch).load()
-    table = create_embeddings(embedding, vocab_sizes, embedding_dim, sparse_embeddings)
+    table = build_embeddings(embedding, vocab_sizes, embedding_dim, sparse_embeddings, field_dims)
     common = dict(
         hidden=hidden,
         activation=activation,

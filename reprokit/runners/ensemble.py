@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from reprokit.config import RunConfig
+from reprokit.config import RunConfig, check_field_dims
 from reprokit.environment import environment_fingerprint
 from reprokit.errors import ReprokitError
 from reprokit.metrics.churn import DEFAULT_TOP_K, ChurnGroups, check_top_k
@@ -183,15 +183,20 @@ def replica_record(
 def embedding_block(config: RunConfig, encoded: Any) -> dict[str, Any]:
     """The summary's `embedding` block: the table kind, its parameters and bytes, and how many
     distinct training ids share a row (per field and overall)."""
-    from reprokit.nn.embeddings import create_embeddings, embedding_account
+    from reprokit.nn.embeddings import embedding_account
+    from reprokit.nn.mde import MixedDimEmbeddings, build_embeddings
 
-    table = create_embeddings(
+    table = build_embeddings(
         config.model.embedding,
         encoded.vocab_sizes,
         config.model.embedding_dim,
         sparse=False,
+        field_dims=config.model.field_dims,
     )
-    return embedding_account(table, list(encoded.field_names), encoded.train_cat)
+    block = embedding_account(table, list(encoded.field_names), encoded.train_cat)
+    if isinstance(table, MixedDimEmbeddings):  # mixed widths: what each field got
+        block["field_dims"] = table.field_widths(list(encoded.field_names))
+    return block
 
 
 def provenance(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -291,6 +296,7 @@ def train_ensemble(
 
         encoded = load_encoded(config.data)
     check_label_names(encoded.label_names)
+    check_field_dims(config.model.field_dims, config.model.embedding, list(encoded.field_names))
     data_name = Path(config.data.path).stem if config.data.path else "synthetic"
     store = RunStore(out if out is not None else default_run_dir())
     engine = choose_engine(config, encoded)

@@ -109,6 +109,7 @@ def build_model(
         n_tasks=n_tasks,
         embedding=m.embedding,
         sparse_embeddings=sparse_embeddings(config),
+        field_dims=m.field_dims,
     )
 
 

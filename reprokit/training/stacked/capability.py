@@ -38,6 +38,9 @@ def unsupported_reason(config: RunConfig, encoded: Any = None) -> str | None:
         return "weight decay (the reference loop then uses dense embedding gradients)"
     if not EMBEDDING_TABLES.get(config.model.embedding).capabilities.stacked:
         return f"the {config.model.embedding!r} embedding is not implemented for stacked parameters"
+    if config.model.field_dims and not EMBEDDING_TABLES.get("mde").capabilities.stacked:
+        # per-field widths make any table the mixed-dimension one (reprokit.nn.mde)
+        return "per-field widths (model.field_dims) are not implemented for stacked parameters"
     table = parse_table_spec(config.model.embedding)
     if table.name == "qr" and table.params["op"] == "concat" and config.model.embedding_dim % 2:
         # the stacked form lays the two halves out as fields of their own, of one width
