@@ -21,6 +21,7 @@ SOURCES: tuple[str, ...] = (
     "dropout",
     "bitflip",
     "async",
+    "admission",
     "threads",
     "gpu-kernels",
 )
@@ -34,6 +35,7 @@ SOURCE_HELP: dict[str, str] = {
     "dropout": "dropout masks (own torch.Generator)",
     "bitflip": "one initial weight moved by one ULP, else identical",
     "async": "simulated asynchronous training: gradients applied with random staleness 0..k",
+    "admission": "the probabilistic admission filter of a collisionless table (its draws)",
     "threads": "intra-op thread count (reduction order)",
     "gpu-kernels": "nondeterministic CUDA kernels allowed (atomics); CUDA only",
 }

@@ -3,7 +3,7 @@ to know about each kind (torch-free: `reprokit.config` canonicalises specs with 
 
 A spec is ``name`` or ``name:key=value,...`` like an activation's: ``table``,
 ``hashed:buckets=1000`` (= ``hashed:buckets=1000,seed=0``), ``qr:buckets=64,op=add``,
-``mde:alpha=0.5`` (``base_dim`` left out: the embedding dimension). Names and
+``mde:alpha=0.5`` (``base_dim`` left out: the embedding dimension), ``lma:memory=4096``. Names and
 keys are case-insensitive; :func:`parse_table_spec` fills every default in, so two spellings of one
 table have one canonical string (``str(spec)``, what a config stores). A parameter without a
 default (``buckets``) must be given. Bad specs raise a ReprokitError that lists what exists.
@@ -24,18 +24,26 @@ __all__ = [
     "TableCapabilities",
     "TableParam",
     "TableSpec",
+    "check_table_shape",
+    "lma_geometry",
     "parse_table_spec",
 ]
+
+#: The most MinHash functions an `lma` signature may have (its projection stays exact in int64).
+LMA_MAX_SIGNATURES = 1024
 
 
 @dataclass(frozen=True)
 class TableCapabilities:
     """`stacked`: the vectorized engine can stack it (`EmbeddingTable.stacked_layout`).
     `sparse_gradients`: it can produce sparse gradients (the rows a batch used) for optimizers
-    that update sparsely."""
+    that update sparsely. `dynamic`: its rows come and go during training (admission, expiry), so
+    an engine calls its `after_step` after every optimizer step and cannot map ids to rows once
+    up front."""
 
     stacked: bool
     sparse_gradients: bool
+    dynamic: bool = False
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,7 @@ class TableParam:
     real: bool = False
     maximum: float | None = None
     optional: bool = False
+    placeholder: str = "N"  # how `usage` writes a value to fill in
 
     def parse(self, kind: str, raw: str) -> int | float | str:
         raw = raw.strip()
@@ -73,6 +82,10 @@ class TableParam:
         if self.minimum is not None and number < self.minimum:
             raise ReprokitError(
                 f"{kind} parameter {self.name} must be at least {self.minimum}, got {number}"
+            )
+        if self.maximum is not None and number > self.maximum:
+            raise ReprokitError(
+                f"{kind} parameter {self.name} must be at most {int(self.maximum)}, got {number}"
             )
         return number
 
@@ -134,6 +147,24 @@ EMBEDDING_TABLES = TableRegistry(
             TableCapabilities(stacked=False, sparse_gradients=True),
             "reprokit.nn.mde:MixedDimEmbeddings",
         ),
+        ComponentInfo(
+            "collisionless",
+            "collisionless",
+            "Monolith's table: a row per raw 64-bit id, created at update time once the admission "
+            "filter passes (min_count occurrences, or with probability 1 − 0.05^(1/min_count) per "
+            "occurrence), evicted after `expire` idle time units; a lookup miss reads zeros",
+            TableCapabilities(stacked=True, sparse_gradients=True, dynamic=True),
+            "reprokit.nn.collisionless:CollisionlessEmbeddings",
+        ),
+        ComponentInfo(
+            "lma",
+            "lma",
+            "LMA (Desai et al.): one shared memory of `memory` floats; a value's embedding is "
+            "dim/chunk chunks whose slots come from LSH of the MinHash of the training examples "
+            "it occurs in, so values that occur together share memory",
+            TableCapabilities(stacked=True, sparse_gradients=True),
+            "reprokit.nn.lma:LMAEmbeddings",
+        ),
     ),
 )
 
@@ -146,10 +177,55 @@ TABLE_PARAMS: dict[str, tuple[TableParam, ...]] = {
         TableParam("op", "mult", choices=("mult", "add", "concat")),
     ),
     "mde": (
-        TableParam("alpha", None, minimum=0, real=True, maximum=1),
-        TableParam("base_dim", None, minimum=1, optional=True),
+        TableParam("alpha", None, minimum=0, real=True, maximum=1, placeholder="A"),
+        TableParam("base_dim", None, minimum=1, optional=True, placeholder="D"),
+    ),
+    "collisionless": (
+        TableParam("min_count", 1, minimum=1),
+        TableParam("filter", "count", choices=("count", "probabilistic")),
+        TableParam("expire", None, minimum=1, optional=True, placeholder="T"),
+        TableParam("capacity", None, minimum=1, optional=True, placeholder="C"),
+    ),
+    "lma": (
+        TableParam("memory", None, minimum=1, placeholder="M"),
+        TableParam("chunk", None, minimum=1, optional=True, placeholder="C"),
+        TableParam("bits", None, minimum=1, maximum=64, optional=True, placeholder="B"),
+        TableParam("signatures", 32, minimum=1, maximum=LMA_MAX_SIGNATURES),
+        TableParam("seed", 0, minimum=0),
     ),
 }
+
+
+def lma_geometry(
+    dim: int, memory: int, chunk: int | None = None, bits: int | None = None
+) -> tuple[int, int, int]:
+    """(chunk, slots, bits) of an `lma` table `dim` wide, defaults filled in: chunk gcd(dim, 4),
+    bits ceil(log2(memory / chunk)) + 4, 16 codes per slot, so that the code → slot hash reaches
+    nearly every slot (with one code per slot it would reach only 1 − 1/e). The one place that refuses
+    a chunk that does not divide `dim` or a memory that is not a whole number of chunks (the
+    config's validation calls it through :func:`check_table_shape`, the table's builder too)."""
+    chunk = math.gcd(dim, 4) if chunk is None else int(chunk)
+    if dim % chunk:
+        raise ReprokitError(
+            f"lma chunk {chunk} must divide the embedding dimension {dim} (a value's embedding "
+            "is dim/chunk whole chunks)"
+        )
+    if memory % chunk:
+        raise ReprokitError(
+            f"lma memory {memory} must be a multiple of chunk {chunk} (the memory is read in whole "
+            "chunks)"
+        )
+    slots = memory // chunk
+    bits = min(64, (slots - 1).bit_length() + 4) if bits is None else int(bits)
+    return chunk, slots, bits
+
+
+def check_table_shape(spec: str | TableSpec, dim: int) -> None:
+    """Refuse, at config time and for both engines, a table spec that cannot be `dim` wide."""
+    table = parse_table_spec(spec)
+    if table.name == "lma":
+        p = table.params
+        lma_geometry(dim, int(p["memory"]), p.get("chunk"), p.get("bits"))  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -175,11 +251,9 @@ class TableSpec:
 def usage(name: str) -> str:
     """``hashed:buckets=N[,seed=0]``, ``qr:buckets=N[,op=mult|add|concat]``: how to write a kind's spec (help text, errors)."""
     params = TABLE_PARAMS[name]
-    required = [
-        f"{p.name}={'A' if p.real else 'N'}" for p in params if p.default is None and not p.optional
-    ]
+    required = [f"{p.name}={p.placeholder}" for p in params if p.default is None and not p.optional]
     optional = [
-        f"{p.name}={'|'.join(p.choices) if p.choices else 'D' if p.default is None else p.default}"
+        f"{p.name}={'|'.join(p.choices) if p.choices else p.placeholder if p.default is None else p.default}"
         for p in params
         if p.default is not None or p.optional
     ]

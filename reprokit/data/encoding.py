@@ -100,6 +100,9 @@ class EncodedData:
     label_names: list[str]
     numeric_mean: list[float] = field(default_factory=list)
     numeric_std: list[float] = field(default_factory=list)
+    #: the training examples' timestamps (float64 [n_train]; seconds for a date column), None
+    #: when the dataset has none: the clock of tables that expire ids
+    train_time: np.ndarray | None = None
 
     @property
     def n_train(self) -> int:
@@ -171,6 +174,18 @@ def _labels(frame: pd.DataFrame, names: list[str], part: str) -> np.ndarray:
     if np.isnan(y).any():
         raise ReprokitError(f"the {part} split has missing label values")
     return y
+
+
+def _times(dataset: Dataset) -> np.ndarray | None:
+    """The timestamp column as float64 (dates as seconds since the epoch), or None."""
+    col = dataset.schema.timestamp
+    if col is None or col not in dataset.frame.columns:
+        return None
+    values = dataset.frame[col]
+    if pd.api.types.is_datetime64_any_dtype(values):
+        values = pd.to_datetime(values, utc=True)
+        return (values - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy(np.float64)
+    return values.to_numpy(dtype=np.float64)
 
 
 def _example_ids(dataset: Dataset) -> np.ndarray:
@@ -245,6 +260,7 @@ def encode(
         label_names=label_names,
         numeric_mean=[float(m) for m in mean],
         numeric_std=[float(s) for s in std],
+        train_time=_times(train),
     )
 
 

@@ -177,12 +177,19 @@ def replica_record(
         "threads": out.threads,
         "steps": out.steps,
     }
+    if getattr(out, "table", None) is not None:
+        metrics["table"] = out.table  # a dynamic table's counters (collisionless)
     return ReplicaRecord(replica, frame, metrics, log)
 
 
-def embedding_block(config: RunConfig, encoded: Any) -> dict[str, Any]:
+def embedding_block(
+    config: RunConfig, encoded: Any, replica_metrics: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     """The summary's `embedding` block: the table kind, its parameters and bytes, and how many
-    distinct training ids share a row (per field and overall)."""
+    distinct training ids share a row (per field and overall). A dynamic table's size is what
+    training left (`replica_metrics`' `table` counters): `params`, `bytes` and the counters
+    (`admitted`, `filtered`, `rejected_full`, `expired`, `rows_final`) are means over the
+    replicas, `per_replica` lists each."""
     from reprokit.nn.embeddings import embedding_account
     from reprokit.nn.mde import MixedDimEmbeddings, build_embeddings
 
@@ -196,6 +203,11 @@ def embedding_block(config: RunConfig, encoded: Any) -> dict[str, Any]:
     block = embedding_account(table, list(encoded.field_names), encoded.train_cat)
     if isinstance(table, MixedDimEmbeddings):  # mixed widths: what each field got
         block["field_dims"] = table.field_widths(list(encoded.field_names))
+    counters = [m["table"] for m in replica_metrics or [] if m.get("table")]
+    if counters:
+        for key in counters[0]:
+            block[key] = float(np.mean([c[key] for c in counters]))
+        block["per_replica"] = counters
     return block
 
 
@@ -322,7 +334,8 @@ def train_ensemble(
             if progress:
                 progress(done, config.replicas, record.metrics)
         summary = summarize_run(store, config, churn)
-        summary["embedding"] = embedding_block(config, encoded)
+        metrics = [store.replica_metrics(r) for r in range(config.replicas)]
+        summary["embedding"] = embedding_block(config, encoded, metrics)
         summary["run_dir"] = str(store.path)
         store.write_summary(summary)
     return summary

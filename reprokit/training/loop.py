@@ -56,6 +56,7 @@ class ReplicaOutput:
     threads: int
     steps: int
     detector: SpikeDetector | None = None  # the loop's divergence detector (finished)
+    table: dict[str, Any] | None = None  # a dynamic table's counters at the end (`stats`)
 
 
 def threads_for_replica(config: RunConfig, replica: int) -> int:
@@ -240,6 +241,10 @@ def train_replica(
     model.to(device)
     dropout_gen = torch.Generator(device=device).manual_seed(seeds["dropout"])
     model.set_dropout_generator(dropout_gen)
+    table = model.embeddings if dynamic_table(config) else None
+    if table is not None:
+        table.start(seeds["admission"])
+    times = getattr(encoded, "train_time", None)
     bundle = build_optimizer(config, model)
     optimizer, transform = bundle
     params = list(model.parameters())
@@ -299,6 +304,10 @@ def train_replica(
                 for grads in stale.due(step):
                     _apply(optimizer, params, grads)
             _log_sigma(log, clipping_factors(bundle, params))
+            if table is not None:
+                rows = idx.cpu().numpy()
+                table.after_step(encoded.train_cat[rows], _take(times, rows), optimizer)
+                log["table_rows"].append(table.state.rows_in_use)
             step += 1
         if diverged:
             break
@@ -315,8 +324,24 @@ def train_replica(
         diverged = True
     frame = _log_frame(log)
     return ReplicaOutput(
-        predictions, frame, train_seconds, diverged or detector.diverged, threads, step, detector
+        predictions,
+        frame,
+        train_seconds,
+        diverged or detector.diverged,
+        threads,
+        step,
+        detector,
+        table.state.stats(table.dim) if table is not None else None,
     )
+
+
+def dynamic_table(config: RunConfig) -> bool:
+    """Whether the config's embedding table changes during training (the registry says)."""
+    return EMBEDDING_TABLES[config.model.embedding].capabilities.dynamic
+
+
+def _take(values: np.ndarray | None, rows: np.ndarray) -> np.ndarray | None:
+    return None if values is None else values[rows]
 
 
 def _log_sigma(log: dict[str, list], sigma: torch.Tensor | None) -> None:
@@ -348,6 +373,10 @@ def _log_frame(log: dict[str, list]) -> pd.DataFrame:
         "grad_norm": np.asarray(log["grad_norm"], dtype=np.float64),
     }
     extra = sorted(k for k in log if k.startswith(("loss_", "sigma_")))
+    if "table_rows" in log:  # a diverged step stops before the table's update: it keeps its size
+        sizes = list(log["table_rows"])
+        sizes += sizes[-1:] * (len(steps) - len(sizes)) if sizes else [0] * len(steps)
+        columns["table_rows"] = np.asarray(sizes, dtype=np.int64)
     for key in extra:
         values = list(log[key]) + [math.nan] * (len(steps) - len(log[key]))
         columns[key] = np.asarray(values, dtype=np.float64)

@@ -64,6 +64,7 @@ from reprokit.training.stacked.backward import (
     grad_sq_norms,
 )
 from reprokit.training.stacked.capability import check_supported, unsupported_reason
+from reprokit.training.stacked.dynamic import DynamicTables
 from reprokit.training.stacked.layout import (
     ALIGN,
     SparseGrad,
@@ -131,6 +132,7 @@ class _Log:
     loss: list[float] = field(default_factory=list)
     grad_norm: list[float] = field(default_factory=list)
     task_loss: dict[str, list[float]] = field(default_factory=dict)
+    table_rows: list[int] | None = None  # a dynamic table's size after each step
 
     def frame(self) -> pd.DataFrame:
         columns = {
@@ -141,6 +143,8 @@ class _Log:
         }
         for name in sorted(self.task_loss):
             columns[f"loss_{name}"] = np.asarray(self.task_loss[name], dtype=np.float64)
+        if self.table_rows is not None:
+            columns["table_rows"] = np.asarray(self.table_rows, dtype=np.int64)
         return pd.DataFrame(columns)
 
 
@@ -265,8 +269,9 @@ def _train(
     n = cat.shape[0]
     bs = config.optim.batch_size
     # rows of a replica's table (the layout's: field offsets added), int32 when they fit (half the
-    # bytes to copy)
-    local_rows = stack.layout.rows(cat)
+    # bytes to copy); a dynamic table's ids are mapped to rows step by step instead
+    tables = DynamicTables(stack, encoded, device) if stack.dynamic is not None else None
+    local_rows = stack.layout.rows(cat) if tables is None else cat
     if stack.vocab_total * n_rep < 2**31:
         local_rows = local_rows.to(torch.int32)
     stepper = Stepper(stack)
@@ -283,6 +288,7 @@ def _train(
     hist_loss: list[np.ndarray] = []
     hist_gn2: list[np.ndarray] = []
     hist_task: list[np.ndarray] = []
+    hist_rows: list[np.ndarray] = []  # a dynamic table's rows per replica after each step
     last_logged = [-1] * n_rep
     it = 0
     total_steps = config.optim.epochs * -(-n // bs)
@@ -303,6 +309,9 @@ def _train(
                     order.expand(pad_rows(t[:, lo : lo + b], b_pad, 1), order_index)
                     for t in epoch_data
                 )
+                if tables is not None:
+                    ids_b = rows_b
+                    rows_b = tables.rows(ids_b)
                 masks = None
                 if p > 0:
                     masks = []
@@ -314,6 +323,8 @@ def _train(
                         masks.append(drop.expand(keep, drop_index))
                 batch = Batch(rows_b + replica_base, num_b, y_b, masks, b)
                 loss, task, flat_grad, table_grad = stepper(batch)
+                if tables is not None:
+                    tables.drop_miss_gradient(table_grad)
                 stats = torch.stack([loss.double(), grad_sq_norms(flat_grad, table_grad, stack)])
                 loss_v, gn2_v = stats.cpu().numpy()  # the one host transfer of a step
                 hist_epoch.append(epoch)
@@ -345,6 +356,10 @@ def _train(
                         queues[r].push(steps[r], mine)  # type: ignore[arg-type]
                         for flat_r, table_r in queues[r].due(steps[r]):
                             opt.step_replica(r, flat_r, table_r)
+                if tables is not None:
+                    times = tables.times(perms, order.groups, lo, b)
+                    tables.update(ids_b[:, :b], times, alive, opt)
+                    hist_rows.append(tables.sizes())
                 for r in range(n_rep):
                     steps[r] += int(alive[r])
                 if on_step is not None:
@@ -361,6 +376,8 @@ def _train(
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     _write_logs(logs[:n_real], labels, hist_epoch, hist_loss, hist_gn2, hist_task, last_logged)
+    if tables is not None:
+        tables.write_sizes(logs[:n_real], hist_rows, last_logged)
     share = (time.perf_counter() - start) / n_real
 
     ecat = torch.as_tensor(encoded.eval_cat, device=device)
@@ -380,6 +397,7 @@ def _train(
                 threads=config.threads,
                 steps=steps[r],
                 detector=detector,
+                table=None if tables is None else tables.stats(r),
             )
         )
     return outputs

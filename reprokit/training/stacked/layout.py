@@ -21,7 +21,7 @@ from torch import nn
 from reprokit.config import RunConfig
 from reprokit.nn.embeddings import TableLayout
 from reprokit.nn.models import CTRModel, SeededDropout
-from reprokit.training.loop import build_model, flip_one_weight
+from reprokit.training.loop import build_model, dynamic_table, flip_one_weight
 
 #: Every per-replica block an elementwise kernel sees is a multiple of this many elements. ATen's
 #: CPU kernels run a vector body and a scalar tail (2 vectors of up to 16 floats / 8 doubles) over a
@@ -57,6 +57,9 @@ class Stack:
     dropout: float
     vocab_total: int  # rows per replica in the stacked table (V_pad)
     dim: int
+    #: a dynamic table (collisionless): each replica's ids → rows, created and evicted as it
+    #: trains; None for tables whose rows are fixed (`layout.rows`)
+    dynamic: list[DynamicRows] | None = None
 
     @property
     def replicas(self) -> int:
@@ -87,6 +90,14 @@ class Stack:
         return torch.cat(parts, dim=1)
 
 
+@dataclass
+class DynamicRows:
+    """One replica's dynamic table: its admission state and the `init` seed of its new rows."""
+
+    state: Any  # reprokit.nn.collisionless.AdmissionState
+    init_seed: int
+
+
 def model_tensors(model: CTRModel) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """(the table's stacked rows [V, dim], dense tensors W0ᵀ, b0, W1ᵀ, b1, .. in Stack's order)."""
     table = model.embeddings.stacked_weight()
@@ -105,7 +116,9 @@ def build_stack(
     per_replica: list[tuple[torch.Tensor, list[torch.Tensor]]] = []
     first: CTRModel | None = None
     cache: dict[tuple[int, int | None], tuple[torch.Tensor, list[torch.Tensor]]] = {}
+    models: dict[tuple[int, int | None], CTRModel] = {}
     flip = "bitflip" in config.vary
+    dynamic: list[DynamicRows] | None = [] if dynamic_table(config) else None
     for replica, s in zip(replicas, seeds, strict=True):
         key = (s["init"], s["bitflip"] if flip and replica > 0 else None)
         if key not in cache:
@@ -114,8 +127,12 @@ def build_stack(
             if key[1] is not None:
                 flip_one_weight(model, key[1])
             cache[key] = model_tensors(model)
+            models[key] = model
             first = first or model
         per_replica.append(cache[key])
+        if dynamic is not None:  # every replica admits its own ids
+            table = models[key].embeddings
+            dynamic.append(DynamicRows(table.new_state(s["admission"]), table.init_seed))
     assert first is not None
     device = torch.device(config.device)
     layout = first.embeddings.stacked_layout()
@@ -143,6 +160,7 @@ def build_stack(
         dropout=float(config.model.dropout),
         vocab_total=v_pad,
         dim=dim,
+        dynamic=dynamic,
     )
 
 
@@ -174,5 +192,10 @@ def pad_rows(t: torch.Tensor, size: int, dim: int) -> torch.Tensor:
 
 
 def flat_rows(stack: Stack, cat_rows: torch.Tensor, replica_base: torch.Tensor) -> torch.Tensor:
-    """Local field ids [G or 1, b, F] → rows of the flat stacked table [R, b, F]."""
-    return stack.layout.rows(cat_rows) + replica_base
+    """Local field ids [G or 1, b, F] → rows of the flat stacked table [R, b, F]. A dynamic
+    table's ids [R or 1, b, F] read the rows each replica's table holds now."""
+    if stack.dynamic is None:
+        return stack.layout.rows(cat_rows) + replica_base
+    ids = cat_rows.cpu().numpy()
+    local = np.stack([d.state.rows(ids[min(r, len(ids) - 1)]) for r, d in enumerate(stack.dynamic)])
+    return torch.from_numpy(local).to(cat_rows.device) + replica_base
