@@ -18,7 +18,7 @@ from typing import Any
 
 from reprokit.components.architectures import ARCHITECTURES
 from reprokit.components.optimizers import OPTIMIZERS
-from reprokit.components.tables import EMBEDDING_TABLES, parse_table_spec
+from reprokit.components.tables import EMBEDDING_TABLES, check_table_shape, parse_table_spec
 from reprokit.errors import ReprokitError
 from reprokit.sources import parse_vary
 
@@ -209,6 +209,7 @@ class RunConfig:
         # an unknown activation fails before any work starts; the stored form is canonical
         self.model.activation = str(parse_spec(self.model.activation))
         self.model.embedding = str(parse_table_spec(self.model.embedding))
+        check_table_shape(self.model.embedding, self.model.embedding_dim)
         check_field_dims(self.model.field_dims, self.model.embedding)
         check_device(self.device)
         return self
