@@ -38,7 +38,10 @@ def test_registries_and_config_import_neither_torch_nor_nn_nor_optim():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "('mlp', 'shared-bottom', 'mmoe') ('table', 'hashed', 'qr', 'mde')"
+    assert (
+        out.stdout.strip()
+        == "('mlp', 'shared-bottom', 'mmoe') ('table', 'hashed', 'qr', 'mde', 'collisionless', 'lma')"
+    )
 
 
 def test_config_accepts_every_registered_name_and_refuses_others():
