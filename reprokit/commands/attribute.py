@@ -109,6 +109,9 @@ def register(app: typer.Typer) -> None:
         device: opt.Device = None,
         engine: opt.Engine = None,
         workers: opt.Workers = 1,
+        backend: opt.Backend = "local",
+        ray_address: opt.RayAddress = None,
+        replicas_per_task: opt.ReplicasPerTask = None,
         out: Annotated[
             Path | None,
             typer.Option(
@@ -146,6 +149,7 @@ def register(app: typer.Typer) -> None:
         cfg = resolve_config(config, opt.run_overrides(**{**ctx.params, "replicas": replicas}))
         chosen = [s.strip() for s in sources.split(",") if s.strip()] if sources else None
         study_arms, _, _ = check_attribute(cfg, chosen, leave_one_out, out, force, test)
+        executor = opt.executor_option(ctx)
         encoded, churn = load_run_data(cfg, churn_by, top_k)
         run_paired_study(
             lambda **kw: attribute(
@@ -154,6 +158,7 @@ def register(app: typer.Typer) -> None:
                 leave_one_out,
                 out,
                 workers=workers,
+                executor=executor,
                 force=force,
                 test=test,
                 encoded=encoded,

@@ -214,6 +214,9 @@ def register(app: typer.Typer) -> None:
         engine: opt.Engine = None,
         threads: opt.Threads = None,
         workers: opt.Workers = 1,
+        backend: opt.Backend = "local",
+        ray_address: opt.RayAddress = None,
+        replicas_per_task: opt.ReplicasPerTask = None,
         out: Annotated[
             Path | None,
             typer.Option(
@@ -255,6 +258,7 @@ def register(app: typer.Typer) -> None:
         specs, _, out = check_inputs(
             cfg, arms or None, baseline, out, sweep=sweep or None, force=force, test=test
         )
+        executor = opt.executor_option(ctx)
         encoded, churn = load_run_data(cfg, churn_by, top_k)
         run_paired_study(
             lambda **kw: compare_activations(
@@ -264,6 +268,7 @@ def register(app: typer.Typer) -> None:
                 out=out,
                 sweep=sweep or None,
                 workers=workers,
+                executor=executor,
                 force=force,
                 test=test,
                 encoded=encoded,
@@ -313,6 +318,9 @@ def register(app: typer.Typer) -> None:
         seed: opt.Seed = None,
         engine: opt.Engine = None,
         workers: opt.Workers = 1,
+        backend: opt.Backend = "local",
+        ray_address: opt.RayAddress = None,
+        replicas_per_task: opt.ReplicasPerTask = None,
         out: Annotated[
             Path | None,
             typer.Option(
@@ -350,6 +358,7 @@ def register(app: typer.Typer) -> None:
             replicas = DEFAULT_REPLICAS
         cfg = resolve_config(config, opt.run_overrides(**{**ctx.params, "replicas": replicas}))
         study_arms, _, _ = check_compare(cfg, arm or [], baseline, out, force=force, test=test)
+        executor = opt.executor_option(ctx)
         encoded, churn = load_run_data(cfg, churn_by, top_k)
         run_paired_study(
             lambda **kw: compare_configs(
@@ -358,6 +367,7 @@ def register(app: typer.Typer) -> None:
                 baseline,
                 out,
                 workers=workers,
+                executor=executor,
                 force=force,
                 test=test,
                 encoded=encoded,

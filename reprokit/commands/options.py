@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -21,6 +21,9 @@ from rich.markup import escape
 from reprokit.config import RunConfig
 from reprokit.errors import ReprokitError
 from reprokit.sources import SOURCE_HELP
+
+if TYPE_CHECKING:
+    from reprokit.runners.executors import Executor
 
 VARY_HELP = (
     "Comma-separated sources to vary: "
@@ -221,6 +224,36 @@ Threads = Annotated[
     typer.Option("--threads", help=config_help("threads", "Intra-op threads per replica.")),
 ]
 Workers = Annotated[int, typer.Option("--workers", "-j", help="Parallel worker processes.")]
+Backend = Annotated[
+    str,
+    typer.Option(
+        "--backend",
+        help="Where replica tasks run: local (this machine, --workers processes) or ray (Ray "
+        "tasks, on this machine or a cluster: --ray-address; pip install 'reprokit[ray]'). "
+        "Both give the same bytes.",
+    ),
+]
+RayAddress = Annotated[
+    str | None,
+    typer.Option(
+        "--ray-address",
+        help="With --backend ray: the cluster, HOST:PORT, ray://HOST:PORT or auto (the one this "
+        "machine belongs to). Default: a Ray instance started here for this command, bound to "
+        "127.0.0.1, running --workers tasks at once.",
+        show_default=False,
+    ),
+]
+ReplicasPerTask = Annotated[
+    int | None,
+    typer.Option(
+        "--replicas-per-task",
+        min=1,
+        help="With --backend ray and the vectorized engine: replicas stacked in one task "
+        "(default: the stack split evenly over the tasks the cluster runs at once). The process "
+        "engine trains one replica per task.",
+        show_default=False,
+    ),
+]
 ChurnBy = Annotated[
     str | None,
     typer.Option(
@@ -230,6 +263,26 @@ ChurnBy = Annotated[
     ),
 ]
 TopK = Annotated[int, typer.Option("--top-k", help="k of the top-k churn (with --churn-by).")]
+
+
+def executor_option(ctx: typer.Context) -> Executor:
+    """The executor of a training command's `--backend`, `--ray-address`, `--replicas-per-task`
+    and `--workers` (bad combinations fail here, before any data is read); a Ray instance it
+    starts stops when the command ends. `reprokit --verbose` lets Ray's own logs through."""
+    from reprokit.runners.executors import make_executor
+
+    params = ctx.params
+    executor = make_executor(
+        params.get("backend") or "local",
+        workers=params.get("workers") or 1,
+        ray_address=params.get("ray_address"),
+        replicas_per_task=params.get("replicas_per_task"),
+        verbose=bool(ctx.find_root().params.get("verbose")),
+    )
+    close = getattr(executor, "close", None)
+    if callable(close):
+        ctx.call_on_close(close)
+    return executor
 
 
 def run_overrides(**options: Any) -> dict[str, Any]:

@@ -139,6 +139,9 @@ def register(app: typer.Typer) -> None:
         engine: opt.Engine = None,
         threads: opt.Threads = None,
         workers: opt.Workers = 1,
+        backend: opt.Backend = "local",
+        ray_address: opt.RayAddress = None,
+        replicas_per_task: opt.ReplicasPerTask = None,
         out: Annotated[
             Path | None,
             typer.Option(
@@ -180,6 +183,7 @@ def register(app: typer.Typer) -> None:
         mults = parse_multipliers(lr_multipliers)
         cfg = resolve_config(config, opt.run_overrides(**ctx.params))
         check_study(cfg, opts, mults, initial_accumulator)
+        executor = opt.executor_option(ctx)
         encoded = load_encoded(cfg.data)  # bad data fails before any progress output
         total = len(opts) * len(mults) * cfg.replicas
         with TrainingProgress("stability", total) as progress:
@@ -194,6 +198,7 @@ def register(app: typer.Typer) -> None:
                 mults,
                 out=out,
                 workers=workers,
+                executor=executor,
                 force=force,
                 encoded=encoded,
                 initial_accumulator=initial_accumulator,

@@ -96,6 +96,9 @@ def register(app: typer.Typer) -> None:
         engine: opt.Engine = None,
         threads: opt.Threads = None,
         workers: opt.Workers = 1,
+        backend: opt.Backend = "local",
+        ray_address: opt.RayAddress = None,
+        replicas_per_task: opt.ReplicasPerTask = None,
         out: Annotated[
             Path | None,
             typer.Option(
@@ -126,6 +129,7 @@ def register(app: typer.Typer) -> None:
 
         cfg = resolve_config(config, opt.run_overrides(**ctx.params))
         # bad data (and a bad --churn-by column) fails here, before any progress output
+        executor = opt.executor_option(ctx)
         encoded, churn = load_run_data(cfg, churn_by, top_k)
         description = f"training (vary: {','.join(cfg.vary) or 'none'})"
         with TrainingProgress(description, cfg.replicas) as progress:
@@ -133,6 +137,7 @@ def register(app: typer.Typer) -> None:
                 cfg,
                 out=out,
                 workers=workers,
+                executor=executor,
                 force=force,
                 progress=progress.replicas,
                 encoded=encoded,

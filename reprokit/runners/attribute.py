@@ -25,6 +25,7 @@ from reprokit.jsonio import as_float
 from reprokit.metrics.churn import ChurnGroups
 from reprokit.metrics.paired import TEST_METHODS
 from reprokit.runners.ensemble import StepProgress, default_run_dir
+from reprokit.runners.executors import Executor
 from reprokit.runners.study import (
     ArmResult,
     StudyDir,
@@ -199,6 +200,7 @@ def attribute(
     encoded: Any = None,
     churn: ChurnGroups | None = None,
     step_progress: StepProgress | None = None,
+    executor: Executor | None = None,
 ) -> dict[str, Any]:
     """Train one arm per source (alone, and with `leave_one_out` left out), the control and all;
     write and return attribute.json."""
@@ -217,4 +219,5 @@ def attribute(
         churn=churn,
         progress=progress,
         step_progress=step_progress,
+        executor=executor,
     )

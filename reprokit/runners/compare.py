@@ -54,6 +54,7 @@ from reprokit.metrics.paired import (  # re-exported: the study's statistics liv
 )
 from reprokit.nn.registry import create_activation, parse_spec
 from reprokit.runners.ensemble import StepProgress, default_run_dir
+from reprokit.runners.executors import Executor
 from reprokit.runners.study import (
     ARMS_DIR,
     Arm,
@@ -366,6 +367,7 @@ def compare_activations(
     encoded: Any = None,
     churn: ChurnGroups | None = None,
     step_progress: StepProgress | None = None,
+    executor: Executor | None = None,
 ) -> dict[str, Any]:
     """Train `config` once per activation arm into ``out/arms/<slug>/`` and compare the arms.
 
@@ -402,4 +404,5 @@ def compare_activations(
         churn=churn,
         progress=progress,
         step_progress=step_progress,
+        executor=executor,
     )

@@ -18,6 +18,7 @@ from reprokit.metrics.churn import ChurnGroups
 from reprokit.metrics.paired import TEST_METHODS
 from reprokit.overrides import parse_arm, same_arm
 from reprokit.runners.ensemble import StepProgress, default_run_dir
+from reprokit.runners.executors import Executor
 from reprokit.runners.study import (
     Arm,
     ArmResult,
@@ -93,6 +94,7 @@ def compare_configs(
     encoded: Any = None,
     churn: ChurnGroups | None = None,
     step_progress: StepProgress | None = None,
+    executor: Executor | None = None,
 ) -> dict[str, Any]:
     """Train `config` once per arm into ``out/arms/<slug>/`` and compare the arms (compare.json)."""
     study_arms, base, study = check_compare(config, arms, baseline, out, force=force, test=test)
@@ -110,4 +112,5 @@ def compare_configs(
         churn=churn,
         progress=progress,
         step_progress=step_progress,
+        executor=executor,
     )

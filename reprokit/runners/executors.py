@@ -5,6 +5,8 @@ implementation of the same interface).
 
 `LocalExecutor` runs batches in this process or in a pool of spawned worker processes; workers
 receive the task's payload (the encoded data) once, through the pool initializer.
+`reprokit.runners.ray_backend.RayExecutor` runs them as Ray tasks; `make_executor` picks one for
+`--backend`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from typing import Any, Protocol
 
 import pandas as pd
 import torch
+
+from reprokit.errors import ReprokitError
 
 
 @dataclass
@@ -84,3 +88,37 @@ class LocalExecutor:
             futures = [pool.submit(_run_in_worker, batch) for batch in batches]
             for fut in as_completed(futures):
                 yield from fut.result()
+
+
+#: Where replica tasks run: `local` (this machine) or `ray` (a Ray cluster, optional extra).
+BACKENDS = ("local", "ray")
+
+
+def make_executor(
+    backend: str = "local",
+    workers: int = 1,
+    ray_address: str | None = None,
+    replicas_per_task: int | None = None,
+    verbose: bool = False,
+) -> Executor:
+    """The executor of `--backend`: bad combinations (and Ray missing) fail here, before any
+    data is read or any replica trained."""
+    name = (backend or "local").strip().lower()
+    if name not in BACKENDS:
+        raise ReprokitError(f"unknown --backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if name == "local":
+        for flag, value in (
+            ("--ray-address", ray_address),
+            ("--replicas-per-task", replicas_per_task),
+        ):
+            if value is not None:
+                raise ReprokitError(f"{flag} applies to --backend ray only")
+        return LocalExecutor(workers)
+    from reprokit.runners.ray_backend import RayExecutor
+
+    address = ray_address.strip() if ray_address is not None else None
+    if address == "":
+        raise ReprokitError("--ray-address is empty; name HOST:PORT, ray://HOST:PORT or auto")
+    return RayExecutor(
+        address=address, workers=workers, replicas_per_task=replicas_per_task, verbose=verbose
+    )

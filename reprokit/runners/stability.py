@@ -53,6 +53,7 @@ from reprokit.runners.ensemble import (
     StepProgress,
     default_run_dir,
 )
+from reprokit.runners.executors import Executor
 from reprokit.runners.study import Arm, ArmResult, StudyDir, run_study
 from reprokit.store import (
     RunStore,
@@ -297,6 +298,7 @@ def run_stability(
     initial_accumulator: float | None = None,
     replica_progress: ProgressCallback | None = None,
     step_progress: StepProgress | None = None,
+    executor: Executor | None = None,
 ) -> dict[str, Any]:
     """Train every (optimizer, lr multiplier) cell into `out` (resuming it); return the document.
 
@@ -400,6 +402,7 @@ def run_stability(
             encoded=encoded,
             progress=on_progress,
             step_progress=step_progress,
+            executor=executor,
         )
 
 

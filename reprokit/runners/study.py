@@ -42,6 +42,7 @@ from reprokit.metrics.paired import (
 from reprokit.metrics.stats import pareto_front
 from reprokit.overrides import overrides_label, same_arm
 from reprokit.runners.ensemble import StepProgress, train_ensemble
+from reprokit.runners.executors import Executor
 from reprokit.runschema import LOCK, MANIFEST, REPLICAS, STUDY_DOCUMENTS, SUMMARY
 from reprokit.store import (
     RunStore,
@@ -323,9 +324,11 @@ def run_study(
     churn: ChurnGroups | None = None,
     progress: StudyProgress | None = None,
     step_progress: StepProgress | None = None,
+    executor: Executor | None = None,
 ) -> dict[str, Any]:
     """Train every arm into its directory (resuming it), then write `finish(results)` as the
-    study's document; the whole study holds the directory's lock."""
+    study's document; the whole study holds the directory's lock. `executor` runs every arm's
+    replica batches (default: `LocalExecutor(workers)`; `RayExecutor` for a Ray cluster)."""
     study.check(arms, force)
     for note in study_notes(arms):
         log.warning("%s", note)
@@ -370,6 +373,7 @@ def run_study(
                 encoded=encoded,
                 churn=churn,
                 step_progress=step_progress,
+                executor=executor,
             )
             results.append(ArmResult(arm, summary, time.perf_counter() - start))
             offset += arm.config.replicas
