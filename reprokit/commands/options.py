@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.markup import escape
 
+from reprokit.components.tables import EMBEDDING_TABLES, usage
 from reprokit.config import RunConfig
 from reprokit.errors import ReprokitError
 from reprokit.sources import SOURCE_HELP
@@ -135,8 +136,9 @@ Embedding = Annotated[
         "--embedding",
         help=config_help(
             "embedding",
-            "Embedding table spec: table, hashed:buckets=N[,seed=0], "
-            "qr:buckets=N[,op=mult|add|concat], mde:alpha=A[,base_dim=D].",
+            "Embedding table spec: "
+            + ", ".join(usage(name) for name in EMBEDDING_TABLES.names)
+            + ".",
         ),
     ),
 ]
