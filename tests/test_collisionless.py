@@ -183,12 +183,17 @@ def _table(**options) -> CollisionlessEmbeddings:
 def test_a_lookup_miss_reads_zeros_sends_no_gradient_and_inserts_nothing():
     table = _table()
     ids = torch.tensor([[1, 1], [2, 0]])
+    table.eval()  # evaluation: a pure lookup
+    assert torch.equal(table(ids), torch.zeros(2, 2, 3))
+    assert table.state.slots.size == 0 and table.num_params() == 0
+    table.train()  # a training step's lookup: the ids get filter counters (at 0), no rows
     out = table(ids)
     assert torch.equal(out, torch.zeros(2, 2, 3))
     out.sum().backward()
     grad = table.table.weight.grad.coalesce()
     assert torch.count_nonzero(grad.values()) == 0
-    assert table.state.slots.size == 0 and table.num_params() == 0
+    assert table.num_params() == 0 and table.state.rows_in_use == 0
+    assert (table.state.slots.column["count"] == 0).all()
 
 
 def test_admitted_rows_start_from_their_ids_initial_values():

@@ -40,6 +40,7 @@ in use at the end × dim.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -52,7 +53,8 @@ from reprokit.nn.keymap import KeyedSlots
 
 __all__ = ["AdmissionState", "CollisionlessEmbeddings", "admission_probability", "initial_rows"]
 
-_TWO_64 = float(2**64)
+#: what an update returns: (created rows, their fields, their keys, evicted rows)
+Update = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 def _mix(*parts: np.ndarray | int) -> np.ndarray:
@@ -80,6 +82,18 @@ def initial_rows(seed: int, fields: np.ndarray, keys: np.ndarray, dim: int) -> n
     u2 = _uniform(_mix(base, coord[None, :], np.uint64(2)))
     z = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
     return (ROW_STD * z).astype(np.float32).reshape(n, dim)
+
+
+@dataclass
+class Step:
+    """A training step's batch, grouped: its distinct ids (`fields`, `keys`), how often each
+    occurs (`occurrences`), which id each occurrence is (`inverse`) and the ids' map `slots`."""
+
+    fields: np.ndarray
+    keys: np.ndarray
+    occurrences: np.ndarray
+    inverse: np.ndarray
+    slots: np.ndarray
 
 
 def admission_probability(min_count: int, occurrences: np.ndarray) -> np.ndarray:
@@ -127,20 +141,67 @@ class AdmissionState:
         self.row_last = np.zeros(self.miss_row, dtype=np.float64)
         self.clock = -np.inf
         self.updates = 0
+        self._scratch = np.zeros(0, dtype=np.int64)  # slot → position, for grouping a batch
         self.counts = {"admitted": 0, "filtered": 0, "rejected_full": 0, "expired": 0}
 
     # -- lookup ------------------------------------------------------------------------------
     def rows(self, cat: np.ndarray) -> np.ndarray:
-        """Rows [..., F] the indices `cat` [..., F] read now (`miss_row` where an id has none)."""
+        """Rows [..., F] the indices `cat` [..., F] read now (`miss_row` where an id has none);
+        a pure lookup (evaluation): nothing is inserted."""
         cat = np.asarray(cat, dtype=np.int64)
+        return self.rows_of(*self._pairs(cat)).reshape(cat.shape)
+
+    def rows_of(self, fields: np.ndarray, keys: np.ndarray) -> np.ndarray:
+        """Rows of raw (field, key) pairs (`miss_row` where an id has none); inserts nothing."""
+        slots = self.slots.find(fields, keys)
+        held = self.slots.column["row"][slots]
+        return np.where((slots >= 0) & (held >= 0), held, self.miss_row)
+
+    def step_rows(self, cat: np.ndarray) -> tuple[np.ndarray, Step]:
+        """(rows [b, F], step) of a training step's batch `cat` [b, F]: the lookup of its
+        forward pass; `update` takes the `step` back and reuses its probe and grouping (one probe
+        of the map per step). The ids get entries in the map (the admission filter's counters,
+        at zero), not rows."""
+        cat = np.asarray(cat, dtype=np.int64)
+        rows, step = self.step_rows_of(*self._pairs(cat))
+        return rows.reshape(cat.shape), step
+
+    def step_rows_of(self, fields: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, Step]:
+        """`step_rows` for raw (field, key) pairs, one per occurrence.
+
+        The map itself groups the batch, without a sort: every occurrence of an id gets the id's
+        slot, so writing each occurrence's position into a scratch array indexed by slot (the
+        last write wins) names one representative occurrence per id."""
+        fields = np.asarray(fields, dtype=np.int32)
+        keys = np.asarray(keys, dtype=np.uint64)
+        generation = self.slots.generation
+        slots, _ = self.slots.find_or_insert(fields, keys)
+        if self.slots.generation != generation:  # rehashed: rows moved to other slots
+            row_col = self.slots.column["row"]
+            used = np.flatnonzero(row_col >= 0)
+            self.row_slot[row_col[used]] = used
+        if len(self._scratch) < self.slots.slots:
+            self._scratch = np.zeros(self.slots.slots, dtype=np.int64)
+        n = len(slots)
+        position = np.arange(n)
+        self._scratch[slots] = position
+        representative = self._scratch[slots]
+        first = np.flatnonzero(representative == position)  # one occurrence per id
+        self._scratch[slots[first]] = np.arange(len(first))
+        inverse = self._scratch[slots]
+        occurrences = np.bincount(inverse, minlength=len(first))
+        step = Step(fields[first], keys[first], occurrences, inverse, slots[first])
+        return self._step_rows(step), step
+
+    def _step_rows(self, step: Step) -> np.ndarray:
+        held = self.slots.column["row"][step.slots]
+        return np.where(held >= 0, held, self.miss_row)[step.inverse]
+
+    def _pairs(self, cat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The (field, key) pair of every entry of `cat` [..., F], flattened."""
         flat = (cat + self.index_offsets[:-1]).reshape(-1)
         fields = np.broadcast_to(np.arange(cat.shape[-1], dtype=np.int32), cat.shape).reshape(-1)
-        slots = self.slots.find(fields, self.all_keys[flat])
-        rows = np.full(len(flat), self.miss_row, dtype=np.int64)
-        found = slots >= 0
-        held = self.slots.column["row"][slots[found]]
-        rows[np.flatnonzero(found)[held >= 0]] = held[held >= 0]
-        return rows.reshape(cat.shape)
+        return fields, self.all_keys[flat]
 
     @property
     def rows_in_use(self) -> int:
@@ -148,34 +209,45 @@ class AdmissionState:
 
     # -- update ------------------------------------------------------------------------------
     def update(
-        self, cat: np.ndarray, times: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Apply one optimizer step's batch `cat` [b, F] (example `times` [b], or None: steps).
+        self, cat: np.ndarray, times: np.ndarray | None = None, step: Step | None = None
+    ) -> Update:
+        """Apply one optimizer step's batch `cat` [b, F] (example `times` [b], or None: steps;
+        `step`: what `step_rows` returned for this batch).
 
         Returns (created rows, their fields, their keys, evicted rows): the engine writes
         `initial_rows` into the created ones and zeroes the evicted ones with their optimizer
         state."""
-        self.updates += 1
         cat = np.asarray(cat, dtype=np.int64)
-        b, n_fields = cat.shape
-        flat = (cat + self.index_offsets[:-1]).reshape(-1)
-        unique, inverse, occurrences = np.unique(flat, return_inverse=True, return_counts=True)
+        if step is None:
+            step = self.step_rows(cat)[1]
+        per_id_times = None if times is None else np.repeat(times, cat.shape[1])
+        return self._apply(step, per_id_times)
+
+    def update_keys(
+        self,
+        fields: np.ndarray,
+        keys: np.ndarray,
+        times: np.ndarray | None = None,
+        step: Step | None = None,
+    ) -> Update:
+        """`update` for raw (field, key) pairs, one per occurrence (`times` per occurrence)."""
+        if step is None:
+            step = self.step_rows_of(fields, keys)[1]
+        return self._apply(step, times)
+
+    def _apply(self, step: Step, times: np.ndarray | None) -> Update:
+        """One update of the batch's distinct ids (`step`), `times` per occurrence."""
+        fields, keys, occurrences, slots = step.fields, step.keys, step.occurrences, step.slots
+        self.updates += 1
         if times is None:
-            when = np.full(len(unique), float(self.updates))
+            when = np.full(len(keys), float(self.updates))
             now = float(self.updates)
         else:
-            t = np.repeat(np.asarray(times, dtype=np.float64), n_fields)
-            when = np.full(len(unique), -np.inf)
-            np.maximum.at(when, inverse.reshape(-1), t)
+            t = np.asarray(times, dtype=np.float64)
+            when = np.full(len(keys), -np.inf)
+            np.maximum.at(when, step.inverse, t)  # an id's latest time in the batch
             now = float(t.max()) if len(t) else self.clock
-        fields = (np.searchsorted(self.index_offsets, unique, side="right") - 1).astype(np.int32)
-        keys = self.all_keys[unique]
-        generation = self.slots.generation
-        slots, _ = self.slots.find_or_insert(fields, keys)
         row_col, count_col = self.slots.column["row"], self.slots.column["count"]
-        if self.slots.generation != generation:  # rehashed: rows moved to other slots
-            used = np.flatnonzero(row_col >= 0)
-            self.row_slot[row_col[used]] = used
         held = row_col[slots]
         hit = held >= 0
         self.row_last[held[hit]] = when[hit]
@@ -191,7 +263,8 @@ class AdmissionState:
             admit = draw < admission_probability(self.min_count, occurrences[cand])
         self.counts["filtered"] += int(occurrences[cand[~admit]].sum())
         chosen = cand[admit]
-        rows = self._allocate(chosen, fields, occurrences)
+        chosen = chosen[np.lexsort((keys[chosen], fields[chosen]))]  # (field, key) order
+        rows = self._allocate(fields[chosen], occurrences[chosen])
         taken, created = chosen[rows >= 0], rows[rows >= 0]
         row_col[slots[taken]] = created
         self.row_slot[created] = slots[taken]
@@ -201,22 +274,17 @@ class AdmissionState:
         evicted = self._expire()
         return created, fields[taken], keys[taken], evicted
 
-    def _allocate(
-        self, chosen: np.ndarray, fields: np.ndarray, occurrences: np.ndarray
-    ) -> np.ndarray:
-        """Rows for the admitted (in index order within each field; −1 where the field is full)."""
-        out = np.full(len(chosen), -1, dtype=np.int64)
-        if not len(chosen):
-            return out
-        f_of = fields[chosen]
-        for f in np.unique(f_of):
-            where = np.flatnonzero(f_of == f)
-            k = min(len(where), self.n_free[f])
+    def _allocate(self, fields: np.ndarray, seen: np.ndarray) -> np.ndarray:
+        """Rows for admitted ids of `fields` (in order within each field; −1 where the field is
+        full: those ids' `seen` occurrences count as `rejected_full`)."""
+        out = np.full(len(fields), -1, dtype=np.int64)
+        for f in np.unique(fields):
+            where = np.flatnonzero(fields == f)
             top = self.n_free[f]
+            k = min(len(where), top)
             out[where[:k]] = self.free[f][top - k : top][::-1]
             self.n_free[f] = top - k
-            refused = where[k:]
-            self.counts["rejected_full"] += int(occurrences[chosen[refused]].sum())
+            self.counts["rejected_full"] += int(seen[where[k:]].sum())
         return out
 
     def _expire(self) -> np.ndarray:
@@ -272,6 +340,7 @@ class CollisionlessEmbeddings(EmbeddingTable):
         self.table = nn.Embedding(sum(self.caps) + 1, self.dim, sparse=sparse)
         self.init_seed = 0
         self.state = self.new_state(0)
+        self._step: tuple[np.ndarray, Step] | None = None  # the last training lookup
 
     @property
     def num_rows(self) -> int:
@@ -306,7 +375,13 @@ class CollisionlessEmbeddings(EmbeddingTable):
         return [np.arange(len(k), dtype=np.int64) for k in self.keys]
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        rows = torch.from_numpy(self.state.rows(ids.cpu().numpy())).to(ids.device)
+        if self.training:  # a training step: its update (`after_step`) reuses the probe
+            local = ids.cpu().numpy()
+            rows_np, step = self.state.step_rows(local)
+            self._step = (local, step)
+        else:
+            rows_np = self.state.rows(ids.cpu().numpy())
+        rows = torch.from_numpy(rows_np).to(ids.device)
         hit = (rows != self.miss_row).unsqueeze(-1).to(self.table.weight.dtype)
         return self.table(rows) * hit  # a miss reads zeros and sends no gradient
 
@@ -314,7 +389,9 @@ class CollisionlessEmbeddings(EmbeddingTable):
         self, cat: np.ndarray, times: np.ndarray | None, optimizer: torch.optim.Optimizer
     ) -> None:
         """The update of this step's batch: admit, create rows, expire (optimizer state too)."""
-        created, fields, keys, evicted = self.state.update(cat, times)
+        last, self._step = self._step, None
+        step = last[1] if last is not None and np.array_equal(last[0], cat) else None
+        created, fields, keys, evicted = self.state.update(cat, times, step)
         weight = self.table.weight
         with torch.no_grad():
             if len(created):

@@ -11,8 +11,9 @@ layout, and therefore every result, is the same on every process and machine.
 Every operation takes a whole batch: the probe loop advances all unresolved ids of the batch one
 slot at a time with array operations, so the work per id is a few vector instructions rather than a
 Python dict's bytecode per id. Insertion claims empty slots by scattered writes and re-reads which
-id won each slot; the losers probe on (the ids of one insertion call are distinct, so a re-read
-decides uniquely). Entries are never deleted: an evicted id keeps its slot (and its occurrence
+id won each slot; the losers probe on (equal ids of one call probe alike, write alike and share the
+slot they win, so a batch needs no deduplication first). Entries are never
+deleted: an evicted id keeps its slot (and its occurrence
 count), only its row goes.
 """
 
@@ -39,6 +40,7 @@ class KeyedSlots:
         self.column = {n: np.full(size, fill, dtype=dt) for n, (dt, fill) in self._specs.items()}
         self.size = 0  # occupied slots
         self.generation = 0  # rehashes so far: slot numbers kept elsewhere are stale after one
+        self._scratch = np.zeros(size, dtype=np.int64)  # per slot, for counting distinct slots
 
     @property
     def slots(self) -> int:
@@ -53,23 +55,27 @@ class KeyedSlots:
         """Slot of each (field, key) pair, −1 where absent; nothing is inserted."""
         fields = np.asarray(fields, dtype=np.int32)
         keys = np.asarray(keys, dtype=np.uint64)
-        out = np.full(len(keys), -1, dtype=np.int64)
         slot = self._home(fields, keys)
-        todo = np.arange(len(keys))
+        # the first probe over the whole batch without index indirection: at load ≤ 1/2 it
+        # settles most ids; the loop below walks on with the few that met another id
+        there = self.fields[slot]
+        hit = (self.keys[slot] == keys) & (there == fields)
+        out = np.where(hit, slot, -1)
+        todo = np.flatnonzero(~hit & (there != EMPTY))
         mask = self.slots - 1
         while todo.size:
-            s = slot[todo]
-            f = self.fields[s]
-            hit = (f == fields[todo]) & (self.keys[s] == keys[todo])
+            s = (slot[todo] + 1) & mask
+            slot[todo] = s
+            there = self.fields[s]
+            hit = (self.keys[s] == keys[todo]) & (there == fields[todo])
             out[todo[hit]] = s[hit]
-            go_on = ~hit & (f != EMPTY)
-            todo = todo[go_on]
-            slot[todo] = (s[go_on] + 1) & mask
+            todo = todo[~hit & (there != EMPTY)]
         return out
 
     def find_or_insert(self, fields: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(slots, new): the slot of each of these DISTINCT pairs, inserting the absent ones
-        (their columns at the fill values); `new` marks the inserted."""
+        """(slots, new): the slot of each (field, key) pair, inserting the absent ones (their
+        columns at the fill values); `new` marks the occurrences that were absent. The pairs may
+        repeat: every occurrence of a pair gets the same slot."""
         fields = np.asarray(fields, dtype=np.int32)
         keys = np.asarray(keys, dtype=np.uint64)
         self._reserve(self.size + len(keys))  # before finding: a rehash moves every slot
@@ -80,7 +86,8 @@ class KeyedSlots:
         return slots, new
 
     def _claim(self, fields: np.ndarray, keys: np.ndarray) -> np.ndarray:
-        """Insert distinct absent pairs; their slots."""
+        """Insert absent pairs (repeats allowed: equal pairs probe alike, write alike and so win
+        the same slot in the same round); their slots."""
         out = np.empty(len(keys), dtype=np.int64)
         slot = self._home(fields, keys)
         todo = np.arange(len(keys))
@@ -93,11 +100,14 @@ class KeyedSlots:
             self.keys[cs] = keys[cand]
             won = (self.fields[cs] == fields[cand]) & (self.keys[cs] == keys[cand])
             out[cand[won]] = cs[won]
+            # every contended free slot got exactly one id: count the distinct slots written
+            order = np.arange(len(cs))
+            self._scratch[cs] = order
+            self.size += int(np.count_nonzero(self._scratch[cs] == order))
             settled = np.zeros(len(todo), dtype=bool)
             settled[np.flatnonzero(free)[won]] = True
             todo, s = todo[~settled], s[~settled]
             slot[todo] = (s + 1) & mask
-        self.size += len(keys)
         return out
 
     def _reserve(self, needed: int) -> None:
@@ -113,8 +123,9 @@ class KeyedSlots:
         self.fields = np.full(size, EMPTY, dtype=np.int32)
         self.keys = np.zeros(size, dtype=np.uint64)
         self.column = {n: np.full(size, fill, dtype=dt) for n, (dt, fill) in self._specs.items()}
+        self._scratch = np.zeros(size, dtype=np.int64)
         self.size = 0
-        slots = self._claim(fields, keys)
+        slots = self._claim(fields, keys)  # distinct pairs
         for n, v in values.items():
             self.column[n][slots] = v
         self.generation += 1

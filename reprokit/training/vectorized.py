@@ -311,7 +311,7 @@ def _train(
                 )
                 if tables is not None:
                     ids_b = rows_b
-                    rows_b = tables.rows(ids_b)
+                    rows_b = tables.rows(ids_b, b)
                 masks = None
                 if p > 0:
                     masks = []

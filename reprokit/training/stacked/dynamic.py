@@ -33,14 +33,21 @@ class DynamicTables:
         self.miss_row = self.tables[0].state.miss_row
         times = getattr(encoded, "train_time", None)
         self.train_time = None if times is None else np.asarray(times, dtype=np.float64)
+        self.steps: list[Any] = []  # each replica's grouped ids of the current step (`Step`)
 
-    def rows(self, ids: torch.Tensor) -> torch.Tensor:
-        """Rows [R, b, F] of each replica's table for the ids [R or 1, b, F]."""
+    def rows(self, ids: torch.Tensor, b: int) -> torch.Tensor:
+        """Rows [R, b_pad, F] of each replica's table for a training step's ids [R or 1, b_pad,
+        F], of which the first `b` are real (the padding repeats the first example); each
+        replica's map slots are kept for the step's `update`."""
         local = ids.cpu().numpy()
-        rows = np.stack(
-            [t.state.rows(local[min(r, len(local) - 1)]) for r, t in enumerate(self.tables)]
-        )
-        return torch.from_numpy(rows).to(self.device)
+        out, self.steps = [], []
+        for r, t in enumerate(self.tables):
+            mine = local[min(r, len(local) - 1)]
+            rows, step = t.state.step_rows(mine[:b])
+            pad = np.broadcast_to(rows[:1], (len(mine) - b, rows.shape[1]))
+            out.append(np.concatenate([rows, pad]))
+            self.steps.append(step)
+        return torch.from_numpy(np.stack(out)).to(self.device)
 
     def drop_miss_gradient(self, grad: SparseGrad) -> None:
         """Zero the gradient of every replica's miss row (in place)."""
@@ -70,7 +77,8 @@ class DynamicTables:
         for r, t in enumerate(self.tables):
             if not alive[r]:
                 continue
-            created, fields, keys, evicted = t.state.update(local[min(r, len(local) - 1)], times[r])
+            mine = local[min(r, len(local) - 1)]
+            created, fields, keys, evicted = t.state.update(mine, times[r], self.steps[r])
             if len(created):
                 values = torch.from_numpy(initial_rows(t.init_seed, fields, keys, dim))
                 table[r, torch.from_numpy(created).to(self.device)] = values.to(table.device)
