@@ -331,3 +331,13 @@ def test_train_ensemble_reports_the_table_and_its_growth(tmp_path):
     assert log.table_rows.iloc[0] <= log.table_rows.max()
     metrics = json.loads((out / "replicas/000/metrics.json").read_text())
     assert metrics["table"] == per[0]
+
+
+def test_attribute_measures_admission_only_where_the_table_draws_admissions():
+    from reprokit.runners.attribute import applicable_sources
+
+    assert "admission" not in applicable_sources("cpu", None, "collisionless:min_count=3")
+    assert "admission" not in applicable_sources("cpu", None, "table")
+    probabilistic = "collisionless:min_count=3,filter=probabilistic"
+    assert "admission" in applicable_sources("cpu", None, probabilistic)
+    assert applicable_sources("cpu", ["admission", "init"], "table") == ["init", "admission"]

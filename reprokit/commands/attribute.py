@@ -76,7 +76,8 @@ def register(app: typer.Typer) -> None:
             typer.Option(
                 "--sources",
                 help="Comma-separated sources to attribute (default: every source the device "
-                "allows: init, data-order, dropout, bitflip, async, threads on CPU).",
+                "allows: init, data-order, dropout, bitflip, async, threads on CPU, and admission "
+                "with a probabilistic collisionless table).",
                 show_default=False,
             ),
         ] = None,

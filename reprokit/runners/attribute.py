@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from reprokit.components.tables import parse_table_spec
 from reprokit.config import RunConfig
 from reprokit.errors import ReprokitError
 from reprokit.jsonio import as_float
@@ -44,11 +45,16 @@ ALL = "all"
 LEAVE_OUT_PREFIX = "all-but-"
 
 
-def applicable_sources(device: str, chosen: Sequence[str] | None = None) -> list[str]:
-    """The sources attribute measures: `chosen` (checked) or every source the device allows."""
+def applicable_sources(
+    device: str, chosen: Sequence[str] | None = None, embedding: str = "table"
+) -> list[str]:
+    """The sources attribute measures: `chosen` (checked) or every source the device allows
+    (by default `admission` only where the `embedding` table draws admissions at random)."""
     on_cuda = device.startswith("cuda")
     allowed = [s for s in SOURCES if on_cuda or s not in CUDA_ONLY]
     if not chosen:
+        if not draws_admissions(embedding):
+            return [s for s in allowed if s != "admission"]
         return allowed
     unknown = [s for s in chosen if s not in SOURCES]
     if unknown:
@@ -61,6 +67,12 @@ def applicable_sources(device: str, chosen: Sequence[str] | None = None) -> list
             f"source {refused[0]!r} needs a CUDA device (--device cuda); this run is on {device}"
         )
     return [s for s in SOURCES if s in chosen]  # canonical order, each once
+
+
+def draws_admissions(embedding: str) -> bool:
+    """Whether the `admission` source changes anything for this table spec."""
+    spec = parse_table_spec(embedding)
+    return spec.params.get("filter") == "probabilistic"
 
 
 def attribution_arms(
@@ -169,7 +181,7 @@ def check_attribute(
         raise ReprokitError("reprokit attribute needs at least 2 replicas per arm")
     if test not in TEST_METHODS:
         raise ReprokitError(f"unknown paired test {test!r}; choose {' or '.join(TEST_METHODS)}")
-    chosen = applicable_sources(config.device, sources)
+    chosen = applicable_sources(config.device, sources, config.model.embedding)
     if not chosen:
         raise ReprokitError("reprokit attribute needs at least one nondeterminism source")
     specs = attribution_arms(chosen, leave_one_out)
