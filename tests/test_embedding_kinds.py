@@ -166,6 +166,65 @@ def test_vocab_sizes_carry_the_key_of_each_index():
         assert table.id_rows()[f].tolist() == bucket_of(sizes.keys[f], 7, 2).tolist()
 
 
+def test_eval_values_unseen_in_training_are_hashed_by_their_raw_value():
+    train = pd.DataFrame({"user": ["a", "b", "a"], "item": [10, 20, 10], "label": [0.0, 1.0, 1.0]})
+    evals = pd.DataFrame(
+        {"user": ["z", "a", "y", "z", None], "item": [99, 10, 20, 7, 10], "label": [1.0] * 5}
+    )
+    enc = encode(_dataset(train), _dataset(evals))
+    # `table` reads every unseen value as the OOV index 0 ...
+    assert enc.eval_cat[:, 0].tolist() == [0, 1, 0, 0, 0]
+    # ... the raw view gives each eval-only value (sorted: y, z) an index past the vocabulary
+    assert list(enc.vocab_sizes) == [3, 3]
+    assert enc.eval_cat_raw[:, 0].tolist() == [4, 1, 3, 4, 0]  # a null stays OOV
+    assert enc.eval_cat_raw[:, 1].tolist() == [4, 1, 2, 3, 1]  # 7 → 3, 99 → 4
+    keys = enc.vocab_sizes.keys
+    assert keys[0][3:].tolist() == value_keys(np.array(["y", "z"], dtype=object)).tolist()
+    assert keys[1][3:].tolist() == [7, 99]
+    table = _init(create_embeddings("hashed:buckets=5,seed=1", enc.vocab_sizes, 2, sparse=False))
+    out = table(torch.as_tensor(enc.eval_cat_raw))
+    for row, value in enumerate(evals["item"]):
+        bucket = bucket_of(value_keys(np.array([value])), 5, 1)[0]
+        assert torch.equal(out[row, 1], table.tables[1].weight[bucket])
+    # the collision accounting still counts the training vocabulary only
+    assert [len(r) for r in table.id_rows()] == [3, 3]
+    assert enc.eval_ids(raw_values=True) is enc.eval_cat_raw
+    assert enc.eval_ids(raw_values=False) is enc.eval_cat
+    same = encode(_dataset(train), _dataset(train))
+    assert same.eval_cat_raw is None and same.eval_ids(True) is same.eval_cat
+
+
+def test_both_engines_predict_unseen_eval_values_through_their_hash(encoded):
+    from reprokit.data.encoding import EncodedData
+
+    unseen = EncodedData(**{**encoded.__dict__})
+    raw = encoded.eval_cat.copy()
+    keys = [
+        np.concatenate([k, np.array([2**40 + 1, 2**40 + 2], np.uint64)])
+        for k in encoded.vocab_sizes.keys
+    ]
+    unseen.vocab_sizes = VocabSizes(list(encoded.vocab_sizes), keys)
+    raw[:50, 0] = encoded.vocab_sizes[0]  # eval-only value 2**40 + 1 of field 0
+    raw[50:100, 0] = encoded.vocab_sizes[0] + 1  # and 2**40 + 2
+    unseen.eval_cat = encoded.eval_cat.copy()
+    unseen.eval_cat[:100, 0] = 0
+    unseen.eval_cat_raw = raw
+    cfg = _config("init", "hashed:buckets=40,seed=3")
+    seeds = _seeds(cfg, range(2))
+    ref = train_replica(unseen, cfg, 0, seeds[0])
+    out = vec.train_replicas(unseen, cfg, [0, 1], seeds)
+    assert np.abs(ref.predictions - out[0].predictions).max() < TOLERANCE
+    table = create_embeddings(cfg.model.embedding, unseen.vocab_sizes, 2, sparse=False)
+    b1, b2 = (table.row_of[table.starts[0] + encoded.vocab_sizes[0] + i].item() for i in (0, 1))
+    oov = table.row_of[table.starts[0]].item()
+    assert len({b1, b2, oov}) == 3  # three buckets: the predictions must tell them apart
+    with_oov = train_replica(
+        EncodedData(**{**unseen.__dict__, "eval_cat_raw": None}), cfg, 0, seeds[0]
+    )
+    assert not np.array_equal(with_oov.predictions[:100], ref.predictions[:100])
+    assert np.array_equal(with_oov.predictions[100:], ref.predictions[100:])
+
+
 # ---- the tables -----------------------------------------------------------------------------------
 
 

@@ -39,11 +39,13 @@ class TableCapabilities:
     `sparse_gradients`: it can produce sparse gradients (the rows a batch used) for optimizers
     that update sparsely. `dynamic`: its rows come and go during training (admission, expiry), so
     an engine calls its `after_step` after every optimizer step and cannot map ids to rows once
-    up front."""
+    up front. `raw_eval_ids`: it reads an evaluation value unseen in training by its raw value
+    (`EncodedData.eval_cat_raw`), not as the out-of-vocabulary index."""
 
     stacked: bool
     sparse_gradients: bool
     dynamic: bool = False
+    raw_eval_ids: bool = False
 
 
 @dataclass(frozen=True)
@@ -128,7 +130,7 @@ EMBEDDING_TABLES = TableRegistry(
             "hashed",
             "hashed",
             "the hashing trick: per field, a fixed 64-bit hash of the raw value mod `buckets` rows",
-            TableCapabilities(stacked=True, sparse_gradients=True),
+            TableCapabilities(stacked=True, sparse_gradients=True, raw_eval_ids=True),
             "reprokit.nn.hashed:HashedEmbeddings",
         ),
         ComponentInfo(

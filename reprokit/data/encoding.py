@@ -5,7 +5,9 @@ Everything is fitted on the TRAINING split only, so the evaluation split never l
 - categorical field: the distinct training values, sorted, get indices 1..V; a missing value
   (null) seen in training gets V+1; anything else (an id never seen in training, or a null when
   training had none) maps to index 0, the out-of-vocabulary row. ``vocab_sizes`` counts that row,
-  so an embedding table of ``vocab_sizes[f]`` rows covers every index.
+  so an embedding table of ``vocab_sizes[f]`` rows covers every index. ``eval_cat_raw`` keeps
+  the eval values unseen in training apart instead (indices past the vocabulary, their keys in
+  ``vocab_sizes.keys``), for table kinds that read the raw value (``hashed``).
 - numeric feature: standardised with the training mean and standard deviation (population std; a
   constant or all-missing column uses std 1); missing values become 0 after standardising, which is
   the training mean.
@@ -64,7 +66,8 @@ def value_keys(values: np.ndarray | list) -> np.ndarray:
 
 class VocabSizes(list):
     """Per field, the rows a `table` needs (vocabulary + OOV row); `keys[f][i]` is the 64-bit key
-    (:func:`value_keys`) of the raw value encoded as index i (index 0: `OOV_KEY`). Table kinds
+    (:func:`value_keys`) of the raw value encoded as index i (index 0: `OOV_KEY`; indices from
+    the size on: the eval-only values of `EncodedData.eval_cat_raw`, in their sorted order). Table kinds
     that are fitted to the training data (LMA's co-occurrence signatures, frequency-based widths)
     read `train_cat` (the training split's indices [n, fields], a reference, not a copy) and
     `names` (the field names, for per-field settings) from it too; a plain list has neither."""
@@ -103,6 +106,14 @@ class EncodedData:
     #: the training examples' timestamps (float64 [n_train]; seconds for a date column), None
     #: when the dataset has none: the clock of tables that expire ids
     train_time: np.ndarray | None = None
+    #: the eval indices with every value unseen in training at an index of its own past the
+    #: vocabulary (`vocab_sizes.keys` holds its key there), for table kinds that read raw values
+    #: (`hashed`: the raw value's hash, not the OOV row); None when no eval value is unseen
+    eval_cat_raw: np.ndarray | None = None
+
+    def eval_ids(self, raw_values: bool) -> np.ndarray:
+        """The eval indices a table reads: `eval_cat_raw` for kinds that read raw values."""
+        return self.eval_cat_raw if raw_values and self.eval_cat_raw is not None else self.eval_cat
 
     @property
     def n_train(self) -> int:
@@ -133,10 +144,13 @@ def _sorted_unique(values: pd.Series, min_count: int = 1) -> np.ndarray:
 
 def _encode_categorical(
     train: pd.Series, test: pd.Series, min_count: int = 1
-) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, np.ndarray]:
+    """(train codes, eval codes, eval codes with unseen values past the vocabulary, rows, keys
+    of every index: the vocabulary's, then the eval-only values')."""
     vocab = pd.Index(_sorted_unique(train, min_count))
     v = len(vocab)
     has_null = int(train.isna().sum()) >= max(min_count, 1)
+    size = v + 1 + int(has_null)
 
     def lookup(values: pd.Series) -> np.ndarray:
         codes = vocab.get_indexer(values).astype(np.int64) + 1  # unseen -> -1 -> 0
@@ -144,14 +158,20 @@ def _encode_categorical(
             codes[values.isna().to_numpy()] = v + 1
         return codes
 
+    test_codes = lookup(test)
+    unseen = (test_codes == 0) & test.notna().to_numpy()
+    extra = pd.Index(_sorted_unique(test[unseen]))
+    test_raw = test_codes.copy()
+    test_raw[unseen] = size + extra.get_indexer(test[unseen]).astype(np.int64)
     keys = np.concatenate(
         [
             np.array([OOV_KEY], dtype=np.uint64),
             value_keys(vocab.to_numpy()),
             np.array([NULL_KEY] * int(has_null), dtype=np.uint64),
+            value_keys(extra.to_numpy()) if len(extra) else np.zeros(0, dtype=np.uint64),
         ]
     )
-    return lookup(train), lookup(test), v + 1 + int(has_null), keys
+    return lookup(train), test_codes, test_raw, size, keys
 
 
 def _numeric_matrix(frame: pd.DataFrame, names: list[str]) -> np.ndarray:
@@ -222,10 +242,11 @@ def encode(
     n_tr, n_ev = len(train), len(eval_)
     train_cat = np.zeros((n_tr, len(fields)), dtype=np.int64)
     eval_cat = np.zeros((n_ev, len(fields)), dtype=np.int64)
+    eval_raw = np.zeros((n_ev, len(fields)), dtype=np.int64)
     sizes, keys = [], []
     for j, name in enumerate(fields):
-        a, b, size, k = _encode_categorical(train.frame[name], eval_.frame[name], min_count)
-        train_cat[:, j], eval_cat[:, j] = a, b
+        a, b, raw, size, k = _encode_categorical(train.frame[name], eval_.frame[name], min_count)
+        train_cat[:, j], eval_cat[:, j], eval_raw[:, j] = a, b, raw
         sizes.append(size)
         keys.append(k)
 
@@ -261,6 +282,7 @@ def encode(
         numeric_mean=[float(m) for m in mean],
         numeric_std=[float(s) for s in std],
         train_time=_times(train),
+        eval_cat_raw=None if np.array_equal(eval_raw, eval_cat) else eval_raw,
     )
 
 

@@ -9,9 +9,12 @@ a string's blake2b-64). Its row in field f's table of `buckets` rows is
 with SplitMix64's finaliser (Steele, Lea, Flood 2014; the constants of `java.util.SplittableRandom`)
 in uint64 arithmetic, computed with numpy: the same on every process and machine, whatever
 ``PYTHONHASHSEED`` is. Every index maps through one lookup table built at construction, so the
-reference loop and the vectorized engine read the same rows. An id unseen in training reaches the
-table as the out-of-vocabulary index 0 (the encoding keeps no raw value for it) and gets the row of
-`OOV_KEY`, shared by every such id.
+reference loop and the vectorized engine read the same rows. An evaluation value unseen in training
+is hashed by its raw value too: the engines hand this kind `EncodedData.eval_cat_raw`, where such
+values have indices past the vocabulary whose keys `vocab_sizes.keys` holds (the registry's
+`raw_eval_ids`), so it lands in the bucket its raw value hashes to, as it would in a deployed model.
+Only the out-of-vocabulary index 0 itself (a missing value training never had) reads the row of
+`OOV_KEY`.
 """
 
 from __future__ import annotations
@@ -78,8 +81,9 @@ class HashedEmbeddings(EmbeddingTable):
         if keys is None:
             keys = [np.arange(v, dtype=np.uint64) for v in self.vocab_sizes]
         self.keys = [np.asarray(k, dtype=np.uint64) for k in keys]
-        # index → row of its field's table, all fields in one buffer (moves with `model.to`)
-        self.starts = [int(x) for x in np.concatenate([[0], np.cumsum(self.vocab_sizes)])]
+        # index → row of its field's table, all fields in one buffer (moves with `model.to`); a
+        # field's keys may run past its vocabulary (eval-only values, `EncodedData.eval_cat_raw`)
+        self.starts = [int(x) for x in np.concatenate([[0], np.cumsum([len(k) for k in self.keys])])]
         rows = [bucket_of(k, self.buckets, self.seed) for k in self.keys]
         self.register_buffer(
             "row_of",
@@ -95,9 +99,9 @@ class HashedEmbeddings(EmbeddingTable):
         return self.num_fields * self.buckets
 
     def id_rows(self) -> list[np.ndarray]:
-        """Per field, the row of each vocabulary index."""
+        """Per field, the row of each vocabulary index (the training vocabulary's)."""
         rows = self.row_of.cpu().numpy()
-        return [rows[a:b] for a, b in zip(self.starts[:-1], self.starts[1:], strict=True)]
+        return [rows[a : a + v] for a, v in zip(self.starts[:-1], self.vocab_sizes, strict=True)]
 
     def reset_parameters(self, generator: torch.Generator) -> None:
         init_rows(self.tables, generator)
@@ -112,7 +116,8 @@ class HashedEmbeddings(EmbeddingTable):
 
     def stacked_layout(self) -> LookupLayout:
         field_of = torch.repeat_interleave(
-            torch.arange(self.num_fields), torch.tensor(self.vocab_sizes, dtype=torch.long)
+            torch.arange(self.num_fields),
+            torch.tensor([len(k) for k in self.keys], dtype=torch.long),
         )
         lookup = self.row_of.cpu() + field_of * self.buckets  # field f's table from f * buckets
         offsets = torch.tensor(self.starts[: self.num_fields], dtype=torch.long)

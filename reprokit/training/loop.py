@@ -317,7 +317,7 @@ def train_replica(
     detector.finish()
     train_seconds = time.perf_counter() - start
 
-    ecat = torch.as_tensor(encoded.eval_cat, device=device)
+    ecat = torch.as_tensor(eval_ids(encoded, config), device=device)
     enum = torch.as_tensor(encoded.eval_num, device=device)
     predictions = predict(model, ecat, enum)
     if not np.isfinite(predictions).all():
@@ -338,6 +338,13 @@ def train_replica(
 def dynamic_table(config: RunConfig) -> bool:
     """Whether the config's embedding table changes during training (the registry says)."""
     return EMBEDDING_TABLES[config.model.embedding].capabilities.dynamic
+
+
+def eval_ids(encoded: Any, config: RunConfig) -> np.ndarray:
+    """The eval indices the config's table reads (raw values for kinds that hash them)."""
+    raw = EMBEDDING_TABLES[config.model.embedding].capabilities.raw_eval_ids
+    pick = getattr(encoded, "eval_ids", None)
+    return pick(raw) if pick is not None else encoded.eval_cat
 
 
 def _take(values: np.ndarray | None, rows: np.ndarray) -> np.ndarray | None:

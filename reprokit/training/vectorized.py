@@ -55,6 +55,7 @@ from reprokit.training.loop import (
     ReplicaOutput,
     StaleGradientQueue,
     configure_determinism,
+    eval_ids,
 )
 from reprokit.training.stacked.backward import (
     Batch,
@@ -380,7 +381,7 @@ def _train(
         tables.write_sizes(logs[:n_real], hist_rows, last_logged)
     share = (time.perf_counter() - start) / n_real
 
-    ecat = torch.as_tensor(encoded.eval_cat, device=device)
+    ecat = torch.as_tensor(eval_ids(encoded, config), device=device)
     enum = torch.as_tensor(encoded.eval_num, device=device)
     predictions = predict_stack(stack, ecat, enum)
     outputs = []
