@@ -20,6 +20,7 @@ from reprokit.nn.embeddings import create_embeddings, embedding_account
 from reprokit.nn.mde import MixedDimEmbeddings, mde_widths
 from reprokit.runners.ensemble import choose_engine
 from reprokit.sources import replica_seeds
+from reprokit.training import vectorized as vec
 from reprokit.training.loop import train_replica
 
 # ---- spec grammar ---------------------------------------------------------------------------------
@@ -167,14 +168,10 @@ def _config(vary, embedding, **extra):
     return resolve_config(None, {**SMALL, "vary": vary, "model.embedding": embedding, **extra})
 
 
-def test_auto_uses_processes_and_the_vectorized_engine_refuses():
-    assert choose_engine(_config("init", "mde:alpha=0.5")) == "process"
-    with pytest.raises(ReprokitError) as exc:
-        choose_engine(_config("init", "mde:alpha=0.5", engine="vectorized"))
-    assert str(exc.value) == (
-        "--engine vectorized cannot train this configuration: the 'mde:alpha=0.5' embedding is "
-        "not implemented for stacked parameters"
-    )
+def test_auto_stacks_mde():
+    assert choose_engine(_config("init", "mde:alpha=0.5")) == "vectorized"
+    assert choose_engine(_config("init", "table", **{"model.field_dims": "c0=4"})) == "vectorized"
+    assert choose_engine(_config("init", "mde:alpha=0.5", engine="vectorized")) == "vectorized"
 
 
 @pytest.mark.parametrize("optimizer", ["adagrad", "adam"])
@@ -214,13 +211,158 @@ def test_train_ensemble_through_the_cli(tmp_path):
     assert np.array_equal(preds[0]["prediction"].to_numpy(), preds[1]["prediction"].to_numpy())
 
 
-def test_vectorized_engine_on_the_command_line_refuses_in_one_line(tmp_path):
-    args = ["train-ensemble", "--embedding", "mde:alpha=0.5", "--engine", "vectorized"]
-    args += ["--synth-rows", "300", "--epochs", "1", "--replicas", "2", "--out", str(tmp_path)]
+# ---- the vectorized engine's stacked form -----------------------------------------------------------
+
+#: Mixed widths in every test below: the α-rule's 16 (base_dim above the embedding dimension: every
+#: field projected), explicit widths 16, 8 (no projection) and 1 (its row gradient a per-replica
+#: gemv, like torch's) on a `table`, and 2 over the α-rule's 8.
+STACKED = [
+    ("mde:alpha=0.5,base_dim=16", {}),
+    ("table", {"model.field_dims": "c0=16,c2=1"}),
+    ("mde:alpha=0.5", {"model.field_dims": "c1=2"}),
+]
+#: Measured: predictions within 1e-7, losses within 1.2e-7, gradient norms within 2.2e-7
+#: (relative) of the reference loop after one epoch (adagrad, adam, sgd, dropout, no hidden layer).
+TOLERANCE = 1e-5
+
+
+def _seeds(cfg, replicas):
+    return [replica_seeds(cfg.seed, cfg.vary, r) for r in replicas]
+
+
+def test_stacked_layout_pads_rows_and_keeps_the_projections():
+    from reprokit.data.encoding import VocabSizes
+    from reprokit.nn.mde import build_embeddings
+
+    sizes = VocabSizes([3, 9, 5], keys=[], names=["a", "b", "c"])
+    table = build_embeddings("table", sizes, 4, False, field_dims={"a": 6, "c": 2})
+    table.reset_parameters(torch.Generator().manual_seed(0))
+    layout = table.stacked_layout()
+    assert (layout.num_rows, layout.dim, layout.out_dim) == (17, 6, 4)
+    assert layout.offsets.tolist() == [0, 3, 12] and layout.widths == (6, 4, 2)
+    assert layout.projected == (True, False, True)
+    weight = table.stacked_weight()
+    assert weight.shape == (17, 6)
+    assert torch.equal(weight[:3], table.tables[0].weight)
+    assert torch.equal(weight[3:12, :4], table.tables[1].weight) and not weight[3:12, 4:].any()
+    assert torch.equal(weight[12:, :2], table.tables[2].weight) and not weight[12:, 2:].any()
+    first, last = table.stacked_projections()
+    assert torch.equal(first, table.projections[0].weight) and first.shape == (4, 6)
+    assert torch.equal(last, table.projections[2].weight) and last.shape == (4, 2)
+
+
+@pytest.mark.parametrize(("spec", "extra"), STACKED)
+def test_one_step_gradients_are_autograds(spec, extra):
+    """The hand-written backward against autograd on the reference model: rows g·P_f (nothing in
+    the padded columns) and projections gᵀ·rows, per replica, from one batch."""
+    from reprokit.training.loop import build_model
+    from reprokit.training.stacked.backward import Batch, Stepper
+    from reprokit.training.stacked.layout import build_stack, pad_rows, round_up
+
+    cfg = _config("init", spec, **extra)
+    encoded = load_encoded(cfg.data)
+    seeds = _seeds(cfg, range(2))
+    stack = build_stack(cfg, encoded, [0, 1], seeds)
+    b = 50
+    cat, num, y = (
+        torch.as_tensor(a[:b]) for a in (encoded.train_cat, encoded.train_num, encoded.train_y)
+    )
+    base = torch.arange(2).view(2, 1, 1) * stack.vocab_total
+    padded = [pad_rows(t, round_up(b), 0)[None] for t in (stack.layout.rows(cat), num, y)]
+    stepper = Stepper(stack)
+    with torch.no_grad():
+        loss, _, _, table_grad = stepper(Batch(padded[0] + base, padded[1], padded[2], None, b))
+    for r in range(2):
+        model = build_model(cfg, encoded.vocab_sizes, num.shape[1], 1)
+        model.reset_parameters(torch.Generator().manual_seed(seeds[r]["init"]))
+        ref = torch.nn.functional.binary_cross_entropy_with_logits(model(cat, num), y)
+        ref.backward()
+        assert abs(float(loss[r]) - float(ref.detach())) < 1e-6
+        emb = model.embeddings
+        linears = [p for p in emb.projections if isinstance(p, torch.nn.Linear)]
+        assert len(linears) == len(stepper.p_grads) >= 1
+        for proj, grad in zip(linears, stepper.p_grads, strict=True):
+            torch.testing.assert_close(grad[r], proj.weight.grad, rtol=1e-4, atol=1e-9)
+        dense = torch.zeros_like(stack.table[r])
+        mine = table_grad.for_replica(r, stack.vocab_total)
+        dense.index_add_(0, mine.rows - r * stack.vocab_total, mine.values)
+        start = 0
+        for table, w in zip(emb.tables, emb.widths, strict=True):
+            rows = dense[start : start + table.num_embeddings]
+            torch.testing.assert_close(
+                rows[:, :w], table.weight.grad.to_dense(), rtol=1e-4, atol=1e-8
+            )
+            assert not rows[:, w:].any()  # the padding gets no gradient
+            start += table.num_embeddings
+
+
+@pytest.mark.parametrize("optimizer", ["adagrad", "adam", "sgd"])
+@pytest.mark.parametrize(("spec", "extra"), STACKED)
+def test_replica_k_matches_the_process_engine(spec, extra, optimizer):
+    cfg = _config("init,data-order", spec, **{"optim.name": optimizer, **extra})
+    encoded = load_encoded(cfg.data)
+    seeds = _seeds(cfg, range(2))
+    ref = [train_replica(encoded, cfg, r, s) for r, s in enumerate(seeds)]
+    out = vec.train_replicas(encoded, cfg, [0, 1], seeds)
+    for a, b in zip(ref, out, strict=True):
+        assert np.abs(a.predictions - b.predictions).max() < TOLERANCE
+        np.testing.assert_allclose(b.log.loss, a.log.loss, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(b.log.grad_norm, a.log.grad_norm, rtol=1e-4)
+    assert not np.array_equal(out[0].predictions, out[1].predictions)
+
+
+@pytest.mark.parametrize(("spec", "extra"), STACKED)
+def test_control_arm_is_bitwise_identical_in_the_vectorized_engine(spec, extra):
+    cfg = _config("none", spec, **{"model.dropout": 0.1, **extra})
+    encoded = load_encoded(cfg.data)
+    outs = vec.train_replicas(encoded, cfg, [0, 1, 2], _seeds(cfg, range(3)))
+    for out in outs[1:]:
+        assert np.array_equal(out.predictions, outs[0].predictions)
+        assert out.log.equals(outs[0].log)
+
+
+def test_a_replica_alone_has_the_bits_it_has_in_a_stack():
+    spec, extra = STACKED[1]
+    cfg = _config("init,data-order", spec, **extra)
+    encoded = load_encoded(cfg.data)
+    seeds = _seeds(cfg, range(3))
+    full = vec.train_replicas(encoded, cfg, [0, 1, 2], seeds)
+    alone = vec.train_replicas(encoded, cfg, [2], seeds[2:])
+    assert np.array_equal(alone[0].predictions, full[2].predictions)
+    assert alone[0].log.equals(full[2].log)
+
+
+def test_padding_stays_zero_through_training(monkeypatch):
+    """Every optimizer step leaves the padded columns of the stacked rows exactly 0."""
+    from reprokit.training.stacked import layout
+
+    built = []
+    original = layout.build_stack
+
+    def keep(*args, **kwargs):
+        built.append(original(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(vec, "build_stack", keep)
+    spec, extra = STACKED[1]
+    for optimizer in ("adagrad", "adam"):
+        cfg = _config("init", spec, **{"optim.name": optimizer, **extra})
+        vec.train_replicas(load_encoded(cfg.data), cfg, [0, 1], _seeds(cfg, range(2)))
+        stack = built[-1]
+        start = 0
+        for f, w in enumerate(stack.layout.widths):
+            n = int(stack.layout.offsets[f + 1]) if f + 1 < len(stack.layout.widths) else None
+            rows = stack.table[:, start:n]
+            assert rows[..., :w].abs().sum() > 0 and not rows[..., w:].any()
+            start = n
+
+
+def test_train_ensemble_vectorized_through_the_cli(tmp_path):
+    out = tmp_path / "run"
+    args = ["train-ensemble", "--embedding", "mde:alpha=0.5,base_dim=16", "--synth-rows", "600"]
+    args += ["--epochs", "1", "--replicas", "2", "--engine", "vectorized", "--out", str(out)]
     result = CliRunner().invoke(app, args)
-    assert result.exit_code == 2
-    lines = result.stderr.strip().splitlines()
-    assert lines == [
-        "error: --engine vectorized cannot train this configuration: the 'mde:alpha=0.5' "
-        "embedding is not implemented for stacked parameters"
-    ]
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "manifest.json").read_text())["engine"] == "vectorized"
+    block = json.loads((out / "summary.json").read_text())["embedding"]
+    assert block["field_dims"] == {f"c{f}": 16 for f in range(8)}

@@ -146,7 +146,7 @@ EMBEDDING_TABLES = TableRegistry(
             "mde",
             "mixed dimensions (Ginart et al.): field f's width base_dim·(n_0/n_f)^alpha by its row "
             "count n_f, rounded to a power of 2, projected to the embedding dimension",
-            TableCapabilities(stacked=False, sparse_gradients=True),
+            TableCapabilities(stacked=True, sparse_gradients=True),
             "reprokit.nn.mde:MixedDimEmbeddings",
         ),
         ComponentInfo(

@@ -19,8 +19,14 @@ Field f's `nn.Embedding(n_f, d_f)` is followed by a bias-free ``Linear(d_f → d
 every other kind. Each id has a row of its own (collision rate 0); `num_params` counts the
 projections. Initialisation: rows N(0, 0.01) like `table`'s, projections N(0, 1/d_f), so a
 projected embedding starts with standard deviation 0.01 too; with α = 0 and `base_dim` = dim the
-table is `table`, draw for draw. No stacked form: the vectorized engine refuses it and ``auto``
-trains one process per replica.
+table is `table`, draw for draw.
+
+Stacked form (the vectorized engine): every field's rows in one table of the largest width d_max,
+field f's zero-padded past d_f (:class:`MixedLayout`), and the projections P_f [dim, d_f] as
+dense parameters of the stack (`stacked_projections`, in the Linear's own [dim, d_f] layout); the
+engine gathers rows, multiplies field f's first d_f columns by its projection, and back-propagates
+rows g·P_f (the padded columns get no gradient and stay exactly 0) and projections gᵀ·rows
+(reprokit.training.stacked.backward).
 
 Explicit widths (`model.field_dims`, {field name: width}) override the α-rule for the fields they
 name, and turn a `table` into this table too (every field not named keeps the embedding dimension,
@@ -31,6 +37,7 @@ so with none named it is `table` draw for draw): :func:`build_embeddings` builds
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -39,9 +46,20 @@ from torch import nn
 from reprokit.components.tables import parse_table_spec
 from reprokit.config import check_field_dims
 from reprokit.errors import ReprokitError
-from reprokit.nn.embeddings import EmbeddingTable, create_embeddings, init_rows
+from reprokit.nn.embeddings import EmbeddingTable, TableLayout, create_embeddings, init_rows
 
-__all__ = ["MixedDimEmbeddings", "build_embeddings", "mde_widths"]
+__all__ = ["MixedDimEmbeddings", "MixedLayout", "build_embeddings", "mde_widths"]
+
+
+@dataclass(frozen=True)
+class MixedLayout(TableLayout):
+    """The stacked layout of mixed widths: rows `dim` (= d_max) wide, field f's valid in its first
+    `widths[f]` columns; `projected[f]` whether field f has a projection to `out_dim` (the
+    embedding dimension a model sees per field), in field order as `stacked_projections`."""
+
+    widths: tuple[int, ...] = ()
+    out_dim: int = 0
+    projected: tuple[bool, ...] = ()
 
 
 def mde_widths(vocab_sizes: list[int], alpha: float, base_dim: int) -> list[int]:
@@ -101,6 +119,32 @@ class MixedDimEmbeddings(EmbeddingTable):
         for width, proj in zip(self.widths, self.projections, strict=True):
             if isinstance(proj, nn.Linear):
                 nn.init.normal_(proj.weight, mean=0.0, std=width**-0.5, generator=generator)
+
+    def stacked_layout(self) -> MixedLayout:
+        starts = np.concatenate([[0], np.cumsum(self.vocab_sizes)[:-1]]).astype(np.int64)
+        return MixedLayout(
+            self.num_rows,
+            max(self.widths, default=self.dim),
+            torch.as_tensor(starts[: self.num_fields], dtype=torch.long),
+            widths=tuple(self.widths),
+            out_dim=self.dim,
+            projected=tuple(isinstance(p, nn.Linear) for p in self.projections),
+        )
+
+    def stacked_weight(self) -> torch.Tensor:
+        """Every field's rows [n_f, d_f], zero-padded to d_max columns, stacked in field order."""
+        width = max(self.widths, default=self.dim)
+        out = torch.zeros((self.num_rows, width))
+        start = 0
+        for table, w in zip(self.tables, self.widths, strict=True):
+            out[start : start + table.num_embeddings, :w] = table.weight.detach()
+            start += table.num_embeddings
+        return out
+
+    def stacked_projections(self) -> list[torch.Tensor]:
+        """P_f [dim, d_f] (the Linear's weight, its own layout: the engine's products then take
+        the reference's GEMM paths, bit for bit) of each projected field, in field order."""
+        return [p.weight.detach() for p in self.projections if isinstance(p, nn.Linear)]
 
     def field_widths(self, names: list[str] | None = None) -> dict[str, int]:
         """{field: width} for the summary's embedding block (`field_dims`)."""

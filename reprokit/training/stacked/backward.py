@@ -2,7 +2,10 @@
 
 `Stepper` computes what autograd would on `forward` + the mean BCE (torch's backward formulas, in
 the same order) without the graph, into reused buffers, the dense gradient straight into a flat
-[R, P_pad] buffer (`Stack.flat`'s layout). Embedding gradients are coalesced without a sort
+[R, P_pad] buffer (`Stack.flat`'s layout). A mixed-dimension table (`mde`, `model.field_dims`)
+projects field f's gathered rows by its P_f (`project_rows`); its backward (`project_backward`)
+gives the rows g·P_f (zero in the padded columns) and the projections gᵀ·rows. Embedding
+gradients are coalesced without a sort
 (`EmbeddingGradAccumulator`; on CPU by a compiled kernel with the same bits, see
 reprokit/nn/_fused/engine_kernels.c).
 """
@@ -51,11 +54,19 @@ def forward(
 
 
 def combine_rows(
-    stack: Stack, gathered: torch.Tensor, r: int, b: int, n_rows: int
+    stack: Stack,
+    gathered: torch.Tensor,
+    r: int,
+    b: int,
+    n_rows: int,
+    out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
     """The embeddings [r, b, fields * dim] of the gathered rows [r * b * n_rows, dim], and the two
     halves a pair-combining layout (`combine`, e.g. `qr`'s mult/add: two rows per field) joined,
-    which the backward needs (None for one row per field)."""
+    which the backward needs (None for one row per field). A mixed-dimension layout's rows are
+    projected (`project_rows`, into `out` when given)."""
+    if hasattr(stack.layout, "widths"):
+        return project_rows(stack, gathered, r, b, n_rows, out), None
     op = getattr(stack.layout, "combine", None)
     if op is None:
         return gathered.view(r, b, n_rows * stack.dim), None
@@ -63,6 +74,81 @@ def combine_rows(
     first, second = pairs[:, :, :, 0], pairs[:, :, :, 1]
     joined = first * second if op == "mult" else first + second
     return joined.reshape(r, b, (n_rows // 2) * stack.dim), (first, second)
+
+
+def embedding_width(stack: Stack) -> int:
+    """What one field's embedding is wide in the model's input: the stacked row width `dim`, or a
+    mixed-dimension layout's `out_dim` (the rows are d_max wide, the projections map to it)."""
+    return int(getattr(stack.layout, "out_dim", 0) or stack.dim)
+
+
+def project_rows(
+    stack: Stack,
+    gathered: torch.Tensor,
+    r: int,
+    b: int,
+    n_rows: int,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mixed dimensions: field f's gathered rows [r, b, d_f] (the first d_f of d_max columns) times
+    its projection P_f [r, out_dim, d_f] transposed (a copy where it has none) → [r, b, fields *
+    out_dim]. One batched GEMM per projected field, with the operands laid out as the reference's
+    ``F.linear`` has them (so the same bits; each replica's product is its own, whatever the
+    stack)."""
+    layout, width = stack.layout, embedding_width(stack)
+    rows = gathered.view(r, b, n_rows, stack.dim)
+    emb = out if out is not None else gathered.new_empty((r, b, n_rows * width))
+    per_field = emb.view(r, b, n_rows, width)
+    k = 0
+    for f, (w, projected) in enumerate(zip(layout.widths, layout.projected, strict=True)):
+        x = rows[:, :, f, :w]
+        if projected:
+            per_field[:, :, f] = torch.bmm(x, stack.projections[k].transpose(1, 2))
+            k += 1
+        else:
+            per_field[:, :, f] = x
+    return emb
+
+
+def project_backward(
+    stack: Stack,
+    gathered: torch.Tensor,
+    grad: torch.Tensor,
+    proj_grads: list[torch.Tensor],
+    row_grad: torch.Tensor,
+    b: int,
+) -> torch.Tensor:
+    """The backward of `project_rows` (autograd's formulas for ``F.linear``, in its operand
+    layouts): the projections' gradients gᵀ·rows [r, out_dim, d_f] into `proj_grads` (views of the
+    flat gradient), the rows' g·P_f into the first d_f columns of field f in `row_grad` [r, b_pad,
+    fields * d_max], whose other columns are never written (they stay the 0 they were made with:
+    the padding gets no gradient); returns `row_grad`.
+
+    A 1-wide field's row gradient is what torch computes as a matrix-vector product (gemv), whose
+    rounding depends on the row count: it is taken per replica over the `b` real rows, the padding
+    rows set to 0."""
+    layout, width = stack.layout, embedding_width(stack)
+    r, b_pad = grad.shape[:2]
+    n_fields = len(layout.widths)
+    rows = gathered.view(r, b_pad, n_fields, stack.dim)
+    g_field = grad.view(r, b_pad, n_fields, width)
+    out = row_grad.view(r, b_pad, n_fields, stack.dim)
+    k = 0
+    for f, (w, projected) in enumerate(zip(layout.widths, layout.projected, strict=True)):
+        g = g_field[:, :, f]
+        if not projected:
+            out[:, :, f, :w] = g
+            continue
+        proj = stack.projections[k]
+        torch.bmm(g.transpose(1, 2), rows[:, :, f, :w], out=proj_grads[k])
+        if w == 1:
+            for i in range(r):
+                out[i, :b, f, 0] = torch.mv(g[i, :b], proj[i, :, 0])
+            out[:, b:, f, 0] = 0.0
+        else:
+            out[:, :, f, :w] = torch.bmm(g, proj)
+        k += 1
+    return row_grad
 
 
 def split_grad(
@@ -182,6 +268,12 @@ class Stepper:
             start += k
             self.b_grads.append(self.flat_grad[:, start : start + bias.shape[2]].view(r, 1, -1))
             start += bias.shape[2]
+        self.mixed = hasattr(stack.layout, "widths")  # a mixed-dimension table (mde)
+        self.p_grads: list[torch.Tensor] = []  # its projections' gradients, after the layers'
+        for proj in stack.projections:
+            k = proj.shape[1] * proj.shape[2]
+            self.p_grads.append(self.flat_grad[:, start : start + k].view(r, *proj.shape[1:]))
+            start += k
         head = stack.weights[-1]
         # the head's weight gradient [R, in, 1] has the memory layout of [R, 1, in]
         self.head_row = head.shape[2] == 1
@@ -197,9 +289,15 @@ class Stepper:
             stack, r = self.stack, self.stack.replicas
             empty = stack.flat.new_empty
             n_fields = n_rows // 2 if getattr(stack.layout, "combine", None) else n_rows
-            emb_width = n_fields * stack.dim
+            emb_width = n_fields * embedding_width(stack)
             widths = [w.shape[2] for w in stack.weights[:-1]]
             ws = self.workspaces[b_pad] = {
+                # mixed dimensions: the projected embeddings, and the rows' gradient (its padded
+                # columns stay 0: `project_backward` writes only each field's first d_f)
+                "pemb": empty((r, b_pad, emb_width)) if self.mixed else None,
+                "grows": stack.flat.new_zeros((r, b_pad, n_rows * stack.dim))
+                if self.mixed
+                else None,
                 "emb": empty((r * b_pad * n_rows, stack.dim)),
                 "x0": empty((r, b_pad, stack.weights[0].shape[1])),
                 "z": [empty((r, b_pad, h)) for h in widths],
@@ -221,7 +319,7 @@ class Stepper:
         last = len(stack.weights) - 1
         p = stack.dropout
         gathered = torch.index_select(stack.table_flat, 0, rows.reshape(-1), out=ws["emb"])
-        emb, halves = combine_rows(stack, gathered, r, b_pad, n_rows)
+        emb, halves = combine_rows(stack, gathered, r, b_pad, n_rows, out=ws["pemb"])
         emb_width = emb.shape[2]
         x = emb
         if batch.num.shape[2]:
@@ -296,7 +394,11 @@ class Stepper:
         if not last:  # no hidden layer: the head is layer 0
             w = w_head[:, :emb_width]
             grad = torch.bmm(grad, w.transpose(1, 2), out=ws["gemb"])
-        table_grad = self.accumulate(rows, split_grad(stack, grad, halves))
+        if self.mixed:
+            row_grad = project_backward(stack, gathered, grad, self.p_grads, ws["grows"], b)
+        else:
+            row_grad = split_grad(stack, grad, halves)
+        table_grad = self.accumulate(rows, row_grad)
         return loss, task, self.flat_grad, table_grad
 
 

@@ -11,7 +11,7 @@ initialised from its seeds, so the stack starts exactly where the reference loop
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -45,7 +45,9 @@ class Stack:
     from `EmbeddingTable.stacked_layout`; for `table`, field f from row `offsets[f]`), padded to
     V_pad rows (a multiple of ALIGN). `flat` [R, P_pad]: all dense parameters of a replica in one
     zero-padded row; `weights` [R, in, out] (nn.Linear's weight transposed) and `biases` [R, 1, out]
-    are views of it that require grad.
+    are views of it that require grad. A mixed-dimension table (`mde`, `model.field_dims`) adds
+    its projections P_f [R, out_dim, d_f] (`projections`, after the layers in `flat`), and its
+    rows are `dim` = d_max wide (field f's zero past d_f: `reprokit.nn.mde.MixedLayout`).
     """
 
     table: torch.Tensor
@@ -60,6 +62,9 @@ class Stack:
     #: a dynamic table (collisionless): each replica's ids → rows, created and evicted as it
     #: trains; None for tables whose rows are fixed (`layout.rows`)
     dynamic: list[DynamicRows] | None = None
+    #: a mixed-dimension table's projections P_f [R, out_dim, d_f], views of `flat` (projected
+    #: fields in field order); empty for every other table
+    projections: list[torch.Tensor] = field(default_factory=list)
 
     @property
     def replicas(self) -> int:
@@ -74,7 +79,7 @@ class Stack:
         out: list[torch.Tensor] = []
         for w, b in zip(self.weights, self.biases, strict=True):
             out += [w, b]
-        return out
+        return out + self.projections
 
     @property
     def table_flat(self) -> torch.Tensor:
@@ -99,12 +104,14 @@ class DynamicRows:
 
 
 def model_tensors(model: CTRModel) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """(the table's stacked rows [V, dim], dense tensors W0ᵀ, b0, W1ᵀ, b1, .. in Stack's order)."""
+    """(the table's stacked rows [V, dim], dense tensors W0ᵀ, b0, W1ᵀ, b1, .. in Stack's order,
+    then a mixed-dimension table's projections P_f)."""
     table = model.embeddings.stacked_weight()
     dense: list[torch.Tensor] = []
     for m in [*(m for m in model.mlp if isinstance(m, nn.Linear)), model.head]:
         dense += [m.weight.detach().t(), m.bias.detach().unsqueeze(0)]
-    return table, dense
+    projections = getattr(model.embeddings, "stacked_projections", None)
+    return table, dense + (projections() if projections is not None else [])
 
 
 def build_stack(
@@ -147,15 +154,18 @@ def build_stack(
         flat[r, : sum(numels)] = torch.cat([d.reshape(-1) for d in dense])
     table, flat = table.to(device), flat.to(device)
     views, start = [], 0
-    for sh, k in zip(shapes, numels, strict=True):
-        views.append(flat[:, start : start + k].view(n_rep, *sh).requires_grad_(True))
+    n_layers = 2 * (sum(isinstance(m, nn.Linear) for m in first.mlp) + 1)  # weights and biases
+    for i, (sh, k) in enumerate(zip(shapes, numels, strict=True)):
+        view = flat[:, start : start + k].view(n_rep, *sh)
+        views.append(view.requires_grad_(True) if i < n_layers else view)
         start += k
     return Stack(
         table=table,
         layout=layout.to(device),
         flat=flat,
-        weights=views[0::2],
-        biases=views[1::2],
+        weights=views[0:n_layers:2],
+        biases=views[1:n_layers:2],
+        projections=views[n_layers:],
         activations=[m for m in first.mlp if not isinstance(m, (nn.Linear, SeededDropout))],
         dropout=float(config.model.dropout),
         vocab_total=v_pad,
