@@ -1,6 +1,7 @@
-"""`lma` (LSH-based memory allocation, Desai et al.): signatures against a brute-force MinHash, slots
-against an independent pure-Python re-implementation of the whole pipeline, the layout, the spec
-and config errors, the accounting, both engines and the control arm through the CLI."""
+"""`lma` (LSH-based memory allocation, Desai et al.): signatures against a brute-force MinHash over
+co-occurring-value sets, slots against an independent pure-Python re-implementation of the whole
+pipeline, sharing by similarity within a field, the layout, the spec and config errors, the
+accounting, both engines and the control arm through the CLI."""
 
 import json
 import os
@@ -44,11 +45,17 @@ def H(tag: int, *parts: int) -> int:
     return z
 
 
-def brute_signature(cat: np.ndarray, f: int, i: int, s_count: int, seed: int) -> list[int] | None:
+def cooccurring(cat: np.ndarray, f: int, i: int) -> set[tuple[int, int]]:
+    """The tokens (field, index) of the other fields in the rows where field f holds i."""
     rows = [n for n in range(len(cat)) if cat[n, f] == i]
-    if not rows:
+    return {(g, int(cat[n, g])) for n in rows for g in range(cat.shape[1]) if g != f}
+
+
+def brute_signature(cat: np.ndarray, f: int, i: int, s_count: int, seed: int) -> list[int] | None:
+    tokens = cooccurring(cat, f, i)
+    if not tokens:
         return None
-    return [min(mix(H(1, seed, s) ^ n) for n in rows) for s in range(s_count)]
+    return [min(H(1, seed, s, g, j) for g, j in tokens) for s in range(s_count)]
 
 
 def brute_slots(sig: list[int] | None, chunks: int, bits: int, slots: int, seed: int) -> list[int]:
@@ -66,9 +73,10 @@ def brute_slots(sig: list[int] | None, chunks: int, bits: int, slots: int, seed:
     return out
 
 
-#: 7 training rows, 3 fields. Field 0's index 1 and field 1's index 2 occur in exactly the same
-#: rows (0, 2, 5); field 2's index 3 never occurs; index 0 (out of vocabulary) occurs in row 6.
-CAT = np.array([[1, 2, 1], [2, 1, 1], [1, 2, 2], [3, 1, 2], [2, 3, 1], [1, 2, 1], [0, 3, 2]])
+#: 7 training rows of (user, item, genre). Users 1 and 2 rated the same items {1, 2} (in different
+#: rows), user 3 only item 3 (disjoint); items 1 and 2 were rated by the same users with the same
+#: genre; field 2's index 3 never occurs; index 0 (out of vocabulary) occurs in row 5.
+CAT = np.array([[1, 1, 1], [2, 1, 1], [1, 2, 1], [2, 2, 1], [3, 3, 2], [0, 3, 2], [2, 1, 1]])
 SIZES = [4, 4, 4]
 
 
@@ -99,7 +107,7 @@ def test_signatures_in_blocks_equal_one_pass(monkeypatch):
     rng = np.random.default_rng(3)
     cat = rng.integers(0, 9, size=(500, 2))
     whole = minhash_signatures(cat, [9, 9], 4, 1)
-    monkeypatch.setattr(lma, "_BLOCK", 4 * 37)  # 37 rows a block
+    monkeypatch.setattr(lma, "_BLOCK", 4 * 2 * 37)  # 37 rows a block (4 signatures, 2 fields)
     blocked = minhash_signatures(cat, [9, 9], 4, 1)
     for a, b in zip(whole[0] + whole[1], blocked[0] + blocked[1], strict=True):
         assert np.array_equal(a, b)
@@ -134,21 +142,59 @@ def test_slots_match_an_independent_implementation(spec, dim):
             assert lookup[table.starts[f] + i].tolist() == want, (f, i)
 
 
-def test_identical_occurrence_sets_read_identical_slots():
+def test_the_sets_are_the_cooccurring_other_field_values():
+    assert cooccurring(CAT, 0, 1) == cooccurring(CAT, 0, 2) == {(1, 1), (1, 2), (2, 1)}
+    assert cooccurring(CAT, 0, 3) == {(1, 3), (2, 2)}
+    assert cooccurring(CAT, 2, 2) == {(0, 3), (0, 0), (1, 3)}  # index 0 of field 0 is a token
+    sigs, _ = minhash_signatures(CAT, SIZES, 16, 0)
+    assert np.array_equal(sigs[0][1], sigs[0][2]) and np.array_equal(sigs[1][1], sigs[1][2])
+    assert not (sigs[0][1] == sigs[0][3]).any()  # disjoint sets: no minimum in common
+
+
+def test_values_with_identical_cooccurrence_sets_read_identical_slots():
     table = create_embeddings("lma:memory=4000,chunk=1", _sizes(), 4, sparse=False)
     lookup = table.slot_of.numpy()
-    # field 0 index 1 and field 1 index 2: the same rows, so the same four slots, across fields
-    assert np.array_equal(lookup[0 * 4 + 1], lookup[1 * 4 + 2])
+    # users 1 and 2 (never in one row) rated the same items: the same four slots; so do items 1, 2
+    assert np.array_equal(lookup[1], lookup[2])
+    assert np.array_equal(lookup[4 + 1], lookup[4 + 2])
+    # user 3's items are disjoint from theirs: (for this seed) no slot in common
+    assert not (lookup[3] == lookup[1]).any()
     # out-of-vocabulary index 0 of every field and the never-seen index 3 of field 2 share the
     # fixed OOV slots, although index 0 of field 0 occurs in training
     oov = [H(4, 0, j) % table.slots for j in range(4)]
     for f in range(3):
         assert lookup[table.starts[f]].tolist() == oov
     assert lookup[2 * 4 + 3].tolist() == oov
-    # with 4000 slots the other values are (for this seed) apart from each other and the OOV set:
-    # of the 9 indices 1..3, f0's 1 and f1's 2 share, f2's 3 is the OOV set
+    # of the 9 indices 1..3, users 1 = 2 and items 1 = 2 share, f2's 3 is the OOV set, and the
+    # others are apart from each other and the OOV set
     others = {tuple(lookup[table.starts[f] + i]) for f in range(3) for i in range(1, 4)}
-    assert len(others) == 8
+    assert len(others) == 7
+    per_field, _ = collision_rates(table, CAT)  # sharing by similarity counts as collision
+    assert per_field == pytest.approx([1 - 2 / 3, 1 - 2 / 3, 0])
+
+
+def test_within_a_field_similar_users_share_memory_and_dissimilar_ones_only_by_chance():
+    """300 users in 60 groups of 5; the users of a group rated the same 8 items (each user in rows
+    of their own, in a shuffled order), groups' item sets are disjoint; a second field is the item
+    id, a third the item's genre (one of 4, so sets of other groups overlap a little)."""
+    rng = np.random.default_rng(5)
+    groups, per_group, items_each = 60, 5, 8
+    rows = []
+    for u in range(groups * per_group):
+        g = u // per_group
+        for item in range(g * items_each, (g + 1) * items_each):
+            rows.append([u + 1, item + 1, item % 4 + 1])
+    cat = np.array(rows)[rng.permutation(len(rows))]
+    sizes = [groups * per_group + 1, groups * items_each + 1, 5]
+    table = create_embeddings("lma:memory=4096", _sizes(cat, sizes), 8, sparse=False)
+    users = table.slot_of.numpy()[1 : groups * per_group + 1]  # [300, 2 chunks] of 1024 slots
+    same = users.reshape(groups, per_group, -1)
+    assert (same == same[:, :1]).all()  # every group reads one slot tuple
+    firsts = same[:, 0]  # one user a group: every pair has disjoint items
+    pairs = [(a, b) for a in range(groups) for b in range(a + 1, groups)]
+    shared = np.mean([(firsts[a] == firsts[b]).mean() for a, b in pairs])
+    assert shared < 5 / table.slots  # chance is about 1 / 1024 a chunk
+    assert len({tuple(x) for x in firsts}) == groups
 
 
 def test_projection_entries_have_the_reference_probabilities():
@@ -223,7 +269,7 @@ def test_slots_are_the_same_in_another_process_with_another_hash_seed():
 
 
 #: Field 0's index 1 of the table above (1024 slots, bits 14, 32 signatures), computed once.
-FROZEN_SLOTS = [220, 987]
+FROZEN_SLOTS = [748, 612]
 
 
 # ---- specs and errors -----------------------------------------------------------------------------
@@ -285,6 +331,11 @@ def test_default_chunk_divides_any_dimension():
     for dim, chunk in ((8, 4), (6, 2), (5, 1), (12, 4)):
         table = create_embeddings(f"lma:memory={4 * dim}", _sizes(), dim, sparse=False)
         assert table.chunk == chunk and table.chunks == dim // chunk
+
+
+def test_one_field_has_nothing_to_cooccur_with():
+    with pytest.raises(ReprokitError, match="lma needs at least 2 categorical fields, got 1"):
+        minhash_signatures(CAT[:, :1], [4], 4, 0)
 
 
 def test_a_plain_list_has_no_training_indices():

@@ -10,16 +10,29 @@ vocabulary index i) is read from slot
 where code_j(v) is the B-bit LSH code of v's MinHash signature, so values whose signatures agree
 read the same memory.
 
-Signature. v's set is the training examples it occurs in, T(v) = {n : train_cat[n, f] = i} (the
-rows of `vocab_sizes.train_cat`, the training split's indices), as the reference pre-training
-builds its min-hash table from ``X_cat``. With S = `signatures` functions,
+Signature. v's set is the values of the other fields it co-occurs with in the training split (the
+rows of `vocab_sizes.train_cat`, the training split's indices), as tokens (field, index):
 
-    sig_s(v) = min over n in T(v) of mix(salt_s XOR n),    salt_s = H(MINHASH, seed, s),
+    C(v) = {(g, train_cat[n, g]) : train_cat[n, f] = i, g != f},
 
-each mix(salt_s XOR ·) a bijection of the 64-bit positions, so two values' signatures agree at s
-with probability about Jaccard(T(v), T(w)). Two values of one field never share an example (a row
-holds one index per field), so within a field only chance puts two values in one slot; values of
-different fields that occur in the same examples (an item and its category) share memory.
+an index 0 (out of vocabulary) of another field being the token (g, 0) like any other. With
+S = `signatures` functions,
+
+    sig_s(v) = min over (g, j) in C(v) of h_s(g, j),    h_s(g, j) = H(MINHASH, seed, s, g, j),
+
+so two values' signatures agree at s with probability about Jaccard(C(v), C(w)) (they agree
+exactly when the minimum over C(v) ∪ C(w) lies in the intersection). This is what makes values of one field
+share memory: two users who rated the same items (in different rows, with the same other fields)
+have the same set and read the same slots, two items rated by the same users likewise. Values of
+different fields meet too: an item and a genre list only it has differ only in each other's
+token, so most of their minima agree. This is issue 13's definition ("the set of values it
+co-occurs with"); the reference pre-training (`lsh_pp_pretraining.py`, reference §2.3) hashes
+the set of training examples a value occurs in instead, under which two values of one field,
+never in one example, meet only by chance. At least 2 fields are needed (a lone field co-occurs
+with nothing): one is refused with one sentence. The pass is vectorized per block of rows: per
+hash function the minimum over each row's other fields (prefix and suffix minima over the
+fields), then per value the minimum over its rows (a sort and ``np.minimum.reduceat``),
+O(rows · fields · S) time, memory bounded by the block.
 
 LSH. Per chunk j a sparse signed random projection P_j of B rows and S columns, entries
 H(PROJECTION, seed, j, b, s) mod 6 → 0: +1, 1: −1, else 0 (probabilities 1/6, 1/6, 2/3, as in the
@@ -34,7 +47,7 @@ H(t, a, b, ...) = mix(... mix(mix(t) XOR a) XOR b ...) in uint64 arithmetic, com
 nothing depends on ``PYTHONHASHSEED`` or on numpy's random streams.
 
 Out of vocabulary. Index 0 (the encoding's out-of-vocabulary index) and any index no training
-example holds (an empty T) read loc_j = H(OOV, seed, j) mod (M / C): one fixed set of slots for
+row holds (an empty C) read loc_j = H(OOV, seed, j) mod (M / C): one fixed set of slots for
 every such value of every field, from a code no real value has (like any two values, it may still
 meet a real value in a slot).
 
@@ -59,7 +72,8 @@ each index a number naming its slot tuple (loc_0, ..., loc_{k−1}) (numbered ov
 exactly for equal tuples), so `collision_rate` counts two training ids as sharing when they read
 exactly the same slots in the same order, i.e. have identical embeddings; ids that share only some
 chunks do not count, and, as `collision_rates` counts per field, neither does sharing between
-fields.
+fields. Two values of one field with identical co-occurrence sets always count: the rate includes
+the sharing by similarity that LMA intends, not only chance.
 """
 
 from __future__ import annotations
@@ -90,7 +104,7 @@ __all__ = [
 #: Domain tags of H, one per use, so the hashes of one seed are unrelated.
 TAG_MINHASH, TAG_PROJECTION, TAG_LOC, TAG_OOV = 1, 2, 3, 4
 _SIGN = np.array([1, -1, 0, 0, 0, 0], dtype=np.int64)  # H mod 6 → projection entry
-_BLOCK = 1 << 22  # hash values per block of training rows (memory stays ~32 MiB)
+_BLOCK = 1 << 21  # hash values [rows, F, S] per block of training rows (3 arrays, ~48 MiB)
 
 
 def lma_hash(tag: int, *parts: int | np.ndarray) -> np.ndarray:
@@ -103,8 +117,8 @@ def lma_hash(tag: int, *parts: int | np.ndarray) -> np.ndarray:
 
 #: The last signature set, keyed by the training array's identity (checked through a weak
 #: reference) and the parameters: an engine builds a replica's table once per init seed, and the
-#: MinHash pass over the training rows is the costly part (about 10 s per million rows of 8
-#: fields). One entry: a set is V × S × 8 bytes.
+#: MinHash pass over the training rows is the costly part (about 14 s per million rows of 8 fields
+#: at 32 functions). One entry: a set is V × S × 8 bytes.
 _SIGNATURES: dict[tuple[Any, ...], tuple[Any, list[np.ndarray], list[np.ndarray]]] = {}
 _CACHED = 1
 
@@ -131,34 +145,65 @@ def cached_signatures(
 def minhash_signatures(
     train_cat: np.ndarray, vocab_sizes: list[int], signatures: int, seed: int
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Per field, the MinHash signatures [V_f, S] uint64 of each index's set of training rows, and
-    which indices occur at all [V_f] bool (an absent index's signature row is meaningless)."""
+    """Per field, the MinHash signatures [V_f, S] uint64 of each index's set of co-occurring
+    other-field values, and which indices occur at all [V_f] bool (an absent index's signature row
+    is meaningless).
+
+    sig_s(f, i) = min over the rows n holding i in field f, and the fields g != f, of
+    h_s(g, train_cat[n, g]): per block of rows the minimum over the other fields comes from prefix
+    and suffix minima over the fields, and the minimum over a value's rows from a sort and
+    ``np.minimum.reduceat``, so the pass is O(rows · fields · S) in time and O(block) in memory.
+    """
     cat = np.asarray(train_cat)
     if cat.ndim != 2 or cat.shape[1] != len(vocab_sizes):
         raise ReprokitError(
             f"lma needs the training indices as [rows, {len(vocab_sizes)} fields], "
             f"got shape {cat.shape}"
         )
+    if cat.shape[1] < 2:
+        raise ReprokitError(
+            f"lma needs at least 2 categorical fields, got {cat.shape[1]}: a value's signature is "
+            "the set of other fields' values it occurs with"
+        )
     if cat.size and (cat.min() < 0 or (cat.max(axis=0) >= np.asarray(vocab_sizes)).any()):
         raise ReprokitError("lma: the training indices lie outside the vocabulary sizes")
-    salts = lma_hash(TAG_MINHASH, seed, np.arange(signatures, dtype=np.uint64))  # [S]
+    n_fields = cat.shape[1]
+    tokens = token_hashes(vocab_sizes, signatures, seed)  # per field [V_g, S]
     sigs = [np.full((v, signatures), np.iinfo(np.uint64).max, np.uint64) for v in vocab_sizes]
     seen = [np.zeros(v, dtype=bool) for v in vocab_sizes]
-    block = max(1, _BLOCK // signatures)
+    block = max(1, _BLOCK // (signatures * n_fields))
     for lo in range(0, cat.shape[0], block):
-        hi = min(cat.shape[0], lo + block)
-        positions = np.arange(lo, hi, dtype=np.uint64)
-        hashes = splitmix64(positions[:, None] ^ salts[None, :])  # [rows, S]
-        for f in range(cat.shape[1]):
-            ids = cat[lo:hi, f]
+        rows = cat[lo : lo + block]
+        h = np.stack([tokens[g][rows[:, g]] for g in range(n_fields)], axis=1)  # [rows, F, S]
+        before = np.minimum.accumulate(h, axis=1)  # before[:, g]: min over fields 0..g
+        after = np.minimum.accumulate(h[:, ::-1], axis=1)[:, ::-1]  # min over fields g..F-1
+        del h
+        for f in range(n_fields):
+            if f == 0:
+                others = after[:, 1]
+            elif f == n_fields - 1:
+                others = before[:, f - 1]
+            else:
+                others = np.minimum(before[:, f - 1], after[:, f + 1])  # [rows, S]
+            ids = rows[:, f]
             order = np.argsort(ids, kind="stable")
             ordered = ids[order]
             starts = np.flatnonzero(np.concatenate([[True], ordered[1:] != ordered[:-1]]))
-            mins = np.minimum.reduceat(hashes[order], starts, axis=0)
+            mins = np.minimum.reduceat(others[order], starts, axis=0)
             present = ordered[starts]
             sigs[f][present] = np.minimum(sigs[f][present], mins)
             seen[f][present] = True
     return sigs, seen
+
+
+def token_hashes(vocab_sizes: list[int], signatures: int, seed: int) -> list[np.ndarray]:
+    """h_s(g, j) = H(MINHASH, seed, s, g, j) for every token (field g, index j): per field
+    [V_g, S] uint64, the S hash functions of the MinHash."""
+    s = np.arange(signatures, dtype=np.uint64)[None, :]
+    return [
+        lma_hash(TAG_MINHASH, seed, s, g, np.arange(v, dtype=np.uint64)[:, None])
+        for g, v in enumerate(vocab_sizes)
+    ]
 
 
 def projection(chunks: int, bits: int, signatures: int, seed: int) -> np.ndarray:
