@@ -52,6 +52,34 @@ def _val(value: Any) -> str:
     return str(value)
 
 
+def _count(value: Any) -> str:
+    """A count (rows, parameters, ids): whole numbers with thousands separators, a mean over
+    replicas that is not whole with one decimal; None/NaN as 'n/a'."""
+    if value is None or isinstance(value, bool):
+        return "n/a"
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if math.isnan(v):
+        return "n/a"
+    return f"{int(v):,}" if v.is_integer() else f"{v:,.1f}"
+
+
+def _size(value: Any) -> str:
+    """A byte count in binary units (KiB, MiB, GiB), so a table's memory reads at a glance."""
+    if value is None or isinstance(value, bool):
+        return "n/a"
+    v = float(value)
+    if math.isnan(v):
+        return "n/a"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(v) < 1024 or unit == "GiB":
+            return f"{_count(v)} B" if unit == "B" else f"{v:,.1f} {unit}"
+        v /= 1024
+    raise AssertionError("unreachable")
+
+
 def _environment() -> Environment:
     env = Environment(
         loader=PackageLoader("reprokit", "report/templates"),
@@ -61,7 +89,7 @@ def _environment() -> Environment:
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
-    env.filters.update(num=_num, ci=_ci, pm=_pm, val=_val)
+    env.filters.update(num=_num, ci=_ci, pm=_pm, val=_val, count=_count, size=_size)
     return env
 
 
