@@ -71,11 +71,12 @@ def _power_note(doc: dict[str, Any]) -> str:
 
 
 def _table_cells(arm: dict[str, Any]) -> list[str]:
-    """Embedding parameters and the share of training ids that share a row, of one arm."""
+    """Embedding parameters (a dynamic table's: the mean over replicas at the end) and the share
+    of training ids that share a row, of one arm."""
     block = arm.get("embedding") or {}
-    params = block.get("params")
+    params = as_float(block.get("params"))
     return [
-        f"{params:,}" if isinstance(params, int) else "n/a",
+        f"{params:,.0f}" if math.isfinite(params) else "n/a",
         fmt_significant(block.get("collision_rate"), 3),
     ]
 
