@@ -13,9 +13,11 @@ Prints one JSON document:
   ids (checked). Target (issue 13): ``speedup`` ≥ 5.
 - ``torchrec_mch``: TorchRec's managed-collision module (``MCHManagedCollisionModule``: sorted
   raw-id buffer, remap by ``searchsorted``, profile every ``eviction_interval`` batches) on the
-  same stream, when ``torchrec`` and ``fbgemm-gpu-cpu`` import (a reference row only, never a
-  dependency; install them with ``pip install --no-deps torchrec==1.8.0 fbgemm-gpu-cpu==1.8.0``,
-  or put them on ``--torchrec-path``).
+  first ``--torchrec-ids`` (1 M) ids of the same stream, profiling every batch (the admission
+  decisions of every step, as Monolith's filter makes them), when ``torchrec`` and
+  ``fbgemm-gpu-cpu`` import (a reference row only, never a dependency; ``pip install --no-deps
+  --target DIR torchrec==1.8.0 fbgemm-gpu-cpu==1.8.0 tensordict pyvers pyre-extensions``, then
+  ``--torchrec-path DIR``).
 - ``step_time``: the vectorized engine training ``--replicas`` replicas on the built-in synthetic
   data with each kind, seconds per optimizer step and the ratio to `table` (the kinds it cannot
   stack are listed with the engine's reason).
@@ -129,7 +131,13 @@ def run_torchrec(stream: np.ndarray, batch: int, distinct: int) -> dict:
         features = module.profile(features)
         module.remap(features)
     seconds = time.perf_counter() - start
-    return {"available": True, "seconds": seconds, "ids_per_second": len(values) / seconds}
+    return {
+        "available": True,
+        "ids": len(values),
+        "seconds": seconds,
+        "ids_per_second": len(values) / seconds,
+        "eviction_interval": 1,
+    }
 
 
 def step_times(replicas: int, rows: int, epochs: int) -> dict:
@@ -173,6 +181,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=20000)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--torchrec-path", default=None, help="a folder holding torchrec")
+    parser.add_argument(
+        "--torchrec-ids", type=int, default=1_000_000, help="the stream's first ids for TorchRec"
+    )
     parser.add_argument("--skip-steps", action="store_true", help="only the table throughput")
     args = parser.parse_args()
     if args.torchrec_path:
@@ -199,7 +210,7 @@ def main() -> None:
             "speedup": dict_s / ours_s,
             "target_speedup": 5.0,
         },
-        "torchrec_mch": run_torchrec(stream, args.batch, args.distinct),
+        "torchrec_mch": run_torchrec(stream[: args.torchrec_ids], args.batch, args.distinct),
     }
     if not args.skip_steps:
         doc["step_time"] = {
