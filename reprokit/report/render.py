@@ -70,7 +70,10 @@ def _size(value: Any) -> str:
     """A byte count in binary units (KiB, MiB, GiB), so a table's memory reads at a glance."""
     if value is None or isinstance(value, bool):
         return "n/a"
-    v = float(value)
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return str(value)
     if math.isnan(v):
         return "n/a"
     for unit in ("B", "KiB", "MiB", "GiB"):

@@ -194,11 +194,10 @@ def _embedding(ctx: ReportContext) -> SectionOutput | None:
     arms = {label: _row(block) for label, block in blocks.items()}
     fields = _per_field(blocks)
     counters = [k for k in COUNTERS if any(k in row for row in arms.values())]
-    per_replica = {
-        arm.label: _replica_counters(arm, blocks[arm.label])
-        for arm in ctx.arms
-        if arm.label in blocks and _replica_counters(arm, blocks[arm.label])
+    counted = {
+        a.label: _replica_counters(a, blocks[a.label]) for a in ctx.arms if a.label in blocks
     }
+    per_replica = {label: rows for label, rows in counted.items() if rows}
     notes = [
         "Collision rate: the share of distinct training ids that share a row with another id. "
         + (
