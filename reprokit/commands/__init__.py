@@ -19,6 +19,7 @@ _COMMAND_MODULES = (
     "report",
     "gate",
     "stability",
+    "online",
 )
 
 

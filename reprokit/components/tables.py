@@ -155,7 +155,7 @@ EMBEDDING_TABLES = TableRegistry(
             "Monolith's table: a row per raw 64-bit id, created at update time once the admission "
             "filter passes (min_count occurrences, or with probability 1 − 0.05^(1/min_count) per "
             "occurrence), evicted after `expire` idle time units; a lookup miss reads zeros",
-            TableCapabilities(stacked=True, sparse_gradients=True, dynamic=True),
+            TableCapabilities(stacked=True, sparse_gradients=True, dynamic=True, raw_eval_ids=True),
             "reprokit.nn.collisionless:CollisionlessEmbeddings",
         ),
         ComponentInfo(

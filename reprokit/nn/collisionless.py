@@ -334,8 +334,9 @@ class CollisionlessEmbeddings(EmbeddingTable):
         if keys is None:
             keys = [np.arange(v, dtype=np.uint64) for v in self.vocab_sizes]
         self.keys = [np.asarray(k, dtype=np.uint64) for k in keys]
-        # a field never needs more rows than it has distinct ids
-        self.caps = [min(v, capacity or v) for v in self.vocab_sizes]
+        # a field never needs more rows than it has distinct known ids (the training
+        # vocabulary's and, for a stream, the values first seen after it: keys past the sizes)
+        self.caps = [min(len(k), capacity or len(k)) for k in self.keys]
         self.options = {"min_count": min_count, "filter": filter, "expire": expire}
         self.table = nn.Embedding(sum(self.caps) + 1, self.dim, sparse=sparse)
         self.init_seed = 0
