@@ -243,9 +243,11 @@ class ServingCopy:
         return {
             "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
             "table": copy.deepcopy(getattr(self.model.embeddings, "state", None)),
+            "counter": copy.copy(self.counter),
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         if state.get("table") is not None:
             self.model.embeddings.state = copy.deepcopy(state["table"])
+        self.counter = copy.copy(state["counter"])
