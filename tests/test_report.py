@@ -34,6 +34,15 @@ ENSEMBLE_SECTIONS = [
     "replicas",
 ]
 COMPARE_SECTIONS = [*ENSEMBLE_SECTIONS[:5], "paired-tests", *ENSEMBLE_SECTIONS[5:]]
+# The registry (and a real run, whose summary always has an `embedding` block) also lists the
+# Embedding table section; the fixture run dirs carry no `embedding` block, so they leave it out.
+_AT = ENSEMBLE_SECTIONS.index("training-loss") + 1
+REGISTRY_ENSEMBLE_SECTIONS = [*ENSEMBLE_SECTIONS[:_AT], "embedding", *ENSEMBLE_SECTIONS[_AT:]]
+REGISTRY_COMPARE_SECTIONS = [
+    *REGISTRY_ENSEMBLE_SECTIONS[:5],
+    "paired-tests",
+    *REGISTRY_ENSEMBLE_SECTIONS[5:],
+]
 XSS = "<script>alert(1)</script>"
 
 runner = CliRunner()
@@ -69,8 +78,9 @@ def _section_ids(html: str) -> list[str]:
 
 
 def test_registry_lists_sections_per_kind():
-    assert [s.id for s in sections_for("train-ensemble")] == ENSEMBLE_SECTIONS
-    assert [s.id for s in sections_for("compare-activations")] == COMPARE_SECTIONS
+    assert [s.id for s in sections_for("train-ensemble")] == REGISTRY_ENSEMBLE_SECTIONS
+    for kind in ("compare-activations", "compare"):
+        assert [s.id for s in sections_for(kind)] == REGISTRY_COMPARE_SECTIONS
     assert [s.id for s in sections_for("stability")] == [
         "verdict", "configuration", "divergence", "loss-curves"
     ]  # fmt: skip
@@ -309,7 +319,7 @@ def test_report_and_gate_of_a_real_train_ensemble_run(tmp_path: Path):
     result = runner.invoke(app, ["report", str(run), "--json"])
     assert result.exit_code == 0, result.output
     html = (run / "report.html").read_text(encoding="utf-8")
-    assert _section_ids(html) == ENSEMBLE_SECTIONS
+    assert _section_ids(html) == REGISTRY_ENSEMBLE_SECTIONS
     doc = json.loads(result.stdout)
     summary = json.loads((run / "summary.json").read_text())
     sections = doc["sections"]
