@@ -33,6 +33,10 @@ COMPARE_CONFIGS = "compare"
 ATTRIBUTE = "attribute"
 STABILITY = "stability"
 PD = "pd"
+#: `reprokit online`: manifest.json and online.json, no summary.json and no replicas/ (the stream's
+#: results are per sync interval and shard; see reprokit.runners.online).
+ONLINE = "online"
+ONLINE_DOCUMENT = "online.json"
 #: Studies whose document is a list of paired arms (compare.json / attribute.json): report,
 #: gate and rundir treat them alike.
 ARM_STUDIES = (COMPARE, COMPARE_CONFIGS, ATTRIBUTE)

@@ -40,12 +40,12 @@ from reprokit.errors import ReprokitError
 from reprokit.fsio import atomic_write_bytes
 from reprokit.jsonio import to_json
 from reprokit.runschema import LOCK, MANIFEST
+from reprokit.runschema import ONLINE as KIND
 from reprokit.sources import replica_seeds
 from reprokit.store import atomic_write_json, read_json, run_lock
 
 __all__ = ["OnlineOptions", "OnlineStream", "load_stream", "run_online"]
 
-KIND = "online"
 DOCUMENT = "online.json"
 SCHEMA_VERSION = 1
 SYNC_UNITS = ("batches", "time")
