@@ -622,7 +622,7 @@ def _failure_block(
 
     y = stream.encoded.eval_y[:, 0]
     k = int(options.fail_at or 0)
-    shards, catch_up = [], None
+    shards = []
     for i, (lo, hi) in enumerate(stream.bounds):
         if i < k:
             continue
@@ -631,8 +631,13 @@ def _failure_block(
         shards.append(
             {"shard": i, "auc_failure": failed, "auc_no_failure": base, "delta": failed - base}
         )
-        if catch_up is None and i > k and failed >= base - options.catch_up_tolerance:
-            catch_up = i - k
+    # caught up: from this many shards after the failure on, never again below the no-failure
+    # run by more than the tolerance (None: still behind on the last shard)
+    catch_up = None
+    for j in range(len(shards) - 1, 0, -1):
+        if shards[j]["delta"] < -options.catch_up_tolerance:
+            break
+        catch_up = j
     first = units[0].failure or {}
     return {
         "interval": options.sync_intervals[0],
