@@ -27,6 +27,18 @@ from the run directory's manifest. Anything else, a unit without them included, 
 
 A run whose replicas all diverged has no PD (and no AUC): its rules fail, saying so.
 
+Online runs (`reprokit online`, kind ``online``: manifest.json and online.json, no summary.json)
+are judged on one sync interval (``interval``, default the first in online.json):
+
+- ``max_pd``: the final shard's PD[metric] <= VALUE; with ``worst_shard`` the largest over the
+  shards (with ``use_ci_upper``: of the CI upper bounds).
+- ``min_auc_gain``: the interval's mean over shards of online AUC − batch AUC >= VALUE.
+- ``min_auc``: the interval's mean online AUC >= VALUE.
+
+Quantities name their place in online.json (``intervals[0].shards[5].pd.rel``). Baselines, churn
+and arms do not apply to online runs and are refused (exit 2), as is a PD rule on a run of one
+replica.
+
 Exit codes: 0 every rule holds (or ``warn_only``), 1 a rule failed, 2 bad input (raised as
 ReprokitError before any verdict).
 """
@@ -42,8 +54,8 @@ from typing import Any
 from reprokit.errors import ReprokitError
 from reprokit.metrics.pd import PD_KEYS
 from reprokit.overrides import same_arm
-from reprokit.rundir import Run, as_float
-from reprokit.runschema import ARM_STUDIES
+from reprokit.rundir import Run, as_float, load_run, read_json
+from reprokit.runschema import ARM_STUDIES, MANIFEST, ONLINE, ONLINE_DOCUMENT
 
 SCHEMA_VERSION = 1
 
@@ -64,6 +76,9 @@ class GateRules:
     max_auc_drop: float | None = None
     min_auc: float | None = None
     max_churn: float | None = None
+    min_auc_gain: float | None = None  # online runs: mean online − batch AUC of the interval
+    worst_shard: bool = False  # online runs: max-pd on the worst shard, not the final one
+    interval: float | None = None  # online runs: the sync interval judged (default: the first)
     arms: list[str] = field(default_factory=list)
     warn_only: bool = False
     allow_different: bool = False  # compare with a baseline of other data or setup
@@ -82,6 +97,7 @@ class GateRules:
                 self.max_auc_drop,
                 self.min_auc,
                 self.max_churn,
+                self.min_auc_gain,
             )
         )
 
@@ -412,9 +428,22 @@ def validate(rules: GateRules, run: Run, baseline: Run | None) -> None:
     """Refuse option combinations and names that cannot be judged (exit 2, before any verdict)."""
     if not rules.any_rule:
         raise ReprokitError(
-            "no rule given; use --max-pd, --min-auc, --max-churn, or --baseline with "
-            "--max-pd-increase or --max-auc-drop"
+            "no rule given; use --max-pd, --min-auc, --max-churn, --min-auc-gain (online runs), "
+            "or --baseline with --max-pd-increase or --max-auc-drop"
         )
+    if run.kind == ONLINE:
+        validate_online(rules, run, baseline)
+        return
+    for option, given in (
+        ("--min-auc-gain", rules.min_auc_gain is not None),
+        ("--worst-shard", rules.worst_shard),
+        ("--interval", rules.interval is not None),
+    ):
+        if given:
+            raise ReprokitError(
+                f"{option} applies only to online runs (reprokit online); {run.path} is a "
+                f"{run.kind} run"
+            )
     if rules.needs_baseline and baseline is None:
         raise ReprokitError("--max-pd-increase and --max-auc-drop need --baseline OTHER_RUN_DIR")
     if baseline is not None and not rules.needs_baseline:
@@ -519,6 +548,8 @@ def evaluate(run: Run, rules: GateRules, baseline: Run | None = None) -> GateRes
     Against a baseline every unit's provenance is checked first (`check_provenance`), so other
     data or a changed setup is refused before any verdict."""
     validate(rules, run, baseline)
+    if run.kind == ONLINE:
+        return _evaluate_online(run, rules)
     metric = rules.metric
     pd_quantity = f"pd_ci.{metric}[upper]" if rules.use_ci_upper else f"pd.{metric}"
     is_compare = run.kind in ARM_STUDIES
@@ -623,6 +654,193 @@ def describe_difference(d: dict[str, Any]) -> str:
     """One difference for people: "gelu: model.activation = 'relu' in the baseline, 'gelu' here"."""
     unit = d.get("unit") or "run"
     return f"{unit}: {d['key']} = {d['baseline']!r} in the baseline, {d['current']!r} here"
+
+
+# ------------------------------------------------------------------------------------ online runs
+def open_run(path: Any) -> Run:
+    """`rundir.load_run`, plus online run directories (manifest kind ``online`` with online.json,
+    no summary.json) and a bare online.json: what `gate` and `report` read."""
+    from pathlib import Path
+
+    path = Path(path)
+    if path.is_file() and path.name == ONLINE_DOCUMENT:
+        manifest = path.parent / MANIFEST
+        run = Run(
+            path=path,
+            kind=ONLINE,
+            manifest=read_json(manifest, "manifest.json") if manifest.is_file() else None,
+            documents_only=True,
+        )
+        read_online(run)
+        return run
+    manifest_path = path / MANIFEST
+    if path.is_dir() and manifest_path.is_file():
+        manifest = read_json(manifest_path, "manifest.json")
+        if manifest.get("kind") == ONLINE:
+            run = Run(path=path, kind=ONLINE, manifest=manifest)
+            read_online(run)
+            return run
+    return load_run(path)
+
+
+def _online_path(run: Run) -> Any:
+    return run.path if run.path.is_file() else run.path / ONLINE_DOCUMENT
+
+
+def read_online(run: Run) -> dict[str, Any]:
+    """The online.json of an online run, checked for what gate and report read."""
+    path = _online_path(run)
+    if not path.is_file():
+        raise ReprokitError(
+            f"{run.path} has no {ONLINE_DOCUMENT}; the online run has not finished (re-run "
+            "reprokit online with the same options to resume it)"
+        )
+    doc = read_json(path, ONLINE_DOCUMENT)
+    intervals = doc.get("intervals")
+    if doc.get("kind") != ONLINE or not isinstance(intervals, list) or not intervals:
+        raise ReprokitError(f"{path} is not an online.json (no kind 'online' or no intervals)")
+    for i, entry in enumerate(intervals):
+        shards = entry.get("shards") if isinstance(entry, dict) else None
+        missing = [
+            k
+            for k in ("interval", "mean_auc_online", "mean_auc_batch", "mean_auc_gain")
+            if not isinstance(entry, dict) or k not in entry
+        ]
+        if missing or not isinstance(shards, list) or not shards:
+            what = f"lacks {missing[0]!r}" if missing else "lists no shards"
+            raise ReprokitError(f"{path}: interval #{i} {what}")
+        for j, shard in enumerate(shards):
+            for key in ("shard", "auc_online", "auc_batch", "auc_gain", "pd", "synced_bytes"):
+                if not isinstance(shard, dict) or key not in shard:
+                    raise ReprokitError(f"{path}: interval #{i} shard #{j} lacks {key!r}")
+    return doc
+
+
+def online_interval(doc: dict[str, Any], interval: float | None, where: str) -> int:
+    """The index in ``intervals`` of the sync interval asked for (None: the first)."""
+    if interval is None:
+        return 0
+    values = [as_float(e["interval"]) for e in doc["intervals"]]
+    for i, value in enumerate(values):
+        if value == interval:
+            return i
+    known = ", ".join(f"{v:g}" for v in values)
+    raise ReprokitError(f"{where} has no sync interval {interval:g}; its intervals are {known}")
+
+
+def interval_text(entry: dict[str, Any]) -> str:
+    """ "4 batches", "1 batch", "3600 time units": a sync interval for people."""
+    value = as_float(entry.get("interval"))
+    unit = {"batches": "batch", "time": "time unit"}.get(str(entry.get("unit")), "batch")
+    return f"{value:g} {unit}{'' if value == 1 else 'es' if unit == 'batch' else 's'}"
+
+
+def _online_pd(shard: dict[str, Any], metric: str, use_ci_upper: bool) -> float:
+    return pd_value(shard, metric, use_ci_upper) if shard.get("pd") is not None else math.nan
+
+
+def validate_online(rules: GateRules, run: Run, baseline: Run | None) -> None:
+    """What an online run can be judged on (exit 2 for the rest, before any verdict)."""
+    where = str(run.path)
+    refused = [
+        (
+            baseline is not None or rules.needs_baseline,
+            "a baseline (--baseline, --max-pd-increase, --max-auc-drop)",
+        ),
+        (rules.max_churn is not None, "--max-churn"),
+        (bool(rules.arms), "--arm"),
+    ]
+    for given, option in refused:
+        if given:
+            raise ReprokitError(
+                f"online runs are not judged with {option}; judge {where} with --max-pd, "
+                "--min-auc-gain or --min-auc"
+            )
+    for name, value in (
+        ("--max-pd", rules.max_pd),
+        ("--min-auc", rules.min_auc),
+        ("--min-auc-gain", rules.min_auc_gain),
+        ("--interval", rules.interval),
+    ):
+        if value is not None and not math.isfinite(value):
+            raise ReprokitError(f"{name} must be a finite number, got {value}")
+    if rules.max_pd is not None and rules.max_pd < 0:
+        raise ReprokitError(f"--max-pd must be >= 0, got {rules.max_pd}")
+    if rules.min_auc is not None and not 0 <= rules.min_auc <= 1:
+        raise ReprokitError(f"--min-auc must be in [0, 1], got {rules.min_auc}")
+    if rules.max_pd is None:
+        for option, given in (
+            ("--metric", rules.metric != "rel"),
+            ("--use-ci-upper", rules.use_ci_upper),
+            ("--worst-shard", rules.worst_shard),
+        ):
+            if given:
+                raise ReprokitError(f"{option} needs --max-pd")
+    doc = read_online(run)
+    entry = doc["intervals"][online_interval(doc, rules.interval, where)]
+    if rules.max_pd is None:
+        return
+    with_pd = [s for s in entry["shards"] if isinstance(s.get("pd"), dict)]
+    if not with_pd:
+        raise ReprokitError(
+            f"{where} has no PD between replicas (it ran {doc.get('replicas', 1)} replica(s); "
+            "PD needs --replicas 2 or more), so --max-pd cannot be judged"
+        )
+    keys = pd_keys(with_pd[0])
+    if rules.metric not in keys:
+        raise ReprokitError(f"unknown PD metric {rules.metric!r}; choose one of {', '.join(keys)}")
+    if rules.use_ci_upper and rules.metric not in ci_keys(with_pd[0]):
+        with_ci = ", ".join(ci_keys(with_pd[0])) or "none"
+        raise ReprokitError(
+            f"--use-ci-upper needs a confidence interval, and {where} has none for PD "
+            f"{rules.metric!r} (keys with one: {with_ci})"
+        )
+
+
+def _evaluate_online(run: Run, rules: GateRules) -> GateResult:
+    """The online rules on one sync interval of online.json (validated already)."""
+    doc = read_online(run)
+    k = online_interval(doc, rules.interval, str(run.path))
+    entry = doc["intervals"][k]
+    shards = entry["shards"]
+    unit_label = f"{run.name} (sync every {interval_text(entry)})"
+    results: list[RuleResult] = []
+    if rules.max_pd is not None:
+        field_ = f"pd_ci.{rules.metric}[upper]" if rules.use_ci_upper else f"pd.{rules.metric}"
+        values = [_online_pd(s, rules.metric, rules.use_ci_upper) for s in shards]
+        if rules.worst_shard:
+            # A shard without PD (null) is the worst of all: the rule cannot hold there.
+            pick = next((i for i, v in enumerate(values) if math.isnan(v)), None)
+            if pick is None:
+                pick = max(range(len(values)), key=lambda i: values[i])
+            which = f"worst of {len(shards)} shards"
+        else:
+            pick, which = len(shards) - 1, "final shard"
+        quantity = f"intervals[{k}].shards[{pick}].{field_}"
+        result = _rule("max-pd", unit_label, quantity, "<=", rules.max_pd, values[pick])
+        result.message += f" ({which})"
+        results.append(result)
+    if rules.min_auc_gain is not None:
+        quantity = f"intervals[{k}].mean_auc_gain"
+        observed = as_float(entry["mean_auc_gain"])
+        result = _rule("min-auc-gain", unit_label, quantity, ">=", rules.min_auc_gain, observed)
+        if result.observed is not None:
+            result.message += (
+                f" (online {_fmt(as_float(entry['mean_auc_online']))}, "
+                f"batch {_fmt(as_float(entry['mean_auc_batch']))})"
+            )
+        results.append(result)
+    if rules.min_auc is not None:
+        quantity = f"intervals[{k}].mean_auc_online"
+        observed = as_float(entry["mean_auc_online"])
+        results.append(_rule("min-auc", unit_label, quantity, ">=", rules.min_auc, observed))
+    return GateResult(
+        run=str(run.path),
+        run_kind=run.kind,
+        baseline=None,
+        rules=results,
+        warn_only=rules.warn_only,
+    )
 
 
 # ------------------------------------------------------------------------------------------ JUnit

@@ -18,12 +18,16 @@ HELP = (
     "arms are matched by name; a train-ensemble baseline serves every arm. A baseline must be "
     "measured on the same data (fingerprint) and differ from the run in at most one config key, "
     "the field under test, which the verdict reports; --allow-different lifts this check.\n\n"
+    "An online run (reprokit online) is judged on one sync interval (--interval, default the "
+    "first): --max-pd on the final shard's PD (--worst-shard: the largest over the shards), "
+    "--min-auc-gain on the mean online − batch AUC, --min-auc on the mean online AUC.\n\n"
     "Examples:\n\n"
     "  reprokit gate runs/pr --max-pd 0.05 --use-ci-upper\n\n"
     "  reprokit gate runs/pr --baseline baseline/ --max-pd-increase 10 --max-auc-drop 0.005 "
     "--junit gate.xml\n\n"
     "  reprokit gate runs/cmp --arm smelu:beta=1 --min-auc 0.70 --json\n\n"
-    "  reprokit gate runs/ranker --max-churn 0.1 --use-ci-upper"
+    "  reprokit gate runs/ranker --max-churn 0.1 --use-ci-upper\n\n"
+    "  reprokit gate runs/stream --interval 4 --max-pd 0.3 --worst-shard --min-auc-gain 0"
 )
 
 
@@ -95,6 +99,21 @@ def register(app: typer.Typer) -> None:
             "--max-churn",
             help="Fail when top-k churn per group > VALUE (runs made with --churn-by).",
         ),
+        min_auc_gain: float | None = typer.Option(
+            None,
+            "--min-auc-gain",
+            help="Online runs: fail when the mean online − batch AUC of the interval < VALUE.",
+        ),
+        worst_shard: bool = typer.Option(
+            False,
+            "--worst-shard",
+            help="Online runs: judge --max-pd on the worst shard (default: the final shard).",
+        ),
+        interval: float | None = typer.Option(
+            None,
+            "--interval",
+            help="Online runs: the sync interval to judge (default: the first of the run).",
+        ),
         arm: list[str] | None = typer.Option(
             None, "--arm", help="Arm(s) of a compare run to judge (default: every arm)."
         ),
@@ -110,8 +129,7 @@ def register(app: typer.Typer) -> None:
         junit: Path | None = typer.Option(None, "--junit", help="Write JUnit XML to FILE."),
         json_out: bool = typer.Option(False, "--json", help="Print the verdict JSON on stdout."),
     ) -> None:
-        from reprokit.gate import GateRules, evaluate, junit_xml
-        from reprokit.rundir import load_run
+        from reprokit.gate import GateRules, evaluate, junit_xml, open_run
         from reprokit.store import atomic_write_bytes
 
         rules = GateRules(
@@ -122,12 +140,15 @@ def register(app: typer.Typer) -> None:
             max_auc_drop=max_auc_drop,
             min_auc=min_auc,
             max_churn=max_churn,
+            min_auc_gain=min_auc_gain,
+            worst_shard=worst_shard,
+            interval=interval,
             arms=list(arm or []),
             warn_only=warn_only,
             allow_different=allow_different,
         )
-        run = load_run(run_dir)
-        base = load_run(baseline) if baseline is not None else None
+        run = open_run(run_dir)
+        base = open_run(baseline) if baseline is not None else None
         result = evaluate(run, rules, base)
         if junit is not None:  # first: a path that cannot be written is one error line, no table
             atomic_write_bytes(junit, junit_xml(result).encode("utf-8"))
