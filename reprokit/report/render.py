@@ -12,10 +12,10 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from reprokit import __version__
 from reprokit.errors import ReprokitError
+from reprokit.gate import open_run
 from reprokit.jsonio import to_json
 from reprokit.report.context import build_context
 from reprokit.report.sections import PD_KEYS, fmt, sections_for
-from reprokit.rundir import load_run
 from reprokit.store import atomic_write_bytes
 
 SCHEMA_VERSION = 1
@@ -104,7 +104,7 @@ class Report:
 
 def build_report(run_dir: str | Path) -> Report:
     """Load the run directory and render every section registered for its kind."""
-    run = load_run(run_dir)
+    run = open_run(run_dir)
     ctx = build_context(run)
     rendered = []
     sections_doc: dict[str, Any] = {}
