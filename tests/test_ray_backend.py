@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import signal
@@ -338,6 +339,11 @@ def test_every_training_command_has_the_backend_options(command):
         (["--ray-address", "auto"], "--ray-address applies to --backend ray only"),
         (["--replicas-per-task", "2"], "--replicas-per-task applies to --backend ray only"),
         (["--backend", "ray", "--ray-address", " "], "--ray-address is empty"),
+        (["--backend", "ray", "--ray-address", "nonsense"], "--ray-address nonsense: expected"),
+        (
+            ["--backend", "ray", "--ray-address", "ray://127.0.0.1:1"],
+            "cannot reach the Ray cluster at --ray-address ray://127.0.0.1:1 (127.0.0.1:1: ",
+        ),
     ],
 )
 def test_bad_backend_options_are_one_line(tmp_path, args, sentence):
@@ -387,3 +393,44 @@ def test_prediction_columns_are_read_back(local_runs):
     ]
     assert len(tables) == 4 and all(t.num_rows == 400 for t in tables)
     assert not np.array_equal(tables[0].column("prediction"), tables[1].column("prediction"))
+
+
+# --- the cluster example and the benchmark ------------------------------------------------------
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_cluster_example_is_a_valid_ray_up_config():
+    import copy
+
+    yaml = pytest.importorskip("yaml")
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load((ROOT / "examples" / "ray-cluster.yaml").read_text())
+    validate_config(prepare_config(copy.deepcopy(config)))
+    assert config["provider"]["type"] == "local"
+    setup = " ".join(config["setup_commands"])
+    assert "reprokit[ray]" in setup and "ray==" in setup  # the same versions on every node
+
+
+@pytest.mark.slow
+def test_the_backend_benchmark_reports_identical_runs_and_a_model():
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "backend_scaling.py"), "--replicas", "2",
+           "--rows", "2000", "--hidden", "8", "--ray-workers", "1", "--engines", "process"]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True)
+    doc = json.loads(out.stdout)
+    ray1 = doc["results"]["process"]["ray-1"]
+    assert ray1["cold"]["identical"] and ray1["warm"]["identical"]
+    assert ray1["task_overhead_seconds"] > 0 and ray1["startup_seconds"] > 0
+    model = doc["model"]
+    assert model["N"] == 2 and set(model["predicted"]) >= {"1", "2", "4"}
+    one = model["predicted"]["1"]
+    assert one["waves"] == math.ceil(2 / model["C"])
+    expected = (
+        model["startup_seconds"]
+        + model["driver_fixed_seconds"]
+        + max(
+            one["waves"] * (model["t_replica_seconds"] + model["task_overhead_seconds"]),
+            2 * model["driver_write_seconds_per_replica"],
+        )
+    )
+    assert one["seconds"] == pytest.approx(expected)

@@ -232,7 +232,7 @@ Backend = Annotated[
         "--backend",
         help="Where replica tasks run: local (this machine, --workers processes) or ray (Ray "
         "tasks, on this machine or a cluster: --ray-address; pip install 'reprokit[ray]'). "
-        "Both give the same bytes.",
+        "Both give the same bytes; Ray's own logs show with reprokit --verbose.",
     ),
 ]
 RayAddress = Annotated[

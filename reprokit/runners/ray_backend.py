@@ -22,6 +22,7 @@ import importlib.util
 import logging
 import math
 import os
+import socket
 from collections.abc import Iterable, Iterator
 from dataclasses import fields, is_dataclass, replace
 from types import TracebackType
@@ -87,12 +88,44 @@ def start_local_ray(num_cpus: int, verbose: bool = False) -> Any:
 
 
 def _quiet(verbose: bool) -> dict[str, Any]:
-    """ray.init arguments that keep Ray's log lines (its own and its workers') off the user's
-    terminal unless `--verbose`; errors still reach the driver as exceptions."""
+    """ray.init arguments (and the core's log level) that keep Ray's log lines, its own and its
+    workers', off the user's terminal unless `--verbose`; errors still reach the driver as
+    exceptions."""
+    if not verbose:
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")  # the C++ core's stderr lines
     return {
         "logging_level": logging.INFO if verbose else logging.ERROR,
         "log_to_driver": verbose,
     }
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail in one sentence when the cluster's address does not answer: Ray itself would keep
+    retrying for minutes, printing a warning every few seconds."""
+    target: str | None = address
+    if address.startswith("ray://"):
+        target = address[len("ray://") :]
+    elif address == "auto":
+        try:
+            from ray._private.services import canonicalize_bootstrap_address
+
+            target = canonicalize_bootstrap_address("auto")
+        except Exception:  # noqa: BLE001  (no cluster found: ray.init says so, quickly)
+            return
+    if not target:
+        return
+    host, _, port = target.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit():
+        raise ReprokitError(f"--ray-address {address}: expected HOST:PORT, ray://HOST:PORT or auto")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ReprokitError(
+            f"cannot reach the Ray cluster at --ray-address {address} ({host}:{port}: {reason})"
+        ) from None
 
 
 def reprokit_batch(
@@ -105,8 +138,6 @@ def reprokit_batch(
 
     mine = {"reprokit": reprokit.__version__, "torch": torch.__version__}
     if mine != driver:
-        import socket
-
         raise ReprokitError(
             f"the Ray worker on {socket.gethostname()} runs reprokit {mine['reprokit']} with "
             f"torch {mine['torch']} but the driver reprokit {driver['reprokit']} with torch "
@@ -152,6 +183,19 @@ def _task_cpus(config: Any, batches: Iterable[list[int]]) -> int:
     return max((threads_for_replica(config, r) for b in batches for r in b), default=1)
 
 
+def _task_gpus(config: Any) -> int:
+    """GPUs a task asks Ray for: one for a CUDA run. Ray gives each task its own device, which
+    the task sees as cuda:0, so a device index would point at a GPU the task does not have."""
+    device = str(getattr(config, "device", "cpu") or "cpu")
+    if not device.startswith("cuda"):
+        return 0
+    if device not in ("cuda", "cuda:0"):
+        raise ReprokitError(
+            f"--device {device} with --backend ray: Ray assigns each task its GPU; use --device cuda"
+        )
+    return 1
+
+
 def split_batches(batches: list[list[int]], size: int | None, slots: int) -> list[list[int]]:
     """Cut every batch into tasks of at most `size` replicas; with no size, into as many tasks as
     the cluster runs at once (`slots`), so a vectorized stack spreads over the workers."""
@@ -189,6 +233,8 @@ class RayExecutor:
             raise ReprokitError("max_retries must be 0 or more")
         if not ray_available():
             raise ReprokitError(RAY_MISSING)
+        if address is not None:
+            check_reachable(address)  # before any work: a wrong address is one sentence
         self.address = address
         self.workers = workers
         self.replicas_per_task = replicas_per_task
@@ -258,6 +304,7 @@ class RayExecutor:
             return
         config = getattr(payload, "config", None)
         cpus = _task_cpus(config, batches)
+        gpus = _task_gpus(config)
         ray = self._connect(cpus)
         slots, biggest = self._slots(ray, cpus)
         pieces = split_batches(batches, self.replicas_per_task, slots)
@@ -265,6 +312,7 @@ class RayExecutor:
             self._remote = ray.remote(reprokit_batch)
         fn = self._remote.options(
             num_cpus=min(cpus, biggest),
+            num_gpus=gpus,
             max_retries=self.max_retries,
             retry_exceptions=False,
             name=TASK_NAME,
