@@ -20,7 +20,8 @@ step, from the ids of that step's batch (:meth:`AdmissionState.update`):
      of (the `admission` seed, field, key, occurrences before this batch): seeded by the new
      nondeterminism source ``admission``, the same in both engines and in any batch order that
      gives the id the same history.
-   Admitted ids get a row (the lowest free row of their field; ``capacity`` rows per field at most,
+   Admitted ids get a row (the top of their field's free-row stack: the lowest never-used row, or
+   the most recently evicted; ``capacity`` rows per field at most,
    admissions beyond it are refused and counted in `rejected_full`), initialised to
    :func:`initial_rows` of (the replica's `init` seed, field, key). The gradient of the step that
    admits an id is not applied to its new row (the lookup that produced it read zeros).
@@ -131,7 +132,8 @@ class AdmissionState:
         self.expire = None if expire is None else int(expire)
         self.admission_seed = int(admission_seed)
         self.slots = KeyedSlots({"row": (np.int64, -1), "count": (np.int64, 0)})
-        # free rows of each field as a stack whose top is its lowest free row
+        # free rows of each field as a stack: at first the lowest row on top; evicted rows go on
+        # top (the lowest of them topmost), so the most recently freed rows are reused first
         self.free = [
             np.arange(s + c - 1, s - 1, -1, dtype=np.int64)
             for s, c in zip(self.starts[:-1], self.caps, strict=True)
@@ -302,7 +304,6 @@ class AdmissionState:
             top = self.n_free[f]
             self.free[f][top : top + len(mine)] = mine
             self.n_free[f] = top + len(mine)
-            self.free[f][: self.n_free[f]] = np.sort(self.free[f][: self.n_free[f]])[::-1]
         self.counts["expired"] += len(old)
         return old
 
