@@ -88,11 +88,9 @@ def start_local_ray(num_cpus: int, verbose: bool = False) -> Any:
 
 
 def _quiet(verbose: bool) -> dict[str, Any]:
-    """ray.init arguments (and the core's log level) that keep Ray's log lines, its own and its
-    workers', off the user's terminal unless `--verbose`; errors still reach the driver as
-    exceptions."""
-    if not verbose:
-        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")  # the C++ core's stderr lines
+    """ray.init arguments that keep Ray's log lines, its own and its workers', off the user's
+    terminal unless `--verbose`; errors still reach the driver as exceptions. (Its C++ core is
+    quiet by itself once connected; RAY_BACKEND_LOG_LEVEL would announce itself on stderr.)"""
     return {
         "logging_level": logging.INFO if verbose else logging.ERROR,
         "log_to_driver": verbose,
