@@ -37,11 +37,14 @@ PD = "pd"
 #: results are per sync interval and shard; see reprokit.runners.online).
 ONLINE = "online"
 ONLINE_DOCUMENT = "online.json"
+#: `reprokit autodim`: a per-field embedding-width search and one paired arm per method
+#: (autodim.json: a compare-like document plus the search; see reprokit.runners.autodim).
+AUTODIM = "autodim"
 #: Studies whose document is a list of paired arms (compare.json / attribute.json): report,
 #: gate and rundir treat them alike.
-ARM_STUDIES = (COMPARE, COMPARE_CONFIGS, ATTRIBUTE)
+ARM_STUDIES = (COMPARE, COMPARE_CONFIGS, ATTRIBUTE, AUTODIM)
 #: The documents of arm studies, in the order a run directory is searched for them.
-STUDY_DOCUMENTS = ("compare.json", "attribute.json")
+STUDY_DOCUMENTS = ("compare.json", "attribute.json", "autodim.json")
 
 # ---- columns ------------------------------------------------------------------------------------
 EXAMPLE_ID = "example_id"

@@ -20,6 +20,7 @@ _COMMAND_MODULES = (
     "gate",
     "stability",
     "online",
+    "autodim",
 )
 
 
