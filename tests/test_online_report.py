@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from typer.testing import CliRunner
 from reprokit.cli import app
 from reprokit.errors import ReprokitError
 from reprokit.gate import GateRules, evaluate, open_run
-from reprokit.report import build_report
+from reprokit.report import build_report, write_report
 from reprokit.report.render import _count, _size
 from reprokit.report.sections import fmt
 
@@ -183,6 +184,37 @@ def test_report_cli_writes_the_page_and_refuses_an_unfinished_run(run, tmp_path)
     shutil.copy(run / "manifest.json", unfinished / "manifest.json")
     line = one_error_line(runner.invoke(app, ["report", str(unfinished)]))
     assert "has no online.json" in line and "resume" in line
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="needs /usr/bin/chromium")
+def test_the_page_renders_in_chromium_with_every_section(run, tmp_path):
+    html_path, _, _ = write_report(run, tmp_path / "online.html")
+    base = [
+        "/usr/bin/chromium",
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--host-resolver-rules=MAP * ~NOTFOUND",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
+    dom = subprocess.run(
+        [*base, "--dump-dom", html_path.as_uri()], capture_output=True, timeout=120, check=True
+    ).stdout.decode()
+    assert re.findall(r'<section id="([^"]+)"', dom) == SECTIONS
+    assert dom.count("<svg") >= 4  # AUC, PD, table, bytes
+    shot = tmp_path / "online.png"
+    subprocess.run(
+        [*base, "--window-size=1280,3000", f"--screenshot={shot}", html_path.as_uri()],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    assert shot.read_bytes()[:4] == b"\x89PNG"
 
 
 # --------------------------------------------------------------------------------------- gate
