@@ -33,7 +33,8 @@ TABLE_SERIES = {"rows_final": "rows in the table", "admitted": "admitted", "expi
 #: Every counter of a shard's `table` block, in the order the table shows them.
 TABLE_KEYS = ("rows_final", "admitted", "filtered", "rejected_full", "expired", "params", "bytes")
 BATCH_COLOR = "#333333"
-FAILURE_COLOR = "#d62728"
+#: Not in the palette, so the marker never takes an interval's colour.
+FAILURE_COLOR = "#6a3d9a"
 
 
 @register_context(ONLINE)
@@ -174,9 +175,9 @@ def _auc_figure(doc: dict[str, Any]) -> Markup:
             ax.axvline(k - 0.5, color=FAILURE_COLOR, linestyle="--", linewidth=1.2)
             ax.annotate(
                 f"failure at shard {k}",
-                xy=(k - 0.5, 1.0),
+                xy=(k - 0.5, 0.0),
                 xycoords=("data", "axes fraction"),
-                xytext=(4, -12),
+                xytext=(4, 4),
                 textcoords="offset points",
                 color=FAILURE_COLOR,
                 fontsize=8,
@@ -213,7 +214,7 @@ def _auc(ctx: ReportContext) -> SectionOutput:
     notes = []
     if failure:
         notes.append(
-            f"The red dashed line marks the failure at shard {failure['fail_at']} of the run that "
+            f"The purple dashed line marks the failure at shard {failure['fail_at']} of the run that "
             f"syncs every {interval_text(failure)} (crosses: its failure run)."
         )
     return SectionOutput(data=data, figure=_auc_figure(doc), notes=notes)
