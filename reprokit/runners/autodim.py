@@ -229,6 +229,27 @@ def table_params(dims: dict[str, int], names: Sequence[str], vocab_sizes: Sequen
     return int(sum(int(v) * int(dims[n]) for n, v in zip(names, vocab_sizes, strict=True)))
 
 
+def validation_rows(n: int, settings: AutoDimSettings) -> int:
+    """Rows of the training split held out for the α steps (at least 2)."""
+    return max(2, int(round(n * settings.val_fraction)))
+
+
+def search_steps(n: int, batch_size: int, settings: AutoDimSettings) -> int:
+    """Weight steps of a search over `n` training rows (batches of fewer than two rows are
+    skipped: BatchNorm needs two); refuses a search too short for any α step."""
+    rows = n - validation_rows(n, settings)
+    per_epoch = sum(1 for lo in range(0, max(rows, 0), batch_size) if rows - lo >= 2)
+    total = per_epoch * settings.search_epochs
+    if total < settings.warmup_steps + settings.alpha_every:
+        raise ReprokitError(
+            f"the search has {total} weight steps ({rows} rows, batch size {batch_size}, "
+            f"{settings.search_epochs} epoch(s)), too few for an α step after --warmup-steps "
+            f"{settings.warmup_steps} and --alpha-every {settings.alpha_every}; lower them or "
+            "raise --search-epochs"
+        )
+    return total
+
+
 def run_search(
     encoded: Any,
     config: RunConfig,
@@ -275,11 +296,10 @@ def run_search(
     y = torch.as_tensor(encoded.train_y)
     n = len(y)
     split = np.random.default_rng(split_seed).permutation(n)
-    n_val = max(2, int(round(n * settings.val_fraction)))
+    n_val = validation_rows(n, settings)
     val_rows, train_rows = split[:n_val], split[n_val:]
     bs = config.optim.batch_size
-    batches_per_epoch = sum(1 for lo in range(0, len(train_rows), bs) if len(train_rows) - lo >= 2)
-    total = batches_per_epoch * settings.search_epochs
+    total = search_steps(n, bs, settings)
     marks = {
         max(0, round(total * (i + 1) / settings.checkpoints) - 1)
         for i in range(settings.checkpoints)
@@ -475,6 +495,7 @@ def check_autodim(
     base = base_config(config, settings)
     if encoded is not None:
         check_data(encoded)
+        search_steps(len(encoded.train_y), base.optim.batch_size, settings)
     root = Path(out) if out is not None else default_run_dir(KIND)
     manifest = {
         "schema_version": 1,
