@@ -137,7 +137,7 @@ class _Counter:
         part = pa.table({"v": counts.field("values"), "n": counts.field("counts")})
         self.parts.append(part)
         self.pending += len(part)
-        if self.pending > max(1 << 20, len(self.merged) if self.merged is not None else 0):
+        if self.pending > max(1 << 16, len(self.merged) if self.merged is not None else 0):
             self._merge()
 
     def _merge(self) -> None:

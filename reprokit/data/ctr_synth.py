@@ -267,12 +267,14 @@ def write_synth_log(
         sink = pa.OSFile(str(tmp), "wb")
         stream = pa.CompressedOutputStream(sink, "gzip") if out.suffix == ".gz" else sink
         options = pacsv.WriteOptions(
-            include_header=fmt == "avazu",
+            include_header=False,  # pyarrow would quote the names; Avazu's header has no quotes
             delimiter="\t" if fmt == "criteo" else ",",
             quoting_style="none",
         )
         writer = None
         try:
+            if fmt == "avazu":
+                stream.write((",".join(AVAZU_COLUMNS) + "\n").encode())
             done = 0
             for k in range(-(-rows // CHUNK_ROWS)):
                 n = min(CHUNK_ROWS, rows - done)
