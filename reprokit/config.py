@@ -68,6 +68,11 @@ class ModelConfig:
     arch: str = "mlp"
     experts: int = 4
     tower: list[int] = field(default_factory=lambda: [16])
+    # dcn-v2: full-rank cross layers beside the deep MLP (FuxiCTR's default 3)
+    cross_layers: int = 3
+    # The user's own model instead of `arch`: "path/to/file.py:build" or "package.module:build",
+    # build(schema) -> nn.Module with forward(cat, num) -> logits (reprokit.nn.factory). Empty: none.
+    factory: str = ""
 
 
 @dataclass
@@ -172,6 +177,7 @@ class RunConfig:
             ),
             (self.model.experts >= 1, "the number of experts must be at least 1"),
             (all(h >= 1 for h in self.model.tower), "tower layer widths must be positive"),
+            (self.model.cross_layers >= 1, "the number of cross layers must be at least 1"),
             (1 <= self.data.synth_tasks <= 16, "the synthetic dataset needs 1 to 16 tasks"),
             (
                 len(set(self.data.labels)) == len(self.data.labels)
@@ -211,8 +217,34 @@ class RunConfig:
         self.model.embedding = str(parse_table_spec(self.model.embedding))
         check_table_shape(self.model.embedding, self.model.embedding_dim)
         check_field_dims(self.model.field_dims, self.model.embedding)
+        check_model_choice(self.model)
         check_device(self.device)
         return self
+
+
+def check_model_choice(model: ModelConfig) -> None:
+    """Refuse an embedding kind the architecture's per-id linear part cannot use, and a model
+    factory combined with options only reprokit's own models read (one sentence each)."""
+    from reprokit.components.architectures import linear_table
+
+    model.factory = model.factory.strip()
+    if not model.factory:
+        linear_table(model.arch, model.embedding)
+        return
+    from reprokit.components.architectures import parse_factory_spec
+
+    parse_factory_spec(model.factory)
+    defaults = ModelConfig()
+    if model.arch != defaults.arch:
+        raise ReprokitError(
+            f"model.factory builds the model, so model.arch ({model.arch!r}) does not apply; "
+            "leave it at its default"
+        )
+    if model.embedding != defaults.embedding or model.field_dims:
+        raise ReprokitError(
+            "model.factory builds the model with its own embeddings, so model.embedding and "
+            "model.field_dims do not apply; leave them at their defaults"
+        )
 
 
 #: The embedding kinds `model.field_dims` applies to (both end up as reprokit.nn.mde's table).

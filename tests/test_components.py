@@ -40,7 +40,8 @@ def test_registries_and_config_import_neither_torch_nor_nn_nor_optim():
     assert out.returncode == 0, out.stderr
     assert (
         out.stdout.strip()
-        == "('mlp', 'shared-bottom', 'mmoe') ('table', 'hashed', 'qr', 'mde', 'collisionless', 'lma')"
+        == "('mlp', 'shared-bottom', 'mmoe', 'deepfm', 'dcn-v2', 'wide-deep', 'dlrm') "
+        "('table', 'hashed', 'qr', 'mde', 'collisionless', 'lma')"
     )
 
 
@@ -71,7 +72,10 @@ def test_every_entry_has_the_same_shape_and_its_builder_loads():
 def test_unknown_names_list_the_known_ones():
     with pytest.raises(ReprokitError) as exc:
         ARCHITECTURES.get("transformer")
-    assert str(exc.value) == "unknown model 'transformer'; choose one of: mlp, shared-bottom, mmoe"
+    assert str(exc.value) == (
+        "unknown model 'transformer'; choose one of: mlp, shared-bottom, mmoe, deepfm, dcn-v2, "
+        "wide-deep, dlrm"
+    )
     with pytest.raises(
         ReprokitError, match="unknown embedding table 'lsh'; choose one of: table, hashed, qr"
     ):

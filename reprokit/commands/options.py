@@ -40,7 +40,10 @@ OPTIMIZER_HELP = (
     "Optimizer: adagrad, adam, sgd, clippy (Adagrad + Clippy, paper preset), clippy-tfrs, "
     "adagrad+gradclip, adagrad+gradclip-layer, adagrad+agc, adagrad+agc-unitwise, adagrad+lamb."
 )
-MODEL_HELP = "Architecture: mlp, shared-bottom or mmoe (experts, per-task gates and towers)."
+MODEL_HELP = (
+    "Architecture: mlp, shared-bottom or mmoe (experts, per-task gates and towers), deepfm, "
+    "dcn-v2, wide-deep or dlrm."
+)
 
 #: Command parameter → dotted config key, for every training option a command may declare.
 #: `tasks` is not here: one `--tasks` value sets several keys (`tasks_overrides`).
@@ -70,6 +73,7 @@ CONFIG_KEYS: dict[str, str] = {
     "model": "model.arch",
     "experts": "model.experts",
     "tower": "model.tower",
+    "model_factory": "model.factory",
     "initial_accumulator": "optim.initial_accumulator_value",
 }
 
@@ -174,6 +178,15 @@ Optimizer = Annotated[
     str | None, typer.Option("--optimizer", help=config_help("optimizer", OPTIMIZER_HELP))
 ]
 Model = Annotated[str | None, typer.Option("--model", help=config_help("model", MODEL_HELP))]
+ModelFactory = Annotated[
+    str | None,
+    typer.Option(
+        "--model-factory",
+        help="Your own model instead of --model: path/to/file.py:build or package.module:build; "
+        "build(schema) returns an nn.Module whose forward(cat, num) gives logits [batch] or "
+        "[batch, tasks]. reprokit seeds its initialisation and dropout.",
+    ),
+]
 Experts = Annotated[
     int | None, typer.Option("--experts", help=config_help("experts", "MMoE experts."))
 ]

@@ -81,6 +81,7 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
         model: opt.Model = None,
+        model_factory: opt.ModelFactory = None,
         experts: opt.Experts = None,
         tower: opt.Tower = None,
         tasks: opt.Tasks = None,

@@ -238,14 +238,19 @@ def create_model(
     embedding: str = "table",
     sparse_embeddings: bool = False,
     field_dims: dict[str, int] | None = None,
+    cross_layers: int = 3,
 ) -> nn.Module:
     """The model `arch` names (`reprokit.components.architectures.ARCHITECTURES`), given the
     embedding table `embedding` (and per-field widths `field_dims`) name, built first, as its
-    parameters come first."""
+    parameters come first; architectures with per-id linear weights (deepfm, wide-deep) get a
+    second table, `n_tasks` wide, of the kind `linear_table` names."""
+    from reprokit.components.architectures import linear_table
+    from reprokit.nn.embeddings import create_embeddings
     from reprokit.nn.mde import build_embeddings
 
     cls = ARCHITECTURES.get(arch).load()
     table = build_embeddings(embedding, vocab_sizes, embedding_dim, sparse_embeddings, field_dims)
+    linear_kind = linear_table(arch, embedding)
     common = dict(
         hidden=hidden,
         activation=activation,
@@ -253,5 +258,7 @@ def create_model(
         batch_norm=batch_norm,
         n_tasks=n_tasks,
     )
-    own = {"tower": tower, "experts": experts}
+    own = {"tower": tower, "experts": experts, "cross_layers": cross_layers}
+    if linear_kind is not None:
+        common["linear"] = create_embeddings(linear_kind, vocab_sizes, n_tasks, sparse_embeddings)
     return cls(table, num_numeric, **common, **{k: own[k] for k in cls.options})

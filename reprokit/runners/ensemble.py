@@ -41,6 +41,7 @@ class ReplicaPayload:
     encoded: Any
     config: RunConfig
     on_step: StepProgress | None = None
+    model_factory: Callable[..., Any] | None = None  # the Python API's `model_factory`
 
 
 def default_run_dir(kind: str = KIND) -> Path:
@@ -94,7 +95,7 @@ def _train_one_by_one(payload: ReplicaPayload, replicas: list[int]) -> Iterator[
     config = payload.config
     for replica in replicas:
         seeds = replica_seeds(config.seed, config.vary, replica)
-        out = train_replica(payload.encoded, config, replica, seeds)
+        out = train_replica(payload.encoded, config, replica, seeds, payload.model_factory)
         yield replica_record(payload, replica, seeds, out)
 
 
@@ -291,8 +292,12 @@ def train_ensemble(
     churn: ChurnGroups | None = None,
     step_progress: StepProgress | None = None,
     executor: Executor | None = None,
+    model_factory: Callable[..., Any] | None = None,
 ) -> dict[str, Any]:
     """Train `config.replicas` replicas into run directory `out` (resuming it) and return the summary.
+
+    `model_factory` (`build(schema) -> nn.Module`, see `reprokit.nn.factory`) trains the user's
+    own model instead of `config.model.arch`; the config records it as `model.factory`.
 
     `executor` runs the replica batches (default: `LocalExecutor(workers)`); their records come
     back here and are written through the run store.
@@ -302,6 +307,10 @@ def train_ensemble(
     `step_progress` follows the vectorized engine's optimizer steps (the process engine has no
     shared steps and never calls it).
     The config is validated first, exactly as the CLI validates it."""
+    if model_factory is not None:
+        from reprokit.nn.factory import factory_label
+
+        config.model.factory = config.model.factory or factory_label(model_factory)
     config.validate()
     if encoded is None:
         from reprokit.data.encoding import load_encoded
@@ -309,6 +318,10 @@ def train_ensemble(
         encoded = load_encoded(config.data)
     check_label_names(encoded.label_names)
     check_field_dims(config.model.field_dims, config.model.embedding, list(encoded.field_names))
+    if config.model.factory:  # build it once and check its output before any replica trains
+        from reprokit.nn.factory import validate_factory
+
+        validate_factory(config, encoded, model_factory)
     data_name = Path(config.data.path).stem if config.data.path else "synthetic"
     store = RunStore(out if out is not None else default_run_dir())
     engine = choose_engine(config, encoded)
@@ -324,7 +337,7 @@ def train_ensemble(
             payload = ReplicaPayload(encoded, config, on_step=step_progress)
             task, batches = _train_stacked, [todo] if todo else []
         else:  # one replica per task
-            payload = ReplicaPayload(encoded, config)
+            payload = ReplicaPayload(encoded, config, model_factory=model_factory)
             task, batches = _train_one_by_one, [[r] for r in todo]
         for record in executor.run(task, payload, batches):
             store.write_replica(
@@ -335,7 +348,8 @@ def train_ensemble(
                 progress(done, config.replicas, record.metrics)
         summary = summarize_run(store, config, churn)
         metrics = [store.replica_metrics(r) for r in range(config.replicas)]
-        summary["embedding"] = embedding_block(config, encoded, metrics)
+        if not config.model.factory:  # a factory's module has embeddings of its own
+            summary["embedding"] = embedding_block(config, encoded, metrics)
         summary["run_dir"] = str(store.path)
         store.write_summary(summary)
     return summary

@@ -111,6 +111,7 @@ def build_model(
         embedding=m.embedding,
         sparse_embeddings=sparse_embeddings(config),
         field_dims=m.field_dims,
+        cross_layers=m.cross_layers,
     )
 
 
@@ -224,9 +225,14 @@ def predict(model: torch.nn.Module, cat: torch.Tensor, num: torch.Tensor) -> np.
 
 
 def train_replica(
-    encoded: Any, config: RunConfig, replica: int, seeds: dict[str, int]
+    encoded: Any,
+    config: RunConfig,
+    replica: int,
+    seeds: dict[str, int],
+    model_factory: Any = None,
 ) -> ReplicaOutput:
-    """Train one replica on `encoded` (reprokit.data.encoding.EncodedData) and predict the eval split."""
+    """Train one replica on `encoded` (reprokit.data.encoding.EncodedData) and predict the eval
+    split; with `config.model.factory`, the user's module (`model_factory`, else the spec's)."""
     configure_determinism(config)
     threads = threads_for_replica(config, replica)
     torch.set_num_threads(threads)
@@ -234,7 +240,12 @@ def train_replica(
 
     n_tasks = encoded.train_y.shape[1]
     labels = list(getattr(encoded, "label_names", [f"label_{t}" for t in range(n_tasks)]))
-    model = build_model(config, encoded.vocab_sizes, encoded.train_num.shape[1], n_tasks)
+    if config.model.factory:  # the user's own module, seeded like ours (reprokit.nn.factory)
+        from reprokit.nn.factory import build_factory_model
+
+        model = build_factory_model(config, encoded, model_factory)
+    else:
+        model = build_model(config, encoded.vocab_sizes, encoded.train_num.shape[1], n_tasks)
     model.reset_parameters(torch.Generator().manual_seed(seeds["init"]))
     if "bitflip" in config.vary and replica > 0:
         flip_one_weight(model, seeds["bitflip"])

@@ -31,6 +31,8 @@ def unsupported_reason(config: RunConfig, encoded: Any = None) -> str | None:
     optimizer = OPTIMIZERS.get(config.optim.name).capabilities
     if not optimizer.stacked:
         return f"the {config.optim.name!r} optimizer is not implemented for stacked parameters"
+    if config.model.factory:
+        return "a --model-factory model is trained by the reference loop only"
     if not ARCHITECTURES.get(config.model.arch).capabilities.stacked:
         return f"the {config.model.arch!r} model is not implemented for stacked parameters"
     if config.optim.weight_decay and optimizer.sparse_gradients:
