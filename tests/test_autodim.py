@@ -235,6 +235,13 @@ def test_study_retrains_the_derived_widths(tmp_path: Path) -> None:
     assert again["dims"] == doc["dims"] and again["dims_per_seed"] == doc["dims_per_seed"]
     result = CliRunner().invoke(app, ["gate", str(out), "--arm", "autodim", "--max-pd", "10"])
     assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(app, ["report", str(out)])
+    assert result.exit_code == 0, result.output
+    sections = json.loads((out / "report.json").read_text())["sections"]
+    search = sections["autodim-search"]
+    assert [r["final"] for r in search["rows"]] == [doc["dims"][f] for f in enc.field_names]
+    assert [r["method"] for r in sections["autodim-methods"]["rows"]][:2] == ["full", "autodim"]
+    assert 'aria-label="autodim-alpha"' in (out / "report.html").read_text()
 
 
 # ---------------------------------------------------------------------------------- bad input

@@ -21,6 +21,7 @@ __all__ = [
     "write_report",
 ]
 from reprokit.report import sections_attribute as _sections_attribute  # noqa: E402,F401
+from reprokit.report import sections_autodim as _sections_autodim  # noqa: E402,F401
 from reprokit.report import sections_embedding as _sections_embedding  # noqa: E402,F401
 from reprokit.report import sections_online as _sections_online  # noqa: E402,F401
 from reprokit.report import sections_stability as _sections_stability  # noqa: E402,F401
