@@ -10,7 +10,8 @@ from reprokit.commands.common import cli_errors, err_console, print_json
 
 HELP = (
     "Write one self-contained HTML report (inline SVG plots, no scripts, no network) for a run.\n\n"
-    "Reads a train-ensemble or compare-activations run directory and writes RUN_DIR/report.html "
+    "Reads a run directory (train-ensemble, compare, compare-activations, attribute, stability, "
+    "online) and writes RUN_DIR/report.html "
     "(or --out) plus a JSON twin with the same numbers beside it (report.json).\n\n"
     "Examples:\n\n"
     "  reprokit report runs/ens\n\n"
