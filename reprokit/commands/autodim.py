@@ -108,8 +108,13 @@ def register(app: typer.Typer) -> None:
             typer.Option("--alpha-every", help="Weight steps per α step on a validation batch."),
         ] = 10,
         warmup_steps: Annotated[
-            int, typer.Option("--warmup-steps", help="Weight steps with uniform α first.")
-        ] = 100,
+            int | None,
+            typer.Option(
+                "--warmup-steps",
+                help="Weight steps with uniform α first. [default: a fifth of the search's steps]",
+                show_default=False,
+            ),
+        ] = None,
         search_lr: Annotated[
             float, typer.Option("--search-lr", help="Adam learning rate of the search's weights.")
         ] = 0.001,

@@ -85,6 +85,8 @@ OBJECTIVES = ("auc", "auc-pd")
 DEFAULT_CANDIDATES = (2, 4, 8, 16, 32)
 MDE_ALPHAS = tuple(round(0.05 * k, 2) for k in range(1, 21))
 RANDOM_DRAWS = 4096
+#: The warm-up with uniform α when --warmup-steps is not given: this share of the search's steps.
+WARMUP_SHARE = 0.2
 #: Points of an α trajectory kept per search (evenly spaced over its steps, the last included).
 TRAJECTORY_POINTS = 100
 
@@ -98,9 +100,9 @@ class AutoDimSettings:
 
     candidates: tuple[int, ...] = DEFAULT_CANDIDATES
     search_seeds: int = 3
-    search_epochs: int = 2
+    search_epochs: int = 4
     alpha_every: int = 10
-    warmup_steps: int = 100
+    warmup_steps: int | None = None  # None: WARMUP_SHARE of the search's weight steps
     search_lr: float = 0.001
     alpha_lr: float = 0.01
     val_fraction: float = 1.0 / 9.0
@@ -159,7 +161,7 @@ def check_settings(settings: AutoDimSettings) -> AutoDimSettings:
             f"--alpha-every must be at least 1, got {settings.alpha_every}",
         ),
         (
-            settings.warmup_steps >= 0,
+            settings.warmup_steps is None or settings.warmup_steps >= 0,
             f"--warmup-steps must be 0 or more, got {settings.warmup_steps}",
         ),
         (settings.search_lr > 0, f"--search-lr must be positive, got {settings.search_lr}"),
@@ -234,17 +236,25 @@ def validation_rows(n: int, settings: AutoDimSettings) -> int:
     return max(2, int(round(n * settings.val_fraction)))
 
 
+def warmup_steps(total: int, settings: AutoDimSettings) -> int:
+    """Weight steps with uniform α: --warmup-steps, else WARMUP_SHARE of the search's steps."""
+    if settings.warmup_steps is not None:
+        return int(settings.warmup_steps)
+    return int(total * WARMUP_SHARE)
+
+
 def search_steps(n: int, batch_size: int, settings: AutoDimSettings) -> int:
     """Weight steps of a search over `n` training rows (batches of fewer than two rows are
     skipped: BatchNorm needs two); refuses a search too short for any α step."""
     rows = n - validation_rows(n, settings)
     per_epoch = sum(1 for lo in range(0, max(rows, 0), batch_size) if rows - lo >= 2)
     total = per_epoch * settings.search_epochs
-    if total < settings.warmup_steps + settings.alpha_every:
+    warmup = warmup_steps(total, settings)
+    if total < warmup + settings.alpha_every:
         raise ReprokitError(
             f"the search has {total} weight steps ({rows} rows, batch size {batch_size}, "
             f"{settings.search_epochs} epoch(s)), too few for an α step after --warmup-steps "
-            f"{settings.warmup_steps} and --alpha-every {settings.alpha_every}; lower them or "
+            f"{warmup} and --alpha-every {settings.alpha_every}; lower them or "
             "raise --search-epochs"
         )
     return total
@@ -300,6 +310,7 @@ def run_search(
     val_rows, train_rows = split[:n_val], split[n_val:]
     bs = config.optim.batch_size
     total = search_steps(n, bs, settings)
+    warmup = warmup_steps(total, settings)
     marks = {
         max(0, round(total * (i + 1) / settings.checkpoints) - 1)
         for i in range(settings.checkpoints)
@@ -332,7 +343,7 @@ def run_search(
             idx = torch.as_tensor(perm[lo : lo + bs])
             if len(idx) < 2:  # BatchNorm needs two rows
                 continue
-            table.uniform = t < settings.warmup_steps
+            table.uniform = t < warmup
             table.temperature = gumbel_temperature(t)
             loss = F.binary_cross_entropy_with_logits(model(cat[idx], num[idx]), y[idx])
             w_opt.zero_grad(set_to_none=True)
@@ -344,7 +355,7 @@ def run_search(
             if searching and variant == "same-batch":
                 a_opt.step()  # α from the gradient of the same training batch
                 alpha_steps.append(t)
-            elif searching and (t - settings.warmup_steps + 1) % settings.alpha_every == 0:
+            elif searching and (t - warmup + 1) % settings.alpha_every == 0:
                 take = val_order[val_pos : val_pos + bs]
                 val_pos += bs
                 if len(take) < min(bs, n_val):  # the validation part is cycled through
@@ -374,7 +385,7 @@ def run_search(
         "seed": seed,
         "steps": t,
         "alpha_every": settings.alpha_every if variant == "bilevel" else 1,
-        "warmup_steps": settings.warmup_steps,
+        "warmup_steps": warmup,
         "alpha_steps": alpha_steps,
         "final_temperature": gumbel_temperature(t - 1),
         "train_rows": len(train_rows),
