@@ -231,7 +231,15 @@ def test_study_retrains_the_derived_widths(tmp_path: Path) -> None:
     run = load_run(out)
     assert run.kind == "autodim" and {a["label"] for a in run.compare["arms"]} >= {"autodim"}
     # resuming trains nothing new and gives the same document
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "search").iterdir()}
+    assert sorted(stamps) == [
+        "bilevel-0.json",
+        "bilevel-1.json",
+        "same-batch-0.json",
+        "same-batch-1.json",
+    ]
     again = autodim(cfg, settings, out, encoded=enc, plot=False)
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "search").iterdir()} == stamps
     assert again["dims"] == doc["dims"] and again["dims_per_seed"] == doc["dims_per_seed"]
     result = CliRunner().invoke(app, ["gate", str(out), "--arm", "autodim", "--max-pd", "10"])
     assert result.exit_code == 0, result.output

@@ -481,7 +481,9 @@ def mde_choice(
 
 # ---------------------------------------------------------------------------------------- study
 def _key(config: RunConfig, settings: AutoDimSettings, fingerprint: str) -> str:
-    text = to_json({"config": config.to_dict(), "study": settings.to_dict(), "data": fingerprint})
+    # the replica count is not part of a search (a larger --replicas extends the study only)
+    doc = {k: v for k, v in config.to_dict().items() if k != "replicas"}
+    text = to_json({"config": doc, "study": settings.to_dict(), "data": fingerprint})
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
