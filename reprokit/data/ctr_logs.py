@@ -56,7 +56,8 @@ OOV_ID = 0
 MISSING_ID = 1
 FIRST_ID = 2
 DEFAULT_MIN_COUNT = {"criteo": 10, "avazu": 2}
-DEFAULT_BLOCK_SIZE = 32 << 20  # bytes of text per block: ~130k Criteo rows
+DEFAULT_BLOCK_SIZE = 16 << 20  # bytes of text per block: ~65k Criteo rows
+ROW_GROUP_ROWS = 1 << 18  # rows per parquet row group
 
 CRITEO_NUMERIC = [f"I{i}" for i in range(1, 14)]
 CRITEO_CATEGORICAL = [f"C{i}" for i in range(1, 27)]
@@ -67,6 +68,9 @@ AVAZU_HOUR = "hour"
 AVAZU_DROPPED = ("id",)
 AVAZU_TIME_FEATURES = ("hour", "weekday", "is_weekend")
 FORMATS = ("criteo", "avazu")
+#: Text features are parsed straight into dictionary arrays: each block's values are hashed once,
+#: by the CSV reader, and counting and encoding work on the (small) dictionary and int indices.
+_TEXT = pa.dictionary(pa.int32(), pa.string())
 
 #: A callback `(pass_number, rows_done)`; the CLI draws the progress bar from it.
 ProgressFn = Callable[[int, int], None]
@@ -133,8 +137,14 @@ class _Counter:
         self.pending = 0
 
     def add(self, values: pa.Array) -> None:
-        counts = pc.value_counts(values.drop_null())
-        part = pa.table({"v": counts.field("values"), "n": counts.field("counts")})
+        if pa.types.is_dictionary(values.type):
+            indices = values.indices.drop_null().to_numpy()
+            n = np.bincount(indices, minlength=len(values.dictionary))
+            seen = np.flatnonzero(n)
+            part = pa.table({"v": values.dictionary.take(seen), "n": n[seen]})
+        else:
+            counts = pc.value_counts(values.drop_null())
+            part = pa.table({"v": counts.field("values"), "n": counts.field("counts")})
         self.parts.append(part)
         self.pending += len(part)
         if self.pending > max(1 << 16, len(self.merged) if self.merged is not None else 0):
@@ -174,7 +184,7 @@ class _Format:
     parse_options: pacsv.ParseOptions
     convert_options: pacsv.ConvertOptions
     fields: list[FieldStats]
-    features: Callable[[pa.Table], dict[str, pa.Array]]
+    features: Callable[[pa.RecordBatch], dict[str, pa.Array]]
     timestamp: str | None = None
 
 
@@ -197,7 +207,7 @@ def _criteo_format(block_size: int) -> _Format:
     fmt_fields = [FieldStats(n, CRITEO_BUCKET) for n in CRITEO_NUMERIC]
     fmt_fields += [FieldStats(n, "none") for n in CRITEO_CATEGORICAL]
     types = {"label": pa.int8(), **dict.fromkeys(CRITEO_NUMERIC, pa.int64())}
-    types.update(dict.fromkeys(CRITEO_CATEGORICAL, pa.string()))
+    types.update(dict.fromkeys(CRITEO_CATEGORICAL, _TEXT))
     return _Format(
         name="criteo",
         label="label",
@@ -213,7 +223,7 @@ def _criteo_format(block_size: int) -> _Format:
     )
 
 
-def _criteo_features(batch: pa.Table) -> dict[str, pa.Array]:
+def _criteo_features(batch: pa.RecordBatch) -> dict[str, pa.Array]:
     out: dict[str, pa.Array] = {}
     for name in CRITEO_NUMERIC:
         column = batch.column(name)
@@ -262,7 +272,7 @@ def _avazu_format(path: Path, block_size: int) -> _Format:
         FieldStats("is_weekend", "1 if YYMMDDHH is a Saturday or Sunday, else 0"),
     ]
     types = {AVAZU_LABEL: pa.int8(), AVAZU_HOUR: pa.string()}
-    types.update(dict.fromkeys(categorical, pa.string()))
+    types.update(dict.fromkeys(categorical, _TEXT))
     return _Format(
         name="avazu",
         label=AVAZU_LABEL,
@@ -306,7 +316,7 @@ def avazu_hour(hour: pa.Array) -> dict[str, pa.Array]:
     }
 
 
-def _avazu_features(batch: pa.Table, categorical: list[str]) -> dict[str, pa.Array]:
+def _avazu_features(batch: pa.RecordBatch, categorical: list[str]) -> dict[str, pa.Array]:
     out = {name: batch.column(name) for name in categorical}
     out.update(avazu_hour(batch.column(AVAZU_HOUR)))
     return out
@@ -347,7 +357,7 @@ def _batches(path: Path, fmt: _Format, rows: int | None) -> Iterator[pa.Table]:
             table = pacsv.read_csv(
                 pa.py_buffer(block),
                 read_options=pacsv.ReadOptions(
-                    column_names=fmt.column_names, skip_rows=skip, block_size=1 << 22
+                    column_names=fmt.column_names, skip_rows=skip, block_size=1 << 21
                 ),
                 parse_options=fmt.parse_options,
                 convert_options=fmt.convert_options,
@@ -386,7 +396,7 @@ def _parse_error(
     return ReprokitError(f"{path} is not a readable {fmt.name} log ({text})")
 
 
-def _label(batch: pa.Table, fmt: _Format, path: Path) -> pa.Array:
+def _label(batch: pa.RecordBatch, fmt: _Format, path: Path) -> pa.Array:
     label = batch.column(fmt.label)
     if label.null_count:
         raise ReprokitError(f"{path}: the {fmt.label!r} column has empty cells")
@@ -453,20 +463,21 @@ def _count_pass(
     writer: pa.ipc.RecordBatchStreamWriter | None = None
     report(1, 0)
     try:
-        for batch in _batches(path, fmt, rows):
-            label = _label(batch, fmt, path)
-            features = fmt.features(batch)
-            for name, counter in counters.items():
-                values = features[name]
-                counter.add(values)
-                types[name] = values.type
-                missing[name] += values.null_count
-            kept = {fmt.label: label, **features}
-            table = pa.table(kept).combine_chunks()  # one batch: one row group, one lookup
-            if writer is None:
-                writer = pa.ipc.new_stream(str(spill), table.schema)
-            writer.write_table(table)
-            total += batch.num_rows
+        for table in _batches(path, fmt, rows):
+            # the parser's chunks as they are: each text column's chunk has its own dictionary
+            for batch in table.to_batches():
+                label = _label(batch, fmt, path)
+                features = fmt.features(batch)
+                for name, counter in counters.items():
+                    values = features[name]
+                    counter.add(values)
+                    types[name] = getattr(values.type, "value_type", values.type)
+                    missing[name] += values.null_count
+                spilled = pa.record_batch({fmt.label: label, **features})
+                if writer is None:
+                    writer = pa.ipc.new_stream(str(spill), spilled.schema)
+                writer.write_batch(spilled)
+            total += table.num_rows
             report(1, total)
     finally:
         if writer is not None:
@@ -525,11 +536,23 @@ def _encode_pass(
     def write(tmp: Path) -> None:
         done = 0
         report(2, 0)
-        with pq.ParquetWriter(tmp, arrow_schema) as writer, pa.OSFile(str(spill), "rb") as source:
+        with (
+            pq.ParquetWriter(tmp, arrow_schema, use_dictionary=False, compression="lz4") as writer,
+            pa.OSFile(str(spill), "rb") as source,
+        ):
+            groups: list[pa.Table] = []
+            pending = 0
             for features in pa.ipc.open_stream(source):
-                _write_group(writer, features, fmt, arrow_schema, done)
+                groups.append(_encode_batch(features, fmt, arrow_schema, done))
+                pending += features.num_rows
                 done += features.num_rows
-                report(2, done)
+                if pending >= ROW_GROUP_ROWS:
+                    writer.write_table(pa.concat_tables(groups), row_group_size=pending)
+                    groups, pending = [], 0
+                    report(2, done)
+            if groups:
+                writer.write_table(pa.concat_tables(groups), row_group_size=pending)
+            report(2, done)
 
     atomic_write(out, write)
     seconds = time.perf_counter() - started
@@ -537,13 +560,10 @@ def _encode_pass(
     return IngestResult(path=out, schema=schema, fields=fmt.fields, doc=doc)
 
 
-def _write_group(
-    writer: pq.ParquetWriter,
-    features: pa.RecordBatch,
-    fmt: _Format,
-    schema: pa.Schema,
-    first_row: int,
-) -> None:
+def _encode_batch(
+    features: pa.RecordBatch, fmt: _Format, schema: pa.Schema, first_row: int
+) -> pa.Table:
+    """One spilled batch as the output's columns: row ids, the label, the feature ids."""
     arrays = [
         pa.array(np.arange(first_row, first_row + features.num_rows, dtype=np.int64)),
         features.column(fmt.label),
@@ -551,12 +571,21 @@ def _write_group(
     arrays += [_encode(features.column(f.name), f) for f in fmt.fields]
     if fmt.timestamp:
         arrays.append(features.column(fmt.timestamp))
-    writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
+    return pa.Table.from_arrays(arrays, schema=schema)
 
 
 def _encode(values: pa.Array, stats: FieldStats) -> pa.Array:
     """Ids: FIRST_ID + the value's rank in the vocabulary, MISSING_ID for null, OOV_ID else."""
     assert stats.vocabulary is not None
+    if pa.types.is_dictionary(values.type):
+        by_entry = _encode(values.dictionary, stats).to_numpy()
+        indices = values.indices
+        if not len(by_entry):
+            return pa.array(np.full(len(values), MISSING_ID, dtype=np.int32))
+        ids = by_entry[indices.fill_null(0).to_numpy()]
+        if indices.null_count:
+            ids[~indices.is_valid().to_numpy(zero_copy_only=False)] = MISSING_ID
+        return pa.array(ids)
     index = pc.index_in(values, value_set=stats.vocabulary)
     ids = pc.fill_null(pc.add(index.cast(pa.int32()), pa.scalar(FIRST_ID, pa.int32())), OOV_ID)
     if values.null_count:
