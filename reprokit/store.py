@@ -261,6 +261,12 @@ class RunStore:
         if self.manifest_path.exists():
             old = read_json(self.manifest_path, "manifest")
             a, b = _common_seeds(old, manifest)
+            if old.get("kind") != manifest.get("kind") and not force:
+                raise ReprokitError(
+                    f"{self.path} holds a {old.get('kind') or 'different'} run, not a "
+                    f"{manifest.get('kind')} run; choose another --out or pass --force to "
+                    "overwrite it"
+                )
             if a != b:
                 if not force:
                     raise ReprokitError(

@@ -42,11 +42,11 @@ def test_one_diverging_replica_is_excluded_from_pd_with_its_count(tmp_path, monk
 
     real = loop.train_replica
 
-    def one_bad(encoded, config, replica, seeds):
+    def one_bad(encoded, config, replica, seeds, *rest):
         if replica == 1:  # only this replica gets an absurd learning rate
             config = copy.deepcopy(config)
             config.optim.lr = 1e6
-        return real(encoded, config, replica, seeds)
+        return real(encoded, config, replica, seeds, *rest)
 
     monkeypatch.setattr(loop, "train_replica", one_bad)
     cfg = resolve_config(

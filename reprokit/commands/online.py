@@ -59,6 +59,8 @@ def online_table(doc: dict[str, Any], title: str) -> Any:
             f"{failure['lost_updates']:g} updates lost; "
             + (f"caught up after {catch} shard(s)" if catch is not None else "did not catch up")
         )
+        if failure.get("note"):
+            caption += f"\nnote: {failure['note']}"
     table.caption = caption
     return table
 
@@ -115,15 +117,17 @@ def register(app: typer.Typer) -> None:
             int | None,
             typer.Option(
                 "--snapshot-every",
-                help="Snapshot the training copy every S shards (resume points after a kill).",
+                help="Snapshot the training copy after every S-th shard (after shards S-1, "
+                "2S-1, ...; shards are numbered from 0): the resume points after a kill and "
+                "what --fail-at restores.",
             ),
         ] = None,
         fail_at: Annotated[
             int | None,
             typer.Option(
                 "--fail-at",
-                help="Also run the first interval with the training copy lost at shard K and "
-                "restored from the last snapshot.",
+                help="Also run the first interval with the training copy lost at the start of "
+                "shard K (1..shards-1) and restored from the last snapshot before it.",
             ),
         ] = None,
         churn_by: opt.ChurnBy = None,

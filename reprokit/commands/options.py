@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.markup import escape
 
-from reprokit.components.tables import EMBEDDING_TABLES, usage
+from reprokit.components.tables import EMBEDDING_TABLES
 from reprokit.config import RunConfig
 from reprokit.errors import ReprokitError
 from reprokit.sources import SOURCE_HELP
@@ -140,9 +140,11 @@ Embedding = Annotated[
         "--embedding",
         help=config_help(
             "embedding",
-            "Embedding table spec: "
-            + ", ".join(usage(name) for name in EMBEDDING_TABLES.names)
-            + ".",
+            "Embedding table spec: one of "
+            + ", ".join(EMBEDDING_TABLES.names)
+            + " with its parameters, e.g. hashed:buckets=1000, qr:buckets=32, mde:alpha=0.5, "
+            "collisionless:min_count=3,expire=86400, lma:memory=4096 (a spec with an unknown "
+            "kind or parameter is refused with every kind's grammar).",
         ),
     ),
 ]
@@ -182,9 +184,12 @@ ModelFactory = Annotated[
     str | None,
     typer.Option(
         "--model-factory",
-        help="Your own model instead of --model: path/to/file.py:build or package.module:build; "
-        "build(schema) returns an nn.Module whose forward(cat, num) gives logits [batch] or "
-        "[batch, tasks]. reprokit seeds its initialisation and dropout.",
+        help=with_default(
+            "Your own model instead of --model: path/to/file.py:build or package.module:build; "
+            "build(schema) returns an nn.Module whose forward(cat, num) gives logits [batch] or "
+            "[batch, tasks]. reprokit seeds its initialisation and dropout.",
+            "none (the --model architecture)",
+        ),
     ),
 ]
 Experts = Annotated[

@@ -146,5 +146,8 @@ def register(app: typer.Typer) -> None:
                 step_progress=progress.steps,
             )
         err_console.print(summary_table(summary, title=f"train-ensemble: {summary['run_dir']}"))
+        note = (summary.get("embedding") or {}).get("note")
+        if note:
+            err_console.print(f"note: {note}", markup=False, highlight=False)
         if json_out:
             print_json(summary)

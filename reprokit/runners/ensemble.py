@@ -209,6 +209,13 @@ def embedding_block(
         for key in counters[0]:
             block[key] = float(np.mean([c[key] for c in counters]))
         block["per_replica"] = counters
+        if block["admitted"] and block["expired"] > 0.5 * block["admitted"]:
+            block["note"] = (
+                f"expiry evicted {block['expired']:,.0f} of {block['admitted']:,.0f} admitted rows "
+                f"per replica ({block['rows_final']:,.0f} left at the end): with shuffled batches "
+                "the table's clock runs ahead of most examples, so ids expire between their "
+                "updates; expire is meant for data in time order (reprokit online)"
+            )
     return block
 
 

@@ -648,5 +648,12 @@ def _failure_block(
         "lost_examples": float(np.mean([(u.failure or {}).get("lost_examples", 0) for u in units])),
         "shards": shards,
         "catch_up_shards": catch_up,
+        "note": (
+            f"the failure at shard {k} follows the snapshot after shard {k - 1}: no update was "
+            "lost, so the failure run equals the no-failure run (fail between two snapshots, "
+            "e.g. --fail-at with --snapshot-every 2 and an odd shard)"
+            if first.get("lost_updates", 0) == 0
+            else None
+        ),
         "catch_up_tolerance": options.catch_up_tolerance,
     }
