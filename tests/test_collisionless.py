@@ -341,3 +341,18 @@ def test_attribute_measures_admission_only_where_the_table_draws_admissions():
     probabilistic = "collisionless:min_count=3,filter=probabilistic"
     assert "admission" in applicable_sources("cpu", None, probabilistic)
     assert applicable_sources("cpu", ["admission", "init"], "table") == ["init", "admission"]
+
+
+def test_a_run_whose_expiry_evicts_most_rows_says_so(tmp_path):
+    out = tmp_path / "run"
+    args = ["train-ensemble", "--embedding", "collisionless:expire=3", "--synth-rows", "600"]
+    result = CliRunner().invoke(app, [*args, "--epochs", "1", "--replicas", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    block = json.loads((out / "summary.json").read_text())["embedding"]
+    assert block["expired"] > 0.5 * block["admitted"]
+    assert "expire is meant for data in time order" in block["note"]
+    assert "note: expiry evicted" in result.stderr
+    plain = tmp_path / "plain"
+    args[2] = "collisionless"
+    CliRunner().invoke(app, [*args, "--epochs", "1", "--replicas", "2", "--out", str(plain)])
+    assert "note" not in json.loads((plain / "summary.json").read_text())["embedding"]

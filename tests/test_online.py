@@ -119,7 +119,7 @@ def test_a_failure_loses_exactly_the_updates_since_the_snapshot(tmp_path):
     doc = run_online(cfg, opts, tmp_path / "run", stream=stream)
     failure = doc["failure"]
     units = json.loads((tmp_path / "run/units/sync-i1-r000.json").read_text())
-    assert failure["restored_from_shard"] == 1
+    assert failure["restored_from_shard"] == 1 and failure["note"] is None
     assert failure["lost_updates"] == units["shards"][2]["steps"]  # shard 2's updates are gone
     assert failure["shards"][0]["shard"] == 3
     assert failure["shards"][0]["delta"] == 0.0  # the serving copy did not fail
@@ -215,3 +215,11 @@ def test_bad_input_is_one_line(tmp_path):
     ):
         result = runner.invoke(app, ["online", "--synth-rows", "600", *args])
         assert message in one_error_line(result), args
+
+
+def test_a_failure_right_after_a_snapshot_says_it_lost_nothing(tmp_path):
+    cfg = _config(vary="none")
+    opts, stream = _stream(cfg, snapshot_every=1, fail_at=2)
+    failure = run_online(cfg, opts, tmp_path / "run", stream=stream)["failure"]
+    assert failure["lost_updates"] == 0 and "no update was lost" in failure["note"]
+    assert all(s["delta"] == 0.0 for s in failure["shards"])
