@@ -245,6 +245,12 @@ def check_model_choice(model: ModelConfig) -> None:
             "model.factory builds the model with its own embeddings, so model.embedding and "
             "model.field_dims do not apply; leave them at their defaults"
         )
+    if model.dropout or model.batch_norm:
+        raise ReprokitError(
+            "model.factory builds the model, so model.dropout and model.batch_norm do not apply "
+            "(its nn.Dropout modules keep their p, on the dropout source); leave them at their "
+            "defaults"
+        )
 
 
 #: The embedding kinds `model.field_dims` applies to (both end up as reprokit.nn.mde's table).

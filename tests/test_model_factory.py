@@ -124,7 +124,7 @@ def test_init_varies_control_arm_is_zero_and_two_runs_give_the_same_bytes(factor
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["engine"] == "process" and manifest["config"]["model"]["factory"] == spec
     assert "embedding" not in varied  # the module's embeddings are its own
-    none, control = _train(tmp_path, "none", spec, "none", ["--dropout", "0"])
+    none, control = _train(tmp_path, "none", spec, "none")
     assert control["pd"]["rel"] == 0.0 and control["pd"]["abs"] == 0.0
     assert _pred_bytes(none, 0) == _pred_bytes(none, 1)
     again, _ = _train(tmp_path, "again", spec, "init")
@@ -244,3 +244,18 @@ def test_engine_vectorized_refuses_a_factory_in_one_line(factory_file, tmp_path)
         "error: --engine vectorized cannot train this configuration: a --model-factory model is "
         "trained by the reference loop only"
     )
+
+
+def test_activation_option_swaps_the_modules_relus(factory_file):
+    from reprokit.nn.activations import SmeLU
+
+    build = load_factory(f"{factory_file}:build")
+    model = FactoryModel(build, _schema(), "smelu:beta=1")
+    assert model.activations == ["net.1"] and isinstance(model.inner.net[1], SmeLU)
+    model.reset_parameters(torch.Generator().manual_seed(0))  # the rebuild swaps alike
+    assert FactoryModel(build, _schema()).activations == []
+
+
+def test_dropout_and_batch_norm_options_are_refused_with_a_factory():
+    with pytest.raises(ReprokitError, match="model.dropout and model.batch_norm do not apply"):
+        resolve_config(None, {"model.factory": "m.py:build", "model.dropout": 0.1})

@@ -16,6 +16,9 @@ reprokit's own models do:
   `SeededDropout` with the same p, fed by the `dropout` generator; torch's global generator is
   also seeded from the `dropout` seed before training, so randomness the forward draws from it
   (`F.dropout`) follows that source too.
+- activation: `model.activation` other than `relu` replaces the module's ReLU-like activation
+  modules (`reprokit.nn.swap_activations`), so activation arms apply to users' models too;
+  `model.dropout` and `model.batch_norm` are refused (the module's own layers decide).
 - data order, asynchrony, bit flips, threads: the loop's own, as for every model.
 
 `check_factory_model` builds the model once and runs a forward on a few training rows before any
@@ -175,14 +178,24 @@ def _build(factory: Factory, schema: ModelSchema, seed: int) -> nn.Module:
 class FactoryModel(nn.Module):
     """A user's module with reprokit's seeding (see the module docstring): logits [batch, tasks]."""
 
-    def __init__(self, factory: Factory, schema: ModelSchema) -> None:
+    def __init__(self, factory: Factory, schema: ModelSchema, activation: str = "relu") -> None:
         super().__init__()
-        self.factory, self.schema = factory, schema
+        self.factory, self.schema, self.activation = factory, schema, activation
         self.inner = _build(factory, schema, 0)
         if not any(True for _ in self.inner.parameters()):
             raise ReprokitError("the model factory's module has no parameters to train")
         self.n_tasks = max(schema.n_tasks, 1)
         self.dropouts = swap_dropout(self.inner)
+        self.activations = self._swap_activations(self.inner)
+
+    def _swap_activations(self, module: nn.Module) -> list[str]:
+        """`model.activation` other than relu replaces the module's ReLU-like activation modules
+        (`swap_activations`); relu (the default) leaves the module's own activations alone."""
+        if self.activation == "relu":
+            return []
+        from reprokit.nn.swap import swap_activations
+
+        return [name for name, _ in swap_activations(module, self.activation)]
 
     def reset_parameters(self, generator: torch.Generator) -> None:
         """The module's own `reset_parameters(generator)`, or a rebuild from the generator."""
@@ -192,6 +205,7 @@ class FactoryModel(nn.Module):
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
         fresh = _build(self.factory, self.schema, seed)
         swap_dropout(fresh)  # same module tree as self.inner
+        self._swap_activations(fresh)
         self.inner.load_state_dict(fresh.state_dict())
 
     def set_dropout_generator(self, generator: torch.Generator) -> None:
@@ -236,7 +250,8 @@ def check_factory_model(model: FactoryModel, cat: torch.Tensor, num: torch.Tenso
 def build_factory_model(config: Any, encoded: Any, factory: Factory | None = None) -> FactoryModel:
     """The wrapped module of `factory` (or of the config's `model.factory` spec) for `encoded`."""
     fn = factory if factory is not None else load_factory(config.model.factory)
-    return FactoryModel(fn, schema_of(encoded, config.model.embedding_dim))
+    schema = schema_of(encoded, config.model.embedding_dim)
+    return FactoryModel(fn, schema, config.model.activation)
 
 
 def validate_factory(config: Any, encoded: Any, factory: Factory | None = None) -> None:
