@@ -119,6 +119,14 @@ class AutoDimSettings:
                 doc.pop(key)
         return doc
 
+    def search_dict(self) -> dict[str, Any]:
+        """What the searches and the study's directory depend on: everything but the objective,
+        so a finished study resumed with --objective auc-pd reuses its searches and arms."""
+        doc = self.to_dict()
+        for key in ("objective", "auc_tolerance", "quick_replicas"):
+            doc.pop(key, None)
+        return doc
+
 
 def parse_candidates(spec: str | Sequence[int]) -> tuple[int, ...]:
     """`--candidates 2,4,8`: at least two distinct positive widths, returned ascending."""
@@ -483,7 +491,7 @@ def mde_choice(
 def _key(config: RunConfig, settings: AutoDimSettings, fingerprint: str) -> str:
     # the replica count is not part of a search (a larger --replicas extends the study only)
     doc = {k: v for k, v in config.to_dict().items() if k != "replicas"}
-    text = to_json({"config": doc, "study": settings.to_dict(), "data": fingerprint})
+    text = to_json({"config": doc, "study": settings.search_dict(), "data": fingerprint})
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -514,7 +522,7 @@ def check_autodim(
         "schema_version": 1,
         "kind": KIND,
         "config": base.to_dict(),
-        "study": settings.to_dict(),
+        "study": settings.search_dict(),
     }
     study = StudyDir(root=root, kind=KIND, document=DOCUMENT, manifest=manifest)
     study.check([], force)
