@@ -453,13 +453,24 @@ def random_dims(
 ) -> dict[str, int]:
     """Seeded random candidate widths whose table budget is nearest the searched one: the
     nearest of a random permutation of the searched widths over the fields (exactly the budget
-    when the fields' vocabularies are equal) and `RANDOM_DRAWS` uniform draws, the searched
-    widths themselves left out; the first wins a tie."""
+    when the fields' vocabularies are equal) and `RANDOM_DRAWS` independent draws per field, in
+    nine groups with P(d) ∝ d^−β, β = −4..4 (β = 0: uniform), the searched widths themselves left
+    out; the first wins a tie."""
     rng = np.random.default_rng(seed)
     v = np.asarray(vocab_sizes, dtype=np.int64)
     target = table_params(searched, names, vocab_sizes)
     perm = np.asarray([searched[f] for f in names], dtype=np.int64)[rng.permutation(len(names))]
-    draws = rng.choice(np.asarray(candidates, dtype=np.int64), size=(RANDOM_DRAWS, len(names)))
+    widths = np.asarray(candidates, dtype=np.int64)
+    # draws tilted towards small or large widths (P(d) ∝ d^−β), so budgets near either end of
+    # the range are reachable too (uniform draws almost never put 7 of 8 fields at the minimum)
+    tilts = np.linspace(-4.0, 4.0, 9)
+    per_tilt = RANDOM_DRAWS // len(tilts)
+    draws = np.vstack(
+        [
+            rng.choice(widths, size=(per_tilt, len(names)), p=(w := widths**-b) / w.sum())
+            for b in tilts
+        ]
+    )
     options = np.vstack([perm[None, :], draws])
     gap = np.abs(options @ v - target).astype(np.float64)
     same = (options == np.asarray([searched[f] for f in names])[None, :]).all(axis=1)
