@@ -285,3 +285,22 @@ def test_api_raises_the_same_sentences() -> None:
         parse_candidates("16")
     with pytest.raises(ReprokitError, match="positive widths"):
         parse_candidates([0, 4])
+
+
+def test_auc_pd_pick_and_candidate_sets() -> None:
+    from reprokit.runners.autodim import objective_sets, pick_from_front
+
+    points = [
+        {"auc": 0.780, "pd_rel": 0.120, "table_params": 50},  # dominated by 2
+        {"auc": 0.7802, "pd_rel": 0.100, "table_params": 40},  # front, within 0.001 of 0.781
+        {"auc": 0.781, "pd_rel": 0.110, "table_params": 60},  # front, best AUC
+        {"auc": 0.770, "pd_rel": 0.090, "table_params": 10},  # front, too far below in AUC
+    ]
+    assert pick_from_front(points, 0.001) == 1
+    assert pick_from_front(points, 0.0) == 2
+    assert pick_from_front(points, 0.02) == 3
+    searches = [
+        {"checkpoints": [{"dims": {"a": 2}}, {"dims": {"a": 4}}]},
+        {"checkpoints": [{"dims": {"a": 4}}, {"dims": {"a": 8}}]},
+    ]
+    assert objective_sets(searches, {"a": 8}) == [{"a": 8}, {"a": 2}, {"a": 4}]
