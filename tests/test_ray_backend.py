@@ -142,6 +142,36 @@ def test_ray_gives_the_local_bytes_for_every_replica(
     assert len(set(mine.values())) == 4
 
 
+@pytest.mark.slow
+def test_threads_as_a_varied_source_gives_the_local_bytes_on_ray(ray_local, tmp_path):
+    """Replica r trains with 1 + r % 2 threads on either backend (each task asks Ray for them)."""
+    config = _config("process", replicas=3, vary="threads", max_threads=2)
+    train_ensemble(config, out=tmp_path / "local", executor=LocalExecutor(1))
+    with RayExecutor() as executor:
+        train_ensemble(config, out=tmp_path / "ray", executor=executor)
+    assert _prediction_bytes(tmp_path / "ray") == _prediction_bytes(tmp_path / "local")
+    threads = [
+        json.loads((tmp_path / "ray" / "replicas" / f"{r:03d}" / "metrics.json").read_text())[
+            "threads"
+        ]
+        for r in range(3)
+    ]
+    assert threads == [1, 2, 1]
+
+
+def test_cuda_on_a_cluster_without_gpus_is_one_sentence(ray_local):
+    config = resolve_config(None, TINY)
+    config.device = "cuda"  # validation would refuse cuda on this machine before the executor
+    with (
+        RayExecutor() as executor,
+        pytest.raises(ReprokitError, match="no node of the Ray cluster has a GPU"),
+    ):
+        list(executor.run(_refuse, _ThreadProbe(config), [[0]]))
+    config.device = "cuda:1"
+    with RayExecutor() as executor, pytest.raises(ReprokitError, match="use --device cuda$"):
+        list(executor.run(_refuse, _ThreadProbe(config), [[0]]))
+
+
 def test_vectorized_slices_give_the_whole_stack_bytes(ray_local, local_runs, tmp_path):
     """One replica per task is the extreme slicing; replicas 1 and 2 alone are a slice whose slot
     in the stack differs from the local run's."""
@@ -183,75 +213,98 @@ def test_no_task_inherits_a_thread_count_from_an_earlier_one(ray_local):
     assert seen == {r: 1 + r % 3 for r in range(8)}  # threads_for_replica, never the 7 left behind
 
 
-# --- control arm --------------------------------------------------------------------------------
-def test_control_arm_is_exactly_zero_on_ray_end_to_end(tmp_path):
-    """A real `reprokit train-ensemble --backend ray` (its own Ray instance): PD exactly 0, no
-    Ray log lines on the terminal, and no Ray process left once it returns."""
+# --- control arm, end to end ------------------------------------------------------------------
+class _TaskKiller:
+    """SIGKILLs the first worker process of `root`'s tree seen running one of our tasks (Ray
+    names the process after the task while it runs), and records every process of the tree."""
+
+    def __init__(self, root: int, kill: bool = True) -> None:
+        self.root = root
+        self.kill = kill
+        self.killed: list[int] = []
+        self.seen: dict[int, str] = {}  # every process of the tree, to check none outlives it
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        title = f"ray::{TASK_NAME}".encode()
+        while not self._stop.is_set():
+            tree = alive(process_tree(self.root))
+            for pid in tree:  # names settle after exec; a process on its way out reads "?"
+                name = _name(pid)
+                if name != "?" or pid not in self.seen:
+                    self.seen[pid] = name
+            if self.killed or not self.kill:
+                time.sleep(0.01)
+                continue
+            for pid in tree:
+                try:
+                    running = Path(f"/proc/{pid}/cmdline").read_bytes().startswith(title)
+                except OSError:
+                    continue
+                if running:
+                    os.kill(pid, signal.SIGKILL)
+                    self.killed.append(pid)
+                    break
+            time.sleep(0.002)
+
+    def __enter__(self) -> _TaskKiller:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@pytest.mark.parametrize("kill", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_control_arm_is_exactly_zero_on_ray_end_to_end(tmp_path, kill):
+    """A real `reprokit train-ensemble --backend ray --json` (its own Ray instance; with `kill`,
+    its first task's worker is SIGKILLed and the task runs again): PD is exactly 0, stdout holds
+    only the JSON document, Ray's reports are `note:` lines, and no Ray process is left."""
     out = tmp_path / "control"
-    before = _ray_processes()
-    proc = subprocess.run(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "reprokit.cli", "train-ensemble", "--backend", "ray",
-         "--workers", "2", "--replicas", "3", "--vary", "none", "--synth-rows", "2000",
+         "--workers", "2", "--replicas", "3", "--vary", "none", "--synth-rows", "6000",
          "--epochs", "1", "--hidden", "8", "--out", str(out), "--json"],
-        capture_output=True, text=True, timeout=240,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "REPROKIT_PROGRESS_INTERVAL": "0"},
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    doc = json.loads(proc.stdout)
+    with _TaskKiller(proc.pid, kill) as killer:
+        stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    assert bool(killer.killed) == kill, "no task was running to be killed"
+    if kill:
+        assert any(line.startswith("note: Ray: ") for line in stderr.splitlines()), stderr
+    doc = json.loads(stdout)  # nothing but the document on stdout
     assert {k: doc["pd"][k] for k in PD_KEYS} == dict.fromkeys(PD_KEYS, 0.0)
     preds = list(_prediction_bytes(out).values())
     assert len(preds) == 3 and len(set(preds)) == 1
-    lines = proc.stderr.splitlines()
-    assert not [line for line in lines if "ray" in line.lower() and "/tmp" not in line], lines
+    lines = stderr.splitlines()
+    noise = [line for line in lines if "ray" in line.lower() and not line.startswith("note: Ray: ")]
+    assert not [line for line in noise if "/tmp" not in line], lines
     done = [line for line in lines if re.search(r"replica [1-3]/3 done", line)]
     assert len(done) == 3, lines  # one line per task completion
-    deadline = time.monotonic() + 20
-    while _ray_processes() - before and time.monotonic() < deadline:
+    assert set(killer.seen.values()) >= {"gcs_server", "raylet"}
+    deadline = time.monotonic() + 30
+    while alive(set(killer.seen)) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not _ray_processes() - before
+    assert not alive(set(killer.seen)), {pid: killer.seen[pid] for pid in alive(set(killer.seen))}
 
 
-def _ray_processes() -> set[int]:
-    """Pids of Ray's server processes on this machine (the GCS and raylets)."""
-    pids = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if entry.joinpath("comm").read_text().strip() in ("gcs_server", "raylet"):
-                    pids.add(int(entry.name))
-            except OSError:
-                continue
-    return alive(pids)
+def _name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "?"
 
 
 # --- a worker dies ------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_a_killed_worker_is_retried_and_the_result_is_unchanged(ray_local, local_runs, tmp_path):
-    killed: list[int] = []
-    stop = threading.Event()
-
-    def kill_first_task() -> None:
-        while not stop.is_set() and not killed:
-            for pid in alive(process_tree(os.getpid())):
-                try:
-                    title = Path(f"/proc/{pid}/cmdline").read_bytes()
-                except OSError:
-                    continue
-                if title.startswith(f"ray::{TASK_NAME}".encode()):
-                    os.kill(pid, signal.SIGKILL)
-                    killed.append(pid)
-                    break
-            time.sleep(0.002)
-
-    killer = threading.Thread(target=kill_first_task, daemon=True)
-    killer.start()
-    try:
-        with RayExecutor(max_retries=3) as executor:
-            train_ensemble(_config("process"), out=tmp_path / "run", executor=executor)
-    finally:
-        stop.set()
-        killer.join()
-    assert killed, "no task was running to be killed"
+    with _TaskKiller(os.getpid()) as killer, RayExecutor(max_retries=3) as executor:
+        train_ensemble(_config("process"), out=tmp_path / "run", executor=executor)
+    assert killer.killed, "no task was running to be killed"
     assert _prediction_bytes(tmp_path / "run") == _prediction_bytes(local_runs["process"])
 
 

@@ -18,6 +18,7 @@ executor runs.
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib.util
 import logging
 import math
@@ -30,6 +31,8 @@ from typing import Any
 
 from reprokit.errors import ReprokitError
 from reprokit.runners.executors import BatchTask, ReplicaRecord
+
+log = logging.getLogger("reprokit")
 
 #: How often Ray runs a task again whose worker died (SIGKILL, OOM killer, a lost node).
 DEFAULT_MAX_RETRIES = 3
@@ -87,10 +90,43 @@ def start_local_ray(num_cpus: int, verbose: bool = False) -> Any:
     return ray
 
 
+#: Whether Ray's printed output is shown in full (`--verbose`); read by `_route_ray_output`.
+_ROUTING: dict[str, bool] = {"verbose": False}
+
+
+def _route_ray_output(verbose: bool) -> None:
+    """Ray's driver prints what its cluster reports (a worker that died, an infeasible task) and,
+    with log_to_driver, the workers' output, on *stdout*, where `--json` puts its document. Send
+    all of it to stderr with `--verbose`; without, turn the cluster's reports into one `note:`
+    line each (the `reprokit` logger) and drop the rest."""
+    _ROUTING["verbose"] = verbose
+    try:
+        from ray._private import worker as ray_worker
+    except ImportError:  # pragma: no cover - a Ray without this module prints as it likes
+        return
+    original = getattr(ray_worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "_reprokit_route", False):
+        return
+
+    def route(data: dict[str, Any], ignore_prefix: bool) -> None:
+        if _ROUTING["verbose"]:
+            original({**data, "is_err": True}, ignore_prefix)
+            return
+        if data.get("pid") == "raylet":
+            for line in data.get("lines") or []:
+                sentences = " ".join(str(line).split()).split(". ")
+                text = ". ".join(sentences[:2]).rstrip(". :")
+                log.warning("Ray: %s", text[:240])
+
+    route._reprokit_route = True  # type: ignore[attr-defined]
+    ray_worker.print_to_stdstream = route
+
+
 def _quiet(verbose: bool) -> dict[str, Any]:
     """ray.init arguments that keep Ray's log lines, its own and its workers', off the user's
     terminal unless `--verbose`; errors still reach the driver as exceptions. (Its C++ core is
     quiet by itself once connected; RAY_BACKEND_LOG_LEVEL would announce itself on stderr.)"""
+    _route_ray_output(verbose)
     return {
         "logging_level": logging.INFO if verbose else logging.ERROR,
         "log_to_driver": verbose,
@@ -143,7 +179,9 @@ def reprokit_batch(
             "differently across versions)"
         )
     prepare_torch(getattr(payload, "config", None), batch)
-    return list(task(payload, batch))
+    # Arrays from Ray's object store are read-only views of memory every task on the node shares;
+    # the task gets its own copy, as a local worker process does, so no engine can write into it.
+    return list(task(copy.deepcopy(payload), batch))
 
 
 def prepare_torch(config: Any, batch: list[int]) -> None:
@@ -305,6 +343,10 @@ class RayExecutor:
         gpus = _task_gpus(config)
         ray = self._connect(cpus)
         slots, biggest = self._slots(ray, cpus)
+        if gpus and not ray.cluster_resources().get("GPU"):
+            raise ReprokitError(
+                f"--device {config.device} with --backend ray: no node of the Ray cluster has a GPU"
+            )
         pieces = split_batches(batches, self.replicas_per_task, slots)
         if self._remote is None:
             self._remote = ray.remote(reprokit_batch)
