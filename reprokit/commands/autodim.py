@@ -196,7 +196,7 @@ def register(app: typer.Typer) -> None:
           reprokit autodim --replicas 4 --out runs/autodim
           reprokit autodim --data ml100k.parquet --candidates 2,4,8,16 --objective auc-pd
         """
-        from reprokit.config import resolve_config
+        from reprokit.config import load_toml, resolve_config
         from reprokit.runners.autodim import (
             AutoDimSettings,
             autodim,
@@ -210,7 +210,7 @@ def register(app: typer.Typer) -> None:
         if replicas is None and not _replicas_in_file(config):
             replicas = DEFAULT_REPLICAS
         params = {**ctx.params, "replicas": replicas}
-        if vary is None:
+        if vary is None and not (config is not None and "vary" in load_toml(config)):
             params["vary"] = DEFAULT_VARY
         cfg = resolve_config(config, opt.run_overrides(**params))
         settings = AutoDimSettings(
