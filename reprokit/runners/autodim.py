@@ -24,7 +24,7 @@ Three steps (`shared/reference/embeddings.md` §2.1):
    `autodim-s`, `mde` (the α-power rule with base_dim d_N; its α from a grid 0.05..1 is the one
    whose table budget is nearest AutoDim's, so MDE and AutoDim compare at equal memory) and
    `random` (seeded random candidate widths at AutoDim's table budget: the nearest of a
-   permutation of AutoDim's widths over the fields and 4096 random draws).
+   permutation of AutoDim's widths over the fields and 4095 seeded draws, `random_dims`).
 
 With ``objective="auc-pd"`` every distinct width set seen during the search (each seed's argmax at
 its checkpoints, and the final choice) is trained with `quick_replicas` replicas under
