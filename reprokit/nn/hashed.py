@@ -83,7 +83,9 @@ class HashedEmbeddings(EmbeddingTable):
         self.keys = [np.asarray(k, dtype=np.uint64) for k in keys]
         # index → row of its field's table, all fields in one buffer (moves with `model.to`); a
         # field's keys may run past its vocabulary (eval-only values, `EncodedData.eval_cat_raw`)
-        self.starts = [int(x) for x in np.concatenate([[0], np.cumsum([len(k) for k in self.keys])])]
+        self.starts = [
+            int(x) for x in np.concatenate([[0], np.cumsum([len(k) for k in self.keys])])
+        ]
         rows = [bucket_of(k, self.buckets, self.seed) for k in self.keys]
         self.register_buffer(
             "row_of",
