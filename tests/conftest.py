@@ -29,7 +29,9 @@ def ray_local() -> Iterator[Any]:
     try:
         yield ray
     finally:
-        started = process_tree(os.getpid())
+        # Ray's processes only: other children of this session (multiprocessing's resource
+        # tracker, a test's subprocess) are not Ray's to stop
+        started = {pid for pid in process_tree(os.getpid()) if _is_ray(pid)}
         ray.shutdown()
         deadline = time.monotonic() + 20
         while alive(started) and time.monotonic() < deadline:
@@ -37,3 +39,12 @@ def ray_local() -> Iterator[Any]:
         left = alive(started)
         names = {pid: Path(f"/proc/{pid}/comm").read_text().strip() for pid in left}
         assert not left, f"Ray processes left behind after ray.shutdown(): {names}"
+
+
+def _is_ray(pid: int) -> bool:
+    """Whether process `pid` is one of Ray's (its command line names ray)."""
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    except OSError:
+        return False
+    return b"ray" in command.lower()
