@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 from cli_checks import one_error_line
+from engine_cases import SMALL, seeds_for, small_config, train_both
 from typer.testing import CliRunner
 
 import reprokit.training.vectorized as vec
@@ -25,7 +26,6 @@ from reprokit.nn.collisionless import (
 )
 from reprokit.nn.embeddings import collision_rates
 from reprokit.nn.keymap import KeyedSlots
-from reprokit.sources import replica_seeds
 from reprokit.training.loop import train_replica
 
 # ---- the keyed map ---------------------------------------------------------------------------
@@ -240,15 +240,6 @@ def test_collision_rate_is_zero():
 
 # ---- training in both engines ---------------------------------------------------------------
 
-SMALL = {
-    "data.synth_rows": 1500,
-    "data.synth_fields": 3,
-    "data.synth_cardinality": 200,
-    "optim.epochs": 2,
-    "optim.batch_size": 70,
-    "model.hidden": "16-8",
-}
-
 
 @pytest.fixture(scope="module")
 def encoded():
@@ -256,11 +247,7 @@ def encoded():
 
 
 def _config(vary, embedding, **extra):
-    return resolve_config(None, {**SMALL, "vary": vary, "model.embedding": embedding, **extra})
-
-
-def _seeds(cfg, replicas):
-    return [replica_seeds(cfg.seed, cfg.vary, r) for r in replicas]
+    return small_config(vary, embedding, **{"optim.epochs": 2, **extra})  # expiry needs time
 
 
 @pytest.mark.parametrize(
@@ -274,9 +261,7 @@ def _seeds(cfg, replicas):
 )
 def test_the_engines_agree(encoded, spec, optimizer):
     cfg = _config("init,data-order,admission", spec, **{"optim.name": optimizer})
-    seeds = _seeds(cfg, range(2))
-    ref = [train_replica(encoded, cfg, r, s) for r, s in enumerate(seeds)]
-    out = vec.train_replicas(encoded, cfg, [0, 1], seeds)
+    ref, out = train_both(encoded, cfg)
     for a, b in zip(ref, out, strict=True):
         assert a.table == b.table  # the same admissions, refusals and evictions
         assert np.array_equal(a.log.table_rows, b.log.table_rows)
@@ -293,7 +278,7 @@ def test_the_engines_agree(encoded, spec, optimizer):
 def test_control_arm_is_bitwise_identical(encoded, engine):
     spec = "collisionless:min_count=2,filter=probabilistic,expire=6"
     cfg = _config("none", spec)
-    seeds = _seeds(cfg, range(3))
+    seeds = seeds_for(cfg, range(3))
     if engine == "vectorized":
         outs = vec.train_replicas(encoded, cfg, [0, 1, 2], seeds)
     else:
@@ -306,7 +291,7 @@ def test_control_arm_is_bitwise_identical(encoded, engine):
 def test_admission_varies_only_a_probabilistic_table(encoded):
     def pd_of(spec):
         cfg = _config("admission", spec)
-        outs = vec.train_replicas(encoded, cfg, [0, 1], _seeds(cfg, range(2)))
+        outs = vec.train_replicas(encoded, cfg, [0, 1], seeds_for(cfg, range(2)))
         return np.abs(outs[0].predictions - outs[1].predictions).max()
 
     assert pd_of("collisionless:min_count=2") == 0.0

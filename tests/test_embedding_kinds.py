@@ -13,6 +13,9 @@ import pandas as pd
 import pytest
 import torch
 from cli_checks import one_error_line
+from engine_cases import SMALL, TOLERANCE
+from engine_cases import seeds_for as _seeds
+from engine_cases import small_config as _config
 from typer.testing import CliRunner
 
 import reprokit.training.vectorized as vec
@@ -331,30 +334,10 @@ def test_embedding_account_counts_parameters_and_bytes():
 
 # ---- both engines ---------------------------------------------------------------------------------
 
-SMALL = {
-    "data.synth_rows": 1500,
-    "data.synth_fields": 3,
-    "data.synth_cardinality": 200,
-    "optim.epochs": 1,
-    "optim.batch_size": 70,
-    "model.hidden": "16-8",
-}
-#: max |Δp| between replica k of the two engines: measured ≤ 8e-8 for every hashed and qr case
-#: here (with dropout too); the `table` kind's tolerance in tests/test_vectorized.py.
-TOLERANCE = 1e-5
-
 
 @pytest.fixture(scope="module")
 def encoded():
     return load_encoded(resolve_config(None, SMALL).data)
-
-
-def _config(vary, embedding, **extra):
-    return resolve_config(None, {**SMALL, "vary": vary, "model.embedding": embedding, **extra})
-
-
-def _seeds(cfg, replicas):
-    return [replica_seeds(cfg.seed, cfg.vary, r) for r in replicas]
 
 
 def test_engine_choice_follows_the_registry():

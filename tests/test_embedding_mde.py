@@ -9,6 +9,9 @@ import pandas as pd
 import pytest
 import torch
 from cli_checks import one_error_line
+from engine_cases import SMALL, TOLERANCE
+from engine_cases import seeds_for as _seeds
+from engine_cases import small_config as _config
 from typer.testing import CliRunner
 
 from reprokit.cli import app
@@ -154,19 +157,6 @@ def test_initial_projected_embeddings_have_the_table_scale():
 
 # ---- engines --------------------------------------------------------------------------------------
 
-SMALL = {
-    "data.synth_rows": 1500,
-    "data.synth_fields": 3,
-    "data.synth_cardinality": 200,
-    "optim.epochs": 1,
-    "optim.batch_size": 70,
-    "model.hidden": "16-8",
-}
-
-
-def _config(vary, embedding, **extra):
-    return resolve_config(None, {**SMALL, "vary": vary, "model.embedding": embedding, **extra})
-
 
 def test_auto_stacks_mde():
     assert choose_engine(_config("init", "mde:alpha=0.5")) == "vectorized"
@@ -221,13 +211,6 @@ STACKED = [
     ("table", {"model.field_dims": "c0=16,c2=1"}),
     ("mde:alpha=0.5", {"model.field_dims": "c1=2"}),
 ]
-#: Measured: predictions within 1e-7, losses within 1.2e-7, gradient norms within 2.2e-7
-#: (relative) of the reference loop after one epoch (adagrad, adam, sgd, dropout, no hidden layer).
-TOLERANCE = 1e-5
-
-
-def _seeds(cfg, replicas):
-    return [replica_seeds(cfg.seed, cfg.vary, r) for r in replicas]
 
 
 def test_stacked_layout_pads_rows_and_keeps_the_projections():

@@ -12,6 +12,9 @@ import numpy as np
 import pytest
 import torch
 from cli_checks import one_error_line
+from engine_cases import SMALL, TOLERANCE
+from engine_cases import seeds_for as _seeds
+from engine_cases import small_config as _config
 from typer.testing import CliRunner
 
 import reprokit.training.vectorized as vec
@@ -22,7 +25,6 @@ from reprokit.data.encoding import VocabSizes, load_encoded
 from reprokit.errors import ReprokitError
 from reprokit.nn.embeddings import collision_rates, create_embeddings, embedding_account
 from reprokit.nn.lma import LMAEmbeddings, minhash_signatures, projection
-from reprokit.sources import replica_seeds
 from reprokit.training.loop import train_replica
 
 # ---- an independent pure-Python LMA (the module docstring's formulas, integer by integer) ---------
@@ -355,30 +357,10 @@ def test_bad_spec_on_the_command_line_exits_2_with_one_line(spec, tmp_path):
 
 # ---- both engines ---------------------------------------------------------------------------------
 
-SMALL = {
-    "data.synth_rows": 1500,
-    "data.synth_fields": 3,
-    "data.synth_cardinality": 200,
-    "optim.epochs": 1,
-    "optim.batch_size": 70,
-    "model.hidden": "16-8",
-}
-#: max |Δp| between replica k of the two engines: measured ≤ 8.4e-8 for every case here (5e-8 with
-#: dropout 0.1); the `table` kind's tolerance in tests/test_vectorized.py.
-TOLERANCE = 1e-5
-
 
 @pytest.fixture(scope="module")
 def encoded():
     return load_encoded(resolve_config(None, SMALL).data)
-
-
-def _config(vary, embedding, **extra):
-    return resolve_config(None, {**SMALL, "vary": vary, "model.embedding": embedding, **extra})
-
-
-def _seeds(cfg, replicas):
-    return [replica_seeds(cfg.seed, cfg.vary, r) for r in replicas]
 
 
 @pytest.mark.parametrize(
