@@ -101,8 +101,10 @@ class _DeepModel(_EmbeddedInput):
         _reset(self, generator)
 
 
-class DeepFMModel(_DeepModel):
-    """DeepFM: first-order linear part + FM second-order term + deep MLP (see the module docstring)."""
+class WideDeepModel(_DeepModel):
+    """Wide & Deep: a linear model of one-hot ids and numeric features + the deep MLP's logit."""
+
+    arch = "wide-deep"  # how a refused linear table names the model
 
     def __init__(
         self,
@@ -116,37 +118,25 @@ class DeepFMModel(_DeepModel):
         linear: EmbeddingTable | None = None,
     ) -> None:
         super().__init__(embeddings, num_numeric, hidden, activation, dropout, batch_norm, n_tasks)
-        self.linear = _LinearPart(_check_linear(linear, n_tasks, "deepfm"), num_numeric, n_tasks)
+        self.linear = _LinearPart(_check_linear(linear, n_tasks, self.arch), num_numeric, n_tasks)
         self.head = nn.Linear(self.deep_width, n_tasks)
+
+    def forward(self, cat: torch.Tensor, num: torch.Tensor) -> torch.Tensor:
+        """Logits [batch, n_tasks]."""
+        return self.linear(cat, num) + self.head(self.mlp(self._input(cat, num)))
+
+
+class DeepFMModel(WideDeepModel):
+    """DeepFM: first-order linear part + FM second-order term + deep MLP (see the module
+    docstring); Wide & Deep's parts plus the FM term."""
+
+    arch = "deepfm"
 
     def forward(self, cat: torch.Tensor, num: torch.Tensor) -> torch.Tensor:
         """Logits [batch, n_tasks]."""
         emb = self.embeddings(cat)
         deep = self.head(self.mlp(torch.cat([emb.flatten(1), num], dim=1)))
         return self.linear(cat, num) + fm_second_order(emb).unsqueeze(1) + deep
-
-
-class WideDeepModel(_DeepModel):
-    """Wide & Deep: a linear model of one-hot ids and numeric features + the deep MLP's logit."""
-
-    def __init__(
-        self,
-        embeddings: EmbeddingTable,
-        num_numeric: int,
-        hidden: list[int] | tuple[int, ...] = (64, 32),
-        activation: str = "relu",
-        dropout: float = 0.0,
-        batch_norm: bool = False,
-        n_tasks: int = 1,
-        linear: EmbeddingTable | None = None,
-    ) -> None:
-        super().__init__(embeddings, num_numeric, hidden, activation, dropout, batch_norm, n_tasks)
-        self.linear = _LinearPart(_check_linear(linear, n_tasks, "wide-deep"), num_numeric, n_tasks)
-        self.head = nn.Linear(self.deep_width, n_tasks)
-
-    def forward(self, cat: torch.Tensor, num: torch.Tensor) -> torch.Tensor:
-        """Logits [batch, n_tasks]."""
-        return self.linear(cat, num) + self.head(self.mlp(self._input(cat, num)))
 
 
 class CrossLayer(nn.Module):
