@@ -55,7 +55,7 @@ def main() -> None:
         shards=args.shards,
         sync_intervals=(args.sync_every,),
         dense_sync_every=args.dense_sync_every,
-    ).validate(1)
+    ).validate()
     stream = load_stream(cfg, options)
     seeds = replica_seeds(cfg.seed, cfg.vary, 0)
     state, _ = train_batch_model(stream, cfg, 0, seeds)

@@ -44,7 +44,7 @@ def _config(**extra):
 
 
 def _stream(cfg, **options):
-    opts = OnlineOptions(**{"shards": 4, "sync_intervals": (1,), **options}).validate(cfg.replicas)
+    opts = OnlineOptions(**{"shards": 4, "sync_intervals": (1,), **options}).validate()
     return opts, load_stream(cfg, opts)
 
 
@@ -223,3 +223,16 @@ def test_a_failure_right_after_a_snapshot_says_it_lost_nothing(tmp_path):
     failure = run_online(cfg, opts, tmp_path / "run", stream=stream)["failure"]
     assert failure["lost_updates"] == 0 and "no update was lost" in failure["note"]
     assert all(s["delta"] == 0.0 for s in failure["shards"])
+
+
+def test_projections_of_mixed_widths_sync_with_the_dense_weights():
+    cfg = _config(**{"model.field_dims": {"c0": 2}})
+    _, stream = _stream(cfg)
+    enc = stream.encoded
+    trainer = OnlineReplica(
+        cfg, enc.vocab_sizes, enc.train_num.shape[1], 1, 0, replica_seeds(0, (), 0)
+    )
+    serve = ServingCopy(trainer)
+    names = {n for n, _ in trainer.model.named_parameters() if n.startswith("embeddings.")}
+    assert any("projections" in n for n in names)
+    assert serve.sparse_names == {n for n in names if n.startswith("embeddings.tables.")}

@@ -166,7 +166,7 @@ def register(app: typer.Typer) -> None:
             fail_at=fail_at,
             churn_by=churn_by,
             top_k=top_k,
-        ).validate(cfg.replicas)
+        ).validate()
         stream = load_stream(cfg, options)
         run_dir = out if out is not None else default_run_dir("online")
         units = cfg.replicas * (len(options.sync_intervals) + (fail_at is not None))

@@ -196,16 +196,20 @@ def _labels(frame: pd.DataFrame, names: list[str], part: str) -> np.ndarray:
     return y
 
 
-def _times(dataset: Dataset) -> np.ndarray | None:
-    """The timestamp column as float64 (dates as seconds since the epoch), or None."""
-    col = dataset.schema.timestamp
-    if col is None or col not in dataset.frame.columns:
-        return None
-    values = dataset.frame[col]
+def timestamp_seconds(values: pd.Series) -> np.ndarray:
+    """A timestamp column as float64: numbers as they are, dates as seconds since the epoch."""
     if pd.api.types.is_datetime64_any_dtype(values):
         values = pd.to_datetime(values, utc=True)
         return (values - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy(np.float64)
     return values.to_numpy(dtype=np.float64)
+
+
+def _times(dataset: Dataset) -> np.ndarray | None:
+    """The dataset's timestamp column in seconds (`timestamp_seconds`), or None."""
+    col = dataset.schema.timestamp
+    if col is None or col not in dataset.frame.columns:
+        return None
+    return timestamp_seconds(dataset.frame[col])
 
 
 def _example_ids(dataset: Dataset) -> np.ndarray:

@@ -97,6 +97,11 @@ class EmbeddingTable(nn.Module):
         """Embedding parameters of one replica."""
         return sum(p.numel() for p in self.parameters())
 
+    def row_parameter_names(self) -> set[str]:
+        """Names (within the table) of the parameters holding one row per id or bucket: what a
+        serving copy syncs row by row. Kinds with other parameters (projections) override it."""
+        return {name for name, p in self.named_parameters() if p.dim() == 2}
+
     def id_rows(self) -> list[np.ndarray]:
         """Per field, what each vocabulary index reads (equal entries: ids that share a row)."""
         return [np.arange(v, dtype=np.int64) for v in getattr(self, "vocab_sizes", [])]

@@ -110,6 +110,10 @@ class MixedDimEmbeddings(EmbeddingTable):
             for w in self.widths
         )
 
+    def row_parameter_names(self) -> set[str]:
+        """The per-field row tables; the projections are dense."""
+        return {f"tables.{name}" for name, _ in self.tables.named_parameters()}
+
     @property
     def num_rows(self) -> int:
         return sum(self.vocab_sizes)

@@ -68,7 +68,7 @@ class OnlineOptions:
     top_k: int = 10
     catch_up_tolerance: float = 0.0005
 
-    def validate(self, replicas: int) -> OnlineOptions:
+    def validate(self) -> OnlineOptions:
         checks = [
             (
                 math.isfinite(self.batch_fraction) and 0 < self.batch_fraction < 1,
@@ -137,7 +137,7 @@ class OnlineStream:
 def load_stream(config: RunConfig, options: OnlineOptions) -> OnlineStream:
     """The user's data in time order, split into the batch part and the shards, encoded."""
     from reprokit.components.tables import EMBEDDING_TABLES
-    from reprokit.data.encoding import encode
+    from reprokit.data.encoding import encode, timestamp_seconds
     from reprokit.data.layout import Dataset
     from reprokit.data.splits import load_dataset, select_labels
 
@@ -149,7 +149,7 @@ def load_stream(config: RunConfig, options: OnlineOptions) -> OnlineStream:
             "timestamp column (import it with `reprokit data import ... --timestamp COL`)"
         )
     frame = dataset.frame
-    times = _seconds(frame[column])
+    times = timestamp_seconds(frame[column])
     order = np.argsort(times, kind="stable")
     n = len(order)
     n_batch = int(n * options.batch_fraction)
@@ -183,15 +183,6 @@ def load_stream(config: RunConfig, options: OnlineOptions) -> OnlineStream:
         groups=groups,
         time_column=column,
     )
-
-
-def _seconds(values: Any) -> np.ndarray:
-    import pandas as pd
-
-    if pd.api.types.is_datetime64_any_dtype(values):
-        values = pd.to_datetime(values, utc=True)
-        return (values - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy(np.float64)
-    return values.to_numpy(dtype=np.float64)
 
 
 # ---- one unit: one replica's pass over the stream at one sync interval -----------------------
@@ -412,7 +403,7 @@ def run_online(
 ) -> dict[str, Any]:
     """Run (or resume) the online study in `out`; returns the `online.json` document."""
     config.validate()
-    options.validate(config.replicas)
+    options.validate()
     refused = [s for s in config.vary if s in REFUSED_SOURCES]
     if refused:
         raise ReprokitError(
@@ -479,12 +470,20 @@ def run_online(
     return doc
 
 
-def _stream_auc(stream: OnlineStream, predictions: np.ndarray) -> float:
-    """The serving model's mean AUC over the shards (for the progress line)."""
+def shard_aucs(stream: OnlineStream, predictions: np.ndarray) -> np.ndarray:
+    """AUC per shard [replicas, shards] of stream predictions [replicas, n_stream] (or [shards]
+    of one replica's [n_stream])."""
     from reprokit.metrics.accuracy import auc
 
     y = stream.encoded.eval_y[:, 0]
-    return float(np.mean([auc(y[lo:hi], predictions[lo:hi]) for lo, hi in stream.bounds]))
+    p = np.atleast_2d(predictions)
+    out = np.array([[auc(y[lo:hi], q[lo:hi]) for lo, hi in stream.bounds] for q in p])
+    return out if predictions.ndim == 2 else out[0]
+
+
+def _stream_auc(stream: OnlineStream, predictions: np.ndarray) -> float:
+    """The serving model's mean AUC over the shards (for the progress line)."""
+    return float(np.mean(shard_aucs(stream, predictions)))
 
 
 def _save_unit(out: Path, name: str, result: UnitResult) -> None:
@@ -548,12 +547,8 @@ def online_document(
     baselines: np.ndarray,
 ) -> dict[str, Any]:
     """`online.json` (schema in docs/contracts.md)."""
-    from reprokit.metrics.accuracy import auc
-
     y = stream.encoded.eval_y[:, 0]
-    batch_auc = [
-        float(np.mean([auc(y[lo:hi], b[lo:hi]) for b in baselines])) for lo, hi in stream.bounds
-    ]
+    batch_auc = [float(a) for a in shard_aucs(stream, baselines).mean(axis=0)]
     intervals = []
     for interval in options.sync_intervals:
         units = results[("sync", interval)]
@@ -618,15 +613,11 @@ def _failure_block(
     reference: dict[str, Any],
 ) -> dict[str, Any]:
     """The failure run against the no-failure run of the same interval, shard by shard."""
-    from reprokit.metrics.accuracy import auc
-
-    y = stream.encoded.eval_y[:, 0]
     k = int(options.fail_at or 0)
+    failed_auc = shard_aucs(stream, np.stack([u.predictions for u in units])).mean(axis=0)
     shards = []
-    for i, (lo, hi) in enumerate(stream.bounds):
-        if i < k:
-            continue
-        failed = float(np.mean([auc(y[lo:hi], u.predictions[lo:hi]) for u in units]))
+    for i in range(k, len(stream.bounds)):
+        failed = float(failed_auc[i])
         base = reference["shards"][i]["auc_online"]
         shards.append(
             {"shard": i, "auc_failure": failed, "auc_no_failure": base, "delta": failed - base}

@@ -71,12 +71,8 @@ class SyncCounter:
 
 
 def _embedding_names(model: torch.nn.Module) -> set[str]:
-    """Names of the embedding table's row-wise parameters (2-D, one row per id or bucket)."""
-    return {
-        f"embeddings.{name}"
-        for name, p in model.embeddings.named_parameters()
-        if p.dim() == 2 and "projection" not in name
-    }
+    """Model-level names of the embedding table's row-wise parameters (the table says which)."""
+    return {f"embeddings.{name}" for name in model.embeddings.row_parameter_names()}
 
 
 class OnlineReplica:
