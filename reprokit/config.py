@@ -28,6 +28,10 @@ ARCHS = ARCHITECTURES.names
 EMBEDDINGS = EMBEDDING_TABLES.names
 
 
+#: `data.storage` values (see `DataConfig.storage`).
+STORAGES = ("auto", "memory", "mapped")
+
+
 @dataclass
 class DataConfig:
     """Where the data comes from and how it is split. `path=None` means built-in synthetic data."""
@@ -47,6 +51,11 @@ class DataConfig:
     # primary task, whose metrics fill the summary's top-level keys). Empty: `[label]`, i.e. one
     # task, the schema's first label unless `label` names another; ["all"]: every label column.
     labels: list[str] = field(default_factory=list)
+    # Where the encoded split lives while training: memory (a DataFrame, then arrays), mapped
+    # (encoded piece by piece into memory-mapped .npy files in a cache, for data larger than one
+    # DataFrame; reprokit.data.mapped) or auto (mapped when the encoded arrays would pass 1 GiB).
+    # The arrays are the same either way, so it is not part of what a resume compares.
+    storage: str = "auto"
 
 
 @dataclass
@@ -158,6 +167,10 @@ class RunConfig:
             (all(h >= 1 for h in self.model.hidden), "hidden layer widths must be positive"),
             (0.0 < self.data.eval_fraction < 1.0, "the evaluation fraction must be in (0, 1)"),
             (self.data.split in ("random", "temporal"), "split must be 'random' or 'temporal'"),
+            (
+                self.data.storage in STORAGES,
+                f"unknown storage {self.data.storage!r}; choose {', '.join(STORAGES)}",
+            ),
             (self.threads >= 1 and self.max_threads >= 1, "thread counts must be at least 1"),
             (self.async_staleness >= 0, "async staleness must be >= 0"),
             (

@@ -111,6 +111,7 @@ def comparable_manifest(doc: dict[str, Any]) -> dict[str, Any]:
         # where the data file is named from does not matter: its fingerprint must agree
         if isinstance(out["config"].get("data"), dict):
             out["config"]["data"].pop("path", None)
+            out["config"]["data"].pop("storage", None)  # the same arrays either way
     if isinstance(out.get("data"), dict):
         out["data"].pop("path", None)
     return out

@@ -51,6 +51,7 @@ CONFIG_KEYS: dict[str, str] = {
     "data": "data.path",
     "split": "data.split",
     "eval_fraction": "data.eval_fraction",
+    "storage": "data.storage",
     "label": "data.label",
     "synth_rows": "data.synth_rows",
     "replicas": "replicas",
@@ -219,6 +220,18 @@ EvalFraction = Annotated[
     typer.Option(
         "--eval-fraction",
         help=config_help("eval_fraction", "Share of the rows held out for evaluation."),
+    ),
+]
+Storage = Annotated[
+    str | None,
+    typer.Option(
+        "--storage",
+        help=config_help(
+            "storage",
+            "Where the encoded data lives while training: memory, mapped (memory-mapped files "
+            "built piece by piece in a cache, for data larger than memory; REPROKIT_CACHE_DIR) "
+            "or auto (mapped above 1 GiB of encoded arrays).",
+        ),
     ),
 ]
 Label = Annotated[

@@ -90,6 +90,7 @@ def register(app: typer.Typer) -> None:
         epochs: opt.Epochs = None,
         split: opt.Split = None,
         eval_fraction: opt.EvalFraction = None,
+        storage: opt.Storage = None,
         label: opt.Label = None,
         synth_rows: opt.SynthRows = None,
         seed: opt.Seed = None,

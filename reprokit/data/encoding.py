@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from reprokit.data.layout import Dataset
+from reprokit.data.mapped_array import MappedArray, release
 from reprokit.errors import ReprokitError
 
 if TYPE_CHECKING:
@@ -116,6 +117,17 @@ class EncodedData:
         return self.eval_cat_raw if raw_values and self.eval_cat_raw is not None else self.eval_cat
 
     @property
+    def is_mapped(self) -> bool:
+        """Whether the training arrays are memory-mapped files (`reprokit.data.mapped`)."""
+        return isinstance(self.train_cat, MappedArray)
+
+    def release_pages(self) -> None:
+        """Drop memory-mapped arrays' pages from this process (`reprokit.data.mapped`): the
+        engines call it every `RELEASE_EVERY` steps so a long epoch over a file larger than
+        memory does not leave the file resident. Nothing happens for in-memory arrays."""
+        release(self.train_cat, self.train_num, self.eval_cat, self.eval_num, self.eval_cat_raw)
+
+    @property
     def n_train(self) -> int:
         return len(self.train_y)
 
@@ -142,36 +154,74 @@ def _sorted_unique(values: pd.Series, min_count: int = 1) -> np.ndarray:
         return np.asarray(sorted(uniq, key=lambda v: (type(v).__name__, v)), dtype=object)
 
 
+@dataclass
+class FieldVocab:
+    """One categorical field's training vocabulary: the kept values (sorted), and whether a
+    missing value has an index of its own (V+1) because training had it."""
+
+    values: pd.Index
+    has_null: bool
+
+    @classmethod
+    def fit(cls, train: pd.Series, min_count: int = 1) -> FieldVocab:
+        has_null = int(train.isna().sum()) >= max(min_count, 1)
+        return cls(pd.Index(_sorted_unique(train, min_count)), has_null)
+
+    @classmethod
+    def from_distinct(cls, distinct: list[np.ndarray], nulls: int) -> FieldVocab:
+        """The vocabulary (min count 1) from the distinct values of the training split's parts
+        (each part's `pd.unique`) and its count of missing values: what `fit` gives on the
+        whole column, for a split read in pieces."""
+        parts = [np.asarray(p) for p in distinct if len(p)]
+        values = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        return cls(pd.Index(_sorted_unique(pd.Series(values))), nulls >= 1)
+
+    @property
+    def size(self) -> int:
+        """Rows of the table: the OOV row 0, one per value, the missing-value row if any."""
+        return len(self.values) + 1 + int(self.has_null)
+
+    def codes(self, values: pd.Series) -> np.ndarray:
+        """Indices: 1..V for kept values, V+1 for missing (if training had it), 0 otherwise."""
+        codes = self.values.get_indexer(values).astype(np.int64) + 1  # unseen -> -1 -> 0
+        if self.has_null:
+            codes[values.isna().to_numpy()] = len(self.values) + 1
+        return codes
+
+    def keys(self, extra: pd.Index) -> np.ndarray:
+        """The 64-bit key of every index: OOV, the vocabulary, missing, then `extra` (eval-only
+        values past the vocabulary, see `EncodedData.eval_cat_raw`)."""
+        return np.concatenate(
+            [
+                np.array([OOV_KEY], dtype=np.uint64),
+                value_keys(self.values.to_numpy()),
+                np.array([NULL_KEY] * int(self.has_null), dtype=np.uint64),
+                value_keys(extra.to_numpy()) if len(extra) else np.zeros(0, dtype=np.uint64),
+            ]
+        )
+
+
+def unseen_values(values: pd.Series, codes: np.ndarray) -> pd.Series:
+    """The non-missing `values` that fell into the OOV row (index 0)."""
+    return values[(codes == 0) & values.notna().to_numpy()]
+
+
+def sorted_distinct(values: pd.Series) -> pd.Index:
+    return pd.Index(_sorted_unique(values))
+
+
 def _encode_categorical(
     train: pd.Series, test: pd.Series, min_count: int = 1
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, np.ndarray]:
     """(train codes, eval codes, eval codes with unseen values past the vocabulary, rows, keys
     of every index: the vocabulary's, then the eval-only values')."""
-    vocab = pd.Index(_sorted_unique(train, min_count))
-    v = len(vocab)
-    has_null = int(train.isna().sum()) >= max(min_count, 1)
-    size = v + 1 + int(has_null)
-
-    def lookup(values: pd.Series) -> np.ndarray:
-        codes = vocab.get_indexer(values).astype(np.int64) + 1  # unseen -> -1 -> 0
-        if has_null:
-            codes[values.isna().to_numpy()] = v + 1
-        return codes
-
-    test_codes = lookup(test)
+    vocab = FieldVocab.fit(train, min_count)
+    test_codes = vocab.codes(test)
     unseen = (test_codes == 0) & test.notna().to_numpy()
-    extra = pd.Index(_sorted_unique(test[unseen]))
+    extra = sorted_distinct(test[unseen])
     test_raw = test_codes.copy()
-    test_raw[unseen] = size + extra.get_indexer(test[unseen]).astype(np.int64)
-    keys = np.concatenate(
-        [
-            np.array([OOV_KEY], dtype=np.uint64),
-            value_keys(vocab.to_numpy()),
-            np.array([NULL_KEY] * int(has_null), dtype=np.uint64),
-            value_keys(extra.to_numpy()) if len(extra) else np.zeros(0, dtype=np.uint64),
-        ]
-    )
-    return lookup(train), test_codes, test_raw, size, keys
+    test_raw[unseen] = vocab.size + extra.get_indexer(test[unseen]).astype(np.int64)
+    return vocab.codes(train), test_codes, test_raw, vocab.size, vocab.keys(extra)
 
 
 def _numeric_matrix(frame: pd.DataFrame, names: list[str]) -> np.ndarray:
@@ -187,6 +237,27 @@ def _numeric_matrix(frame: pd.DataFrame, names: list[str]) -> np.ndarray:
         ) from None
     x[~np.isfinite(x)] = np.nan  # infinities count as missing
     return x
+
+
+def column_stats(column: np.ndarray) -> tuple[float, float]:
+    """(mean, std) of one numeric training column (NaN = missing): the population std, 1 for a
+    constant or all-missing column. One column at a time, contiguous, so the in-memory and the
+    memory-mapped loaders sum in the same order and agree bit for bit."""
+    x = np.ascontiguousarray(column, dtype=np.float64)
+    x = x[~np.isnan(x)]
+    if not len(x):
+        return 0.0, 1.0
+    mean = float(np.sum(x) / len(x))
+    std = float(np.sqrt(np.sum((x - mean) ** 2) / len(x)))
+    return mean, (std if np.isfinite(std) and std > 0 else 1.0)
+
+
+def standardise(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """float32 z-scores; missing (and infinite) values sit at the training mean, 0."""
+    with np.errstate(invalid="ignore"):
+        z = (x - mean) / std
+    z[~np.isfinite(z)] = 0.0
+    return z.astype(np.float32)
 
 
 def _labels(frame: pd.DataFrame, names: list[str], part: str) -> np.ndarray:
@@ -256,19 +327,12 @@ def encode(
 
     x_tr = _numeric_matrix(train.frame, numeric)
     x_ev = _numeric_matrix(eval_.frame, numeric)
-    with np.errstate(invalid="ignore"):
-        counts = (~np.isnan(x_tr)).sum(axis=0)
-        mean = np.where(counts > 0, np.nansum(x_tr, axis=0) / np.maximum(counts, 1), 0.0)
-        var = np.where(
-            counts > 0, np.nansum((x_tr - mean) ** 2, axis=0) / np.maximum(counts, 1), 0.0
-        )
-    std = np.sqrt(var)
-    std = np.where(np.isfinite(std) & (std > 0), std, 1.0)
+    stats = [column_stats(x_tr[:, k]) for k in range(len(numeric))]
+    mean = np.array([m for m, _ in stats], dtype=np.float64)
+    std = np.array([s for _, s in stats], dtype=np.float64)
 
     def scale(x: np.ndarray) -> np.ndarray:
-        z = (x - mean) / std
-        z[~np.isfinite(z)] = 0.0  # missing (and infinite) values sit at the training mean
-        return z.astype(np.float32)
+        return standardise(x, mean, std)
 
     return EncodedData(
         train_cat=train_cat,
@@ -290,9 +354,18 @@ def encode(
     )
 
 
+#: Training steps between two `EncodedData.release_pages` calls of the engines.
+RELEASE_EVERY = 256
+
+
 def load_encoded(data_config: DataConfig) -> EncodedData:
-    """`load_training_data(data_config)` followed by `encode`: what a training run needs."""
+    """What a training run needs: `load_training_data(data_config)` followed by `encode`, or the
+    same arrays memory-mapped from a cache built piece by piece (`data.storage`, see
+    `reprokit.data.mapped`)."""
+    from reprokit.data.mapped import load_mapped, use_mapped
     from reprokit.data.splits import load_training_data
 
+    if use_mapped(data_config):
+        return load_mapped(data_config)
     train, eval_ = load_training_data(data_config)
     return encode(train, eval_)

@@ -89,15 +89,20 @@ def read_dataset(path: str | os.PathLike) -> Dataset:
         table = pq.read_table(path)
     except (pa.ArrowInvalid, OSError) as exc:
         raise ReprokitError(f"{path} is not a readable parquet file ({exc})") from None
-    meta = table.schema.metadata or {}
+    schema = schema_of_table(table.schema, path)
+    frame = table.to_pandas()
+    schema.validate(frame)
+    return Dataset(frame=frame, schema=schema)
+
+
+def schema_of_table(arrow_schema: pa.Schema, path: Path) -> DatasetSchema:
+    """The reprokit schema in a parquet file's metadata (refused when there is none)."""
+    meta = arrow_schema.metadata or {}
     if SCHEMA_KEY not in meta:
         raise ReprokitError(
             f"{path} has no reprokit schema; convert it first with `reprokit data import {path}`"
         )
-    schema = DatasetSchema.from_dict(json.loads(meta[SCHEMA_KEY]))
-    frame = table.to_pandas()
-    schema.validate(frame)
-    return Dataset(frame=frame, schema=schema)
+    return DatasetSchema.from_dict(json.loads(meta[SCHEMA_KEY]))
 
 
 def dataset_fingerprint(dataset: Dataset) -> str:

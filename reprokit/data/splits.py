@@ -32,7 +32,7 @@ MIN_EVAL_ROWS = 50
 _RAW_SUFFIXES = (".csv", ".tsv", ".txt", ".gz", ".bz2", ".zip", ".xz", ".json", ".jsonl")
 
 
-def _with_example_id(dataset: Dataset) -> Dataset:
+def with_example_id(dataset: Dataset) -> Dataset:
     """Give a dataset without an example-id column one (row position), and check ids are unique."""
     schema, frame = dataset.schema, dataset.frame
     if schema.example_id is None:
@@ -79,13 +79,40 @@ def check_eval_size(n: int, eval_fraction: float, source: str, more: str = "more
         )
 
 
+def split_positions(
+    ids: np.ndarray, times: np.ndarray | None, n_eval: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(train positions, eval positions) of rows with example ids `ids`: the random split when
+    `times` is None, else the temporal one (see the module docstring). Each part is in its final
+    row order; `split_dataset` and the memory-mapped loader (`reprokit.data.mapped`) share it."""
+    n = len(ids)
+    if times is None:
+        order = np.argsort(ids, kind="stable")
+        rng = np.random.default_rng(seed)
+        chosen = np.zeros(n, dtype=bool)
+        chosen[rng.permutation(n)[:n_eval]] = True  # positions in id order
+        return order[~chosen], order[chosen]
+    order = np.lexsort((ids, times))  # by time, ties by example id
+    return order[: n - n_eval], order[n - n_eval :]
+
+
 def split_dataset(
     dataset: Dataset, method: str = "random", eval_fraction: float = 0.2, seed: int = 0
 ) -> tuple[Dataset, Dataset]:
     """Split into (train, eval); deterministic for the arguments (see the module docstring)."""
+    dataset = with_example_id(dataset)
+    train_pos, eval_pos = split_order(dataset, method, eval_fraction, seed)
+    return _take(dataset, train_pos), _take(dataset, eval_pos)
+
+
+def split_order(
+    dataset: Dataset, method: str, eval_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(train positions, eval positions) of `dataset`'s rows (it has its example ids, see
+    `with_example_id`; only the id and timestamp columns are read, so the memory-mapped loader
+    passes a frame of just those)."""
     if method not in SPLIT_METHODS:
         raise ReprokitError(f"unknown split {method!r}; choose random or temporal")
-    dataset = _with_example_id(dataset)
     n = len(dataset)
     n_eval = eval_rows(n, eval_fraction)
     if n_eval < 1 or n - n_eval < 1:
@@ -94,14 +121,9 @@ def split_dataset(
             "both parts need at least one row"
         )
     ids = dataset.frame[dataset.schema.example_id].to_numpy()
-    if method == "random":
-        order = np.argsort(ids, kind="stable")
-        rng = np.random.default_rng(seed)
-        chosen = np.zeros(n, dtype=bool)
-        chosen[rng.permutation(n)[:n_eval]] = True  # positions in id order
-        eval_pos, train_pos = order[chosen], order[~chosen]
-    else:
-        ts_col = dataset.schema.timestamp
+    ts_col = dataset.schema.timestamp
+    times = None
+    if method == "temporal":
         if ts_col is None:
             raise ReprokitError(
                 f"a temporal split needs a timestamp column, and dataset {dataset.schema.name!r} "
@@ -110,9 +132,8 @@ def split_dataset(
         ts = dataset.frame[ts_col]
         if ts.isna().any():
             raise ReprokitError(f"the timestamp column {ts_col!r} has missing values")
-        order = np.lexsort((ids, ts.to_numpy()))  # by time, ties by example id
-        train_pos, eval_pos = order[: n - n_eval], order[n - n_eval :]
-    return _take(dataset, train_pos), _take(dataset, eval_pos)
+        times = ts.to_numpy()
+    return split_positions(ids, times, n_eval, seed)
 
 
 def select_labels(dataset: Dataset, label: str | list[str] | None) -> Dataset:
@@ -147,7 +168,12 @@ def load_dataset(data_config: DataConfig) -> Dataset:
             seed=data_config.synth_seed,
             tasks=data_config.synth_tasks,
         )
-    path = Path(data_config.path)
+    return read_dataset(check_dataset_path(data_config.path))
+
+
+def check_dataset_path(name: str) -> Path:
+    """`name` as a dataset file, or the sentence that says why it is not one."""
+    path = Path(name)
     if not path.exists():
         raise ReprokitError(f"dataset file not found: {path}")
     if path.is_dir():
@@ -160,7 +186,7 @@ def load_dataset(data_config: DataConfig) -> Dataset:
             f"{path} is not in reprokit's dataset layout; convert it first with "
             f"`reprokit data import {path} --out DATASET.parquet`"
         )
-    return read_dataset(path)
+    return path
 
 
 def load_training_data(data_config: DataConfig) -> tuple[Dataset, Dataset]:

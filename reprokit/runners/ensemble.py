@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from reprokit.config import RunConfig, check_field_dims
+from reprokit.data.mapped_array import release
 from reprokit.environment import environment_fingerprint
 from reprokit.errors import ReprokitError
 from reprokit.metrics.churn import DEFAULT_TOP_K, ChurnGroups, check_top_k
@@ -52,8 +53,10 @@ def default_run_dir(kind: str = KIND) -> Path:
 def data_fingerprint(encoded: Any) -> str:
     """A hash of what the replicas see, so a resumed run cannot silently mix two datasets."""
     h = hashlib.sha256()
-    for arr in (encoded.eval_example_id, encoded.train_cat, encoded.train_num, encoded.train_y):
-        h.update(np.ascontiguousarray(arr).tobytes())
+    arrays = (encoded.eval_example_id, encoded.train_cat, encoded.train_num, encoded.train_y)
+    for arr in arrays:
+        h.update(memoryview(np.ascontiguousarray(arr)).cast("B"))  # no copy of mapped data
+    release(*arrays)
     h.update(repr(encoded.vocab_sizes).encode())
     return h.hexdigest()[:16]
 
@@ -280,10 +283,14 @@ def load_run_data(
 ) -> tuple[Any, ChurnGroups | None]:
     """The encoded data of a run and, with `churn_by`, the groups of its evaluation examples for
     top-k churn: bad data, a missing column or a bad k fail here, before any training."""
-    from reprokit.data.encoding import encode
+    from reprokit.data.encoding import encode, load_encoded
+    from reprokit.data.mapped import eval_column, use_mapped
     from reprokit.data.splits import eval_groups, load_training_data
 
     k = check_top_k(top_k, "--top-k")
+    if use_mapped(config.data):
+        churn = ChurnGroups(churn_by, eval_column(config.data, churn_by), k) if churn_by else None
+        return load_encoded(config.data), churn
     train, eval_ = load_training_data(config.data)
     churn = ChurnGroups(churn_by, eval_groups(eval_, churn_by), k) if churn_by else None
     return encode(train, eval_), churn

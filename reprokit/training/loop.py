@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from reprokit.components.optimizers import OPTIMIZERS, run_accumulator
 from reprokit.components.tables import EMBEDDING_TABLES
 from reprokit.config import RunConfig
+from reprokit.data.encoding import RELEASE_EVERY
 from reprokit.nn.models import create_model
 from reprokit.optim import ClippyAdagrad, OptimizerBundle, make_optimizer
 from reprokit.training.divergence import SpikeDetector
@@ -280,6 +281,8 @@ def train_replica(
         model.train()
         perm = torch.as_tensor(order_rng.permutation(n), device=device)
         for lo in range(0, n, bs):
+            if step % RELEASE_EVERY == 0:
+                encoded.release_pages()
             idx = perm[lo : lo + bs]
             logits = model(cat[idx], num[idx])
             target = y[idx]

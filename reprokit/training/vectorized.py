@@ -48,6 +48,7 @@ import pandas as pd
 import torch
 
 from reprokit.config import RunConfig
+from reprokit.data.encoding import RELEASE_EVERY
 from reprokit.errors import ReprokitError
 from reprokit.training.divergence import SpikeDetector
 from reprokit.training.loop import (
@@ -272,9 +273,16 @@ def _train(
     # rows of a replica's table (the layout's: field offsets added), int32 when they fit (half the
     # bytes to copy); a dynamic table's ids are mapped to rows step by step instead
     tables = DynamicTables(stack, encoded, device) if stack.dynamic is not None else None
-    local_rows = stack.layout.rows(cat) if tables is None else cat
-    if stack.vocab_total * n_rep < 2**31:
-        local_rows = local_rows.to(torch.int32)
+    narrow = stack.vocab_total * n_rep < 2**31
+
+    def table_rows(ids: torch.Tensor) -> torch.Tensor:
+        rows = stack.layout.rows(ids) if tables is None else ids
+        return rows.to(torch.int32) if narrow else rows
+
+    # memory-mapped data (larger than memory) is gathered step by step; otherwise the whole split
+    # is turned into table rows once and each epoch's rows are gathered in their orders at once
+    mapped = encoded.is_mapped
+    local_rows = cat if mapped else table_rows(cat)
     stepper = Stepper(stack)
 
     div_config = getattr(config, "divergence", None)
@@ -297,17 +305,28 @@ def _train(
     with torch.no_grad():
         for epoch in range(config.optim.epochs):
             perms = torch.as_tensor(np.stack([g.permutation(n) for g in order_rngs]), device=device)
-            # the epoch's rows in each order at once: a step then reads a contiguous slice instead
-            # of gathering scattered rows (cache misses on every step)
-            epoch_data = [
-                t.index_select(0, perms.reshape(-1)).view(len(order_rngs), n, -1)
-                for t in (local_rows, num, y)
-            ]
+            if not mapped:
+                # the epoch's rows in each order at once: a step then reads a contiguous slice
+                # instead of gathering scattered rows (cache misses on every step)
+                epoch_data = [
+                    t.index_select(0, perms.reshape(-1)).view(len(order_rngs), n, -1)
+                    for t in (local_rows, num, y)
+                ]
             for lo in range(0, n, bs):
                 b = min(bs, n - lo)
                 b_pad = round_up(b)  # aligned per-replica blocks (see ALIGN); pad rows weigh 0
+                if mapped:
+                    pick = perms[:, lo : lo + b].reshape(-1)
+                    epoch_data = [
+                        table_rows(cat[pick]).view(len(order_rngs), b, -1),
+                        num[pick].view(len(order_rngs), b, -1),
+                        y[pick].view(len(order_rngs), b, -1),
+                    ]
+                    if it % RELEASE_EVERY == 0:
+                        encoded.release_pages()
+                first = 0 if mapped else lo
                 rows_b, num_b, y_b = (
-                    order.expand(pad_rows(t[:, lo : lo + b], b_pad, 1), order_index)
+                    order.expand(pad_rows(t[:, first : first + b], b_pad, 1), order_index)
                     for t in epoch_data
                 )
                 if tables is not None:
