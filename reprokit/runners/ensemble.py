@@ -55,7 +55,7 @@ def data_fingerprint(encoded: Any) -> str:
     h = hashlib.sha256()
     arrays = (encoded.eval_example_id, encoded.train_cat, encoded.train_num, encoded.train_y)
     for arr in arrays:
-        h.update(memoryview(np.ascontiguousarray(arr)).cast("B"))  # no copy of mapped data
+        h.update(np.ascontiguousarray(arr).reshape(-1).view(np.uint8))  # no copy of mapped data
     release(*arrays)
     h.update(repr(encoded.vocab_sizes).encode())
     return h.hexdigest()[:16]
