@@ -19,15 +19,24 @@ Every feature is encoded with the same rule: a value seen at least ``min_count``
 count (ties by value, so the ids do not depend on the order of the file or on the block size);
 rarer values share the out-of-vocabulary id ``OOV_ID`` = 0; a missing value (an empty cell) is a
 category of its own, ``MISSING_ID`` = 1, whatever its count. (FuxiCTR fills missing Criteo counts
-with 0 first, so there a missing count and a count of 0 share a bucket; here they do not.)
+with 0 first, so there a missing count and a count of 0 share a bucket; here they do not.) Text
+values order bytewise (the order of their UTF-8 text), counts by number.
 
-The import streams: pass 1 reads the file block by block (`pyarrow.csv.open_csv`) and counts
-values, pass 2 reads it again and writes the ids, one parquet row group per block. Memory is one
-block plus the vocabularies, never the file. ``rows`` takes the first N rows. The parquet file has
-reprokit's `DatasetSchema` under `SCHEMA_KEY` (so `read_dataset` and ``train-ensemble --data``
-read it) and the ingest document under `INGEST_KEY`: format, source, rows, ``min_count``, and per
-field its vocabulary size (ids 0..size-1), how many values fell out of vocabulary, how many were
-missing, and the transform applied.
+The import streams: pass 1 reads the file block by block (a background thread reads and parses
+the next block with `pyarrow.csv.read_csv` while the current one is counted), turns each block's
+column into block-local codes (`pandas.factorize`) and counts them, and spills the codes and each
+block's distinct values to a temporary file; pass 2 reads the spill back, maps each block's
+distinct values to ids and writes the ids, one parquet row group per ``ROW_GROUP_ROWS`` rows, so
+it neither parses nor decompresses again. A text cell of at most ``PACKED_BYTES`` bytes of ASCII
+(every Criteo category: 8 hex digits) is counted as an unsigned 64-bit integer holding its bytes
+big-endian and zero padded (keys compare as the texts do, and are equal exactly when the texts
+are); any other text (longer, non-ASCII) goes through Arrow's string hashing instead, with the
+same result. Memory is a few blocks plus the vocabularies, never the file. ``rows`` takes the
+first N rows. The parquet file has reprokit's `DatasetSchema` under `SCHEMA_KEY` (so
+`read_dataset` and ``train-ensemble --data`` read it) and the ingest document under
+`INGEST_KEY`: format, source, rows, ``min_count``, and per field its vocabulary size (ids
+0..size-1), how many values fell out of vocabulary, how many were missing, and the transform
+applied.
 """
 
 from __future__ import annotations
@@ -36,13 +45,16 @@ import gzip
 import json
 import math
 import os
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, NamedTuple, TypeVar
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -58,7 +70,12 @@ MISSING_ID = 1
 FIRST_ID = 2
 DEFAULT_MIN_COUNT = {"criteo": 10, "avazu": 2}
 DEFAULT_BLOCK_SIZE = 16 << 20  # bytes of text per block: ~65k Criteo rows
+PARSE_BLOCK_SIZE = 4 << 20  # read_csv's own blocks, parsed in parallel
 ROW_GROUP_ROWS = 1 << 18  # rows per parquet row group
+#: Text cells of at most this many bytes (ASCII, no NUL) are counted as packed uint64 keys;
+#: longer ones (and 0 here: every cell) take Arrow's string path. 8 is the most a key holds.
+PACKED_BYTES = 8
+MERGE_ENTRIES = 1 << 16  # a field's pending per-block counts merged past this many entries
 
 CRITEO_NUMERIC = [f"I{i}" for i in range(1, 14)]
 CRITEO_CATEGORICAL = [f"C{i}" for i in range(1, 27)]
@@ -69,12 +86,14 @@ AVAZU_HOUR = "hour"
 AVAZU_DROPPED = ("id",)
 AVAZU_TIME_FEATURES = ("hour", "weekday", "is_weekend")
 FORMATS = ("criteo", "avazu")
-#: Text features are parsed straight into dictionary arrays: each block's values are hashed once,
-#: by the CSV reader, and counting and encoding work on the (small) dictionary and int indices.
-_TEXT = pa.dictionary(pa.int32(), pa.string())
+#: Text features are parsed as bytes (no UTF-8 check, no hashing in the parser): most cells pack
+#: into integer keys; the others are checked for UTF-8 when they are counted.
+_TEXT = pa.binary()
 
 #: A callback `(pass_number, rows_done)`; the CLI draws the progress bar from it.
 ProgressFn = Callable[[int, int], None]
+
+_T = TypeVar("_T")
 
 
 def criteo_bucket(values: np.ndarray) -> np.ndarray:
@@ -128,48 +147,275 @@ class IngestResult:
         return int(self.doc["rows"])
 
 
-class _Counter:
-    """Value counts of one field over many blocks: per-block `value_counts`, merged by a group-by
-    whenever the pending parts outgrow the merged table (amortised, all in Arrow)."""
+# --- counting -------------------------------------------------------------------------------
+class _KeyCounts:
+    """Counts of integer keys (int64 values, packed text) over many blocks: the per-block
+    (keys, counts) parts are merged by one hash pass whenever they outgrow the merged counts."""
+
+    def __init__(self, dtype: type) -> None:
+        self.keys = np.empty(0, dtype=dtype)
+        self.counts = np.empty(0, dtype=np.int64)
+        self.parts: list[tuple[np.ndarray, np.ndarray]] = []
+        self.pending = 0
+
+    def add(self, keys: np.ndarray, counts: np.ndarray) -> None:
+        if len(keys):
+            self.parts.append((keys, counts))
+            self.pending += len(keys)
+            if self.pending > max(MERGE_ENTRIES, len(self.keys)):
+                self.merge()
+
+    def merge(self) -> None:
+        if not self.parts:
+            return
+        keys = np.concatenate([self.keys, *(k for k, _ in self.parts)])
+        counts = np.concatenate([self.counts, *(n for _, n in self.parts)])
+        self.parts, self.pending = [], 0
+        codes, self.keys = pd.factorize(keys)
+        self.counts = np.zeros(len(self.keys), dtype=np.int64)
+        np.add.at(self.counts, codes, counts)
+
+
+class _TextCounts:
+    """Counts of the text values that do not pack (Arrow binary), merged by a group-by."""
 
     def __init__(self) -> None:
         self.merged: pa.Table | None = None
         self.parts: list[pa.Table] = []
         self.pending = 0
 
-    def add(self, values: pa.Array) -> None:
-        if pa.types.is_dictionary(values.type):
-            indices = values.indices.drop_null().to_numpy()
-            n = np.bincount(indices, minlength=len(values.dictionary))
-            seen = np.flatnonzero(n)
-            part = pa.table({"v": values.dictionary.take(seen), "n": n[seen]})
-        else:
-            counts = pc.value_counts(values.drop_null())
-            part = pa.table({"v": counts.field("values"), "n": counts.field("counts")})
-        self.parts.append(part)
-        self.pending += len(part)
-        if self.pending > max(1 << 16, len(self.merged) if self.merged is not None else 0):
-            self._merge()
+    def add(self, values: pa.Array, counts: np.ndarray) -> None:
+        self.parts.append(pa.table({"v": values, "n": pa.array(counts, type=pa.int64())}))
+        self.pending += len(values)
+        if self.pending > max(MERGE_ENTRIES, len(self.merged) if self.merged is not None else 0):
+            self.merge()
 
-    def _merge(self) -> None:
+    def merge(self) -> None:
         tables = ([self.merged] if self.merged is not None else []) + self.parts
         self.parts, self.pending = [], 0
-        if not tables:
-            return
-        table = pa.concat_tables(tables)
-        merged = table.group_by("v").aggregate([("n", "sum")])
-        self.merged = merged.rename_columns(["v", "n"])
+        if tables:
+            merged = pa.concat_tables(tables).group_by("v").aggregate([("n", "sum")])
+            self.merged = merged.rename_columns(["v", "n"]).combine_chunks()
 
-    def vocabulary(self, min_count: int, value_type: pa.DataType) -> tuple[pa.Array, int, int]:
-        """(kept values by falling count then value, distinct values, rows of the rare ones)."""
-        self._merge()
-        if self.merged is None or len(self.merged) == 0:
-            return pa.array([], type=value_type), 0, 0
-        table = self.merged
-        kept = table.filter(pc.greater_equal(table["n"], min_count))
-        order = pc.sort_indices(kept, sort_keys=[("n", "descending"), ("v", "ascending")])
-        rare = int(pc.sum(table["n"]).as_py()) - int(pc.sum(kept["n"]).as_py() or 0)
-        return kept["v"].take(order).combine_chunks().cast(value_type), len(table), rare
+    def values(self) -> tuple[pa.Array, np.ndarray]:
+        self.merge()
+        if self.merged is None:
+            return pa.array([], type=_TEXT), np.empty(0, dtype=np.int64)
+        return self.merged["v"].combine_chunks(), self.merged["n"].to_numpy()
+
+
+def _pack_text(values: pa.Array) -> tuple[Any, np.ndarray, np.ndarray | None]:
+    """The non-empty cells of a binary array that pack into uint64 keys (at most `PACKED_BYTES`
+    bytes, ASCII, no NUL): (where: their rows, as an index or mask, or None for all rows; their
+    keys; the rows of the non-empty cells that do not pack, or None)."""
+    n = len(values)
+    nulls = values.null_count
+    valid = None if nulls == 0 else values.is_valid().to_numpy(zero_copy_only=False)
+    if nulls == n:
+        return valid, np.empty(0, dtype=np.uint64), None
+    offsets = np.frombuffer(
+        values.buffers()[1], dtype=np.int32, count=n + 1, offset=values.offset * 4
+    )
+    data_buffer = values.buffers()[2]
+    data = np.frombuffer(data_buffer, dtype=np.uint8) if data_buffer else np.empty(0, np.uint8)
+    lengths = np.diff(offsets)
+    filled = n - nulls
+    width = int(lengths.max())
+    start, end = int(offsets[0]), int(offsets[-1])
+    if (
+        0 < width <= PACKED_BYTES
+        and end - start == width * filled
+        and np.count_nonzero(lengths == width) == filled
+    ):
+        # every cell has the same width (Criteo: 8 hex digits): the text is a (cells, width) grid
+        text = data[start:end]
+        if text.min() > 0 and text.max() < 0x80:
+            grid = text.reshape(filled, width)
+            if width < 8:
+                padded = np.zeros((filled, 8), dtype=np.uint8)
+                padded[:, :width] = grid
+                grid = padded
+            return valid, grid.view(">u8").ravel().astype(np.uint64), None
+    rows = np.arange(n) if valid is None else np.flatnonzero(valid)
+    short = rows[lengths[rows] <= PACKED_BYTES]
+    keys = np.empty(0, dtype=np.uint64)
+    if len(short):
+        if not len(data):
+            data = np.zeros(1, dtype=np.uint8)
+        inside = np.arange(8) < lengths[short][:, None]
+        index = offsets[short].astype(np.int64)[:, None] + np.arange(8)
+        np.minimum(index, len(data) - 1, out=index)
+        grid = np.where(inside, data[index], 0).astype(np.uint8)
+        bad = ((grid == 0) & inside).any(axis=1) | (grid >= 0x80).any(axis=1)
+        # a valid empty cell (only a quoted "" can be one) packs to 0, which nothing else does
+        keys = grid.view(">u8").ravel().astype(np.uint64)
+        if bad.any():
+            keys, short = keys[~bad], short[~bad]
+    if len(short) == len(rows):
+        return (None if valid is None else short), keys, None
+    packed = np.zeros(n, dtype=bool)
+    packed[short] = True
+    return short, keys, rows[~packed[rows]]
+
+
+def _unpack_text(keys: np.ndarray) -> pa.Array:
+    """Packed keys back to their text (binary): the bytes before the zero padding."""
+    grid = keys.astype(">u8").view(np.uint8).reshape(len(keys), 8)
+    lengths = np.count_nonzero(grid, axis=1)
+    data = grid[np.arange(8) < lengths[:, None]]
+    offsets = np.zeros(len(keys) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    buffers = [None, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(data))]
+    return pa.Array.from_buffers(_TEXT, len(keys), buffers)
+
+
+class _Codes(NamedTuple):
+    """One field of one block, as pass 1 spills it: per row an index into `keys` (then into
+    `odd`), -1 for an empty cell."""
+
+    codes: np.ndarray
+    keys: np.ndarray  # int64 values or packed text, one per code
+    odd: pa.Array | None  # text values that do not pack: codes len(keys)...
+
+
+def _code_dtype(distinct: int) -> type:
+    return np.int16 if distinct < (1 << 15) else np.int32
+
+
+class _Encoder:
+    """One feature: pass 1 turns each block into codes and counts them, `finish` makes the
+    vocabulary, pass 2 turns codes into ids."""
+
+    def __init__(self, stats: FieldStats, transform: Callable[[np.ndarray], np.ndarray] | None):
+        self.stats = stats
+        self.transform = transform
+        self.text: bool | None = None
+        self.counts: _KeyCounts | None = None
+        self.odd_counts = _TextCounts()
+        self.index = pd.Index([])
+        self.ids = np.empty(0, dtype=np.int32)
+        self.odd_vocabulary: pa.Array | None = None
+        self.odd_ids = np.empty(0, dtype=np.int32)
+
+    # pass 1
+    def block(self, values: pa.Array, path: Path, fmt_name: str) -> _Codes:
+        text = pa.types.is_binary(values.type)
+        if self.counts is None:
+            self.text = text
+            self.counts = _KeyCounts(np.uint64 if text else np.int64)
+        self.stats.missing += values.null_count
+        return self._text(values, path, fmt_name) if text else self._ints(values)
+
+    def _ints(self, values: pa.Array) -> _Codes:
+        assert self.counts is not None
+        n = len(values)
+        if values.null_count == n:
+            return _Codes(np.full(n, -1, dtype=np.int16), np.empty(0, dtype=np.int64), None)
+        raw = values.drop_null().to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+        transform = self.transform
+        low, high = int(raw.min()), int(raw.max())
+        span = min(1 << 15, max(n, 256))
+        if transform is not None and high - low >= span:
+            raw, transform = transform(raw), None
+            low, high = int(raw.min()), int(raw.max())
+        if high - low < span:  # small integers: their offset is the code, no hashing
+            local = raw - low
+            keys = np.arange(low, high + 1, dtype=np.int64)
+        else:
+            local, keys = pd.factorize(raw)
+        counts = np.bincount(local, minlength=len(keys))
+        if transform is not None:
+            keys = transform(keys)
+        seen = counts > 0
+        self.counts.add(keys[seen], counts[seen])
+        dtype = _code_dtype(len(keys))
+        if values.null_count == 0:
+            return _Codes(local.astype(dtype), keys, None)
+        codes = np.full(n, -1, dtype=dtype)
+        codes[values.is_valid().to_numpy(zero_copy_only=False)] = local
+        return _Codes(codes, keys, None)
+
+    def _text(self, values: pa.Array, path: Path, fmt_name: str) -> _Codes:
+        assert self.counts is not None
+        n = len(values)
+        where, packed, odd_rows = _pack_text(values)
+        local, keys = pd.factorize(packed)
+        self.counts.add(keys, np.bincount(local, minlength=len(keys)))
+        odd = None
+        distinct = len(keys)
+        if odd_rows is not None:
+            odd_values = values.take(pa.array(odd_rows))
+            try:
+                odd_values.cast(pa.string())
+            except pa.ArrowInvalid:
+                raise ReprokitError(
+                    f"{path} is not a readable {fmt_name} log (the {self.stats.name!r} column "
+                    "holds text that is not UTF-8)"
+                ) from None
+            encoded = pc.dictionary_encode(odd_values)
+            odd = encoded.dictionary
+            odd_local = encoded.indices.to_numpy().astype(np.int64)
+            self.odd_counts.add(odd, np.bincount(odd_local, minlength=len(odd)))
+            distinct += len(odd)
+        dtype = _code_dtype(distinct)
+        if where is None:
+            return _Codes(local.astype(dtype), keys, None)
+        codes = np.full(n, -1, dtype=dtype)
+        codes[where] = local
+        if odd_rows is not None:
+            codes[odd_rows] = len(keys) + odd_local
+        return _Codes(codes, keys, odd)
+
+    def finish(self, min_count: int) -> None:
+        """The vocabulary: the values seen at least `min_count` times, by falling count then
+        value; and the lookups pass 2 uses."""
+        stats = self.stats
+        counts = self.counts or _KeyCounts(np.int64)
+        counts.merge()
+        keys, n = counts.keys, counts.counts
+        odd, odd_n = self.odd_counts.values()
+        kept, odd_kept = n >= min_count, odd_n >= min_count
+        stats.counted = len(keys) + len(odd)
+        stats.oov = int(n[~kept].sum()) + int(odd_n[~odd_kept].sum())
+        keys, n = keys[kept], n[kept]
+        odd, odd_n = odd.filter(pa.array(odd_kept)), odd_n[odd_kept]
+        if not len(odd):  # one sort on the integer keys (bytewise order for packed text)
+            order = np.lexsort((keys, -n))
+            keys = keys[order]
+            self.index = pd.Index(keys)
+            self.ids = np.arange(FIRST_ID, FIRST_ID + len(keys), dtype=np.int32)
+            stats.vocabulary = (
+                _unpack_text(keys).cast(pa.string()) if self.text else pa.array(keys, pa.int64())
+            )
+            return
+        values = pa.concat_arrays([_unpack_text(keys), odd])
+        table = pa.table({"v": values, "n": np.concatenate([n, odd_n])})
+        order = pc.sort_indices(table, sort_keys=[("n", "descending"), ("v", "ascending")])
+        order = order.to_numpy()
+        rank = np.empty(len(order), dtype=np.int32)
+        rank[order] = np.arange(FIRST_ID, FIRST_ID + len(order), dtype=np.int32)
+        self.index, self.ids = pd.Index(keys), rank[: len(keys)]
+        self.odd_vocabulary, self.odd_ids = odd, rank[len(keys) :]
+        stats.vocabulary = values.take(pa.array(order)).cast(pa.string())
+
+    # pass 2
+    def encode(self, block: _Codes) -> np.ndarray:
+        """Ids: FIRST_ID + the value's rank in the vocabulary, MISSING_ID for an empty cell,
+        OOV_ID else."""
+        n_keys = len(block.keys)
+        n_odd = len(block.odd) if block.odd is not None else 0
+        lut = np.full(n_keys + n_odd + 1, OOV_ID, dtype=np.int32)
+        if n_keys and len(self.index):
+            where = self.index.get_indexer(block.keys)
+            hit = where >= 0
+            lut[:n_keys][hit] = self.ids[where[hit]]
+        if n_odd and self.odd_vocabulary is not None:
+            where = pc.index_in(block.odd, value_set=self.odd_vocabulary)
+            where = where.fill_null(-1).to_numpy()
+            hit = where >= 0
+            lut[n_keys : n_keys + n_odd][hit] = self.odd_ids[where[hit]]
+        lut[-1] = MISSING_ID
+        return lut[block.codes]
 
 
 # --- the two formats ----------------------------------------------------------------------------
@@ -185,7 +431,8 @@ class _Format:
     parse_options: pacsv.ParseOptions
     convert_options: pacsv.ConvertOptions
     fields: list[FieldStats]
-    features: Callable[[pa.RecordBatch], dict[str, pa.Array]]
+    features: Callable[[pa.Table], dict[str, pa.Array]]
+    transforms: dict[str, Callable[[np.ndarray], np.ndarray]] = field(default_factory=dict)
     timestamp: str | None = None
 
 
@@ -204,6 +451,11 @@ def _check_file(path: Path) -> None:
         raise ReprokitError(f"{path} is empty")
 
 
+def _column(table: pa.Table, name: str) -> pa.Array:
+    column = table.column(name)
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+
+
 def _criteo_format(block_size: int) -> _Format:
     fmt_fields = [FieldStats(n, CRITEO_BUCKET) for n in CRITEO_NUMERIC]
     fmt_fields += [FieldStats(n, "none") for n in CRITEO_CATEGORICAL]
@@ -220,21 +472,9 @@ def _criteo_format(block_size: int) -> _Format:
             column_types=types, strings_can_be_null=True, null_values=[""]
         ),
         fields=fmt_fields,
-        features=_criteo_features,
+        features=lambda table: {f: _column(table, f) for f in CRITEO_COLUMNS[1:]},
+        transforms=dict.fromkeys(CRITEO_NUMERIC, criteo_bucket),
     )
-
-
-def _criteo_features(batch: pa.RecordBatch) -> dict[str, pa.Array]:
-    out: dict[str, pa.Array] = {}
-    for name in CRITEO_NUMERIC:
-        column = batch.column(name)
-        valid = column.is_valid()
-        raw = column.fill_null(0).to_numpy(zero_copy_only=False)
-        mask = ~valid.to_numpy(zero_copy_only=False)
-        out[name] = pa.array(criteo_bucket(raw), mask=mask if mask.any() else None)
-    for name in CRITEO_CATEGORICAL:
-        out[name] = batch.column(name)
-    return out
 
 
 def _avazu_header(path: Path) -> list[str]:
@@ -288,7 +528,7 @@ def _avazu_format(path: Path, block_size: int) -> _Format:
             null_values=[""],
         ),
         fields=fmt_fields,
-        features=lambda batch: _avazu_features(batch, categorical),
+        features=lambda table: _avazu_features(table, categorical),
         timestamp="timestamp",
     )
 
@@ -317,9 +557,9 @@ def avazu_hour(hour: pa.Array) -> dict[str, pa.Array]:
     }
 
 
-def _avazu_features(batch: pa.RecordBatch, categorical: list[str]) -> dict[str, pa.Array]:
-    out = {name: batch.column(name) for name in categorical}
-    out.update(avazu_hour(batch.column(AVAZU_HOUR)))
+def _avazu_features(table: pa.Table, categorical: list[str]) -> dict[str, pa.Array]:
+    out = {name: _column(table, name) for name in categorical}
+    out.update(avazu_hour(_column(table, AVAZU_HOUR)))
     return out
 
 
@@ -372,7 +612,7 @@ def _batches(path: Path, fmt: _Format, rows: int | None) -> Iterator[pa.Table]:
             table = pacsv.read_csv(
                 text,
                 read_options=pacsv.ReadOptions(
-                    column_names=fmt.column_names, skip_rows=skip, block_size=1 << 22
+                    column_names=fmt.column_names, skip_rows=skip, block_size=PARSE_BLOCK_SIZE
                 ),
                 parse_options=fmt.parse_options,
                 convert_options=fmt.convert_options,
@@ -386,6 +626,98 @@ def _batches(path: Path, fmt: _Format, rows: int | None) -> Iterator[pa.Table]:
             return
         done += table.num_rows
         yield table
+
+
+def _prefetch(make: Callable[[], Iterator[_T]], depth: int = 1) -> Iterator[_T]:
+    """`make()`'s items, produced by a background thread up to `depth` items ahead (Arrow's
+    parsing and NumPy's loops release the GIL, so the two threads share the cores); the
+    thread's exception is raised here, and leaving early stops the thread."""
+    items: queue.Queue[tuple[int, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: tuple[int, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run() -> None:
+        try:
+            iterator = make()
+            try:
+                for item in iterator:
+                    if not put((0, item)):
+                        return
+            finally:
+                close = getattr(iterator, "close", None)
+                if close is not None:
+                    close()
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            put((2, exc))
+            return
+        put((1, None))
+
+    worker = threading.Thread(target=run, name="reprokit-ingest-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            kind, item = items.get()
+            if kind == 1:
+                return
+            if kind == 2:
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join()
+
+
+class _Spill:
+    """Pass 1's per-block codes, written as a sequence of `.npy` records to one file."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self.handle = handle
+
+    def put(self, array: np.ndarray) -> None:
+        np.lib.format.write_array(self.handle, np.ascontiguousarray(array), allow_pickle=False)
+
+    def get(self) -> np.ndarray:
+        return np.lib.format.read_array(self.handle, allow_pickle=False)
+
+    def put_block(self, label: np.ndarray, codes: list[_Codes], extra: np.ndarray | None) -> None:
+        self.put(label)
+        for block in codes:
+            self.put(block.codes)
+            self.put(block.keys)
+            if block.odd is None:
+                self.put(np.empty(0, dtype=np.int32))
+                continue
+            odd = block.odd
+            offsets = np.frombuffer(
+                odd.buffers()[1], dtype=np.int32, count=len(odd) + 1, offset=odd.offset * 4
+            )
+            data = np.frombuffer(odd.buffers()[2], dtype=np.uint8) if odd.buffers()[2] else None
+            self.put(offsets - offsets[0])
+            self.put(data[offsets[0] : offsets[-1]] if data is not None else np.empty(0, np.uint8))
+        if extra is not None:
+            self.put(extra)
+
+    def get_block(self, n_fields: int, extra: bool) -> tuple[np.ndarray, list[_Codes], Any]:
+        label = self.get()
+        blocks = []
+        for _ in range(n_fields):
+            codes, keys, offsets = self.get(), self.get(), self.get()
+            odd = None
+            if len(offsets):
+                data = self.get()
+                odd = pa.Array.from_buffers(
+                    _TEXT, len(offsets) - 1, [None, pa.py_buffer(offsets), pa.py_buffer(data)]
+                )
+            blocks.append(_Codes(codes, keys, odd))
+        return label, blocks, (self.get() if extra else None)
 
 
 def _parse_error(
@@ -412,8 +744,7 @@ def _parse_error(
     return ReprokitError(f"{path} is not a readable {fmt.name} log ({text})")
 
 
-def _label(batch: pa.RecordBatch, fmt: _Format, path: Path) -> pa.Array:
-    label = batch.column(fmt.label)
+def _label(label: pa.Array, fmt: _Format, path: Path) -> pa.Array:
     if label.null_count:
         raise ReprokitError(f"{path}: the {fmt.label!r} column has empty cells")
     low, high = pc.min_max(label).values()
@@ -449,14 +780,28 @@ def import_log(
     fmt = _criteo_format(block_size) if kind == "criteo" else _avazu_format(path, block_size)
     report = progress or (lambda _pass, _rows: None)
     started = time.perf_counter()
+    encoders = [_Encoder(f, fmt.transforms.get(f.name)) for f in fmt.fields]
 
-    spill = out.with_name(f".{out.name}.pass1-{os.getpid()}.arrow")
+    spill = out.with_name(f".{out.name}.pass1-{os.getpid()}.spill")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        total = _count_pass(path, fmt, rows, min_count, spill, report)
+        with open(spill, "wb") as handle:
+            total = _count_pass(path, fmt, rows, encoders, _Spill(handle), report)
+        for encoder in encoders:
+            encoder.finish(min_count)
         counted_seconds = time.perf_counter() - started
         return _encode_pass(
-            kind, path, out, fmt, total, min_count, spill, report, started, counted_seconds
+            kind,
+            path,
+            out,
+            fmt,
+            total,
+            min_count,
+            encoders,
+            spill,
+            report,
+            started,
+            counted_seconds,
         )
     finally:
         spill.unlink(missing_ok=True)
@@ -466,45 +811,26 @@ def _count_pass(
     path: Path,
     fmt: _Format,
     rows: int | None,
-    min_count: int,
-    spill: Path,
+    encoders: list[_Encoder],
+    spill: _Spill,
     report: ProgressFn,
 ) -> int:
-    """Pass 1: parse each block, count every feature's values and append the parsed features to
-    the `spill` file (Arrow IPC), so pass 2 neither parses nor decompresses again."""
-    counters = {f.name: _Counter() for f in fmt.fields}
-    types: dict[str, pa.DataType] = {}
-    missing = dict.fromkeys(counters, 0)
+    """Pass 1: parse each block (one block ahead, in the background), code and count every
+    feature's values and spill the codes, so pass 2 neither parses nor decompresses again."""
     total = 0
-    writer: pa.ipc.RecordBatchStreamWriter | None = None
     report(1, 0)
-    try:
-        for table in _batches(path, fmt, rows):
-            # the parser's chunks as they are: each text column's chunk has its own dictionary
-            for batch in table.to_batches():
-                label = _label(batch, fmt, path)
-                features = fmt.features(batch)
-                for name, counter in counters.items():
-                    values = features[name]
-                    counter.add(values)
-                    types[name] = getattr(values.type, "value_type", values.type)
-                    missing[name] += values.null_count
-                spilled = pa.record_batch({fmt.label: label, **features})
-                if writer is None:
-                    writer = pa.ipc.new_stream(str(spill), spilled.schema)
-                writer.write_batch(spilled)
-            total += table.num_rows
-            report(1, total)
-    finally:
-        if writer is not None:
-            writer.close()
+    for table in _prefetch(lambda: _batches(path, fmt, rows)):
+        label = _label(_column(table, fmt.label), fmt, path)
+        features = fmt.features(table)
+        codes = [e.block(features[e.stats.name], path, fmt.name) for e in encoders]
+        extra = None
+        if fmt.timestamp:
+            extra = features[fmt.timestamp].to_numpy(zero_copy_only=False)
+        spill.put_block(label.to_numpy(zero_copy_only=False), codes, extra)
+        total += table.num_rows
+        report(1, total)
     if total == 0:
         raise ReprokitError(f"{path} has no rows")
-    for stats in fmt.fields:
-        stats.missing = missing[stats.name]
-        stats.vocabulary, stats.counted, stats.oov = counters.pop(stats.name).vocabulary(
-            min_count, types.get(stats.name, pa.string())
-        )
     return total
 
 
@@ -515,12 +841,14 @@ def _encode_pass(
     fmt: _Format,
     total: int,
     min_count: int,
+    encoders: list[_Encoder],
     spill: Path,
     report: ProgressFn,
     started: float,
     counted_seconds: float,
 ) -> IngestResult:
-    """Pass 2: read the spilled blocks back and write each as a parquet row group of ids."""
+    """Pass 2: read the spilled codes back and write them as ids, in parquet row groups (the
+    ids of the next group are made in the background while one is written)."""
     names = [f.name for f in fmt.fields]
     schema = DatasetSchema(
         categorical=names,
@@ -549,64 +877,40 @@ def _encode_pass(
     metadata = {SCHEMA_KEY: json.dumps(schema.to_dict()), INGEST_KEY: json.dumps(doc)}
     arrow_schema = pa.schema(columns, metadata=metadata)
 
+    def groups() -> Iterator[pa.Table]:
+        """The output's row groups, each about ROW_GROUP_ROWS rows (whole blocks)."""
+        done = 0
+        parts: list[pa.Table] = []
+        pending = 0
+        with open(spill, "rb") as handle:
+            source = _Spill(handle)
+            while done < total:
+                label, blocks, extra = source.get_block(len(encoders), fmt.timestamp is not None)
+                n = len(label)
+                arrays = [pa.array(np.arange(done, done + n, dtype=np.int64)), pa.array(label)]
+                arrays += [pa.array(e.encode(b)) for e, b in zip(encoders, blocks, strict=True)]
+                if extra is not None:
+                    arrays.append(pa.array(extra))
+                parts.append(pa.Table.from_arrays(arrays, schema=arrow_schema))
+                pending += n
+                done += n
+                if pending >= ROW_GROUP_ROWS or done >= total:
+                    yield pa.concat_tables(parts)
+                    parts, pending = [], 0
+
     def write(tmp: Path) -> None:
         done = 0
         report(2, 0)
-        with (
-            pq.ParquetWriter(tmp, arrow_schema, use_dictionary=False, compression="lz4") as writer,
-            pa.OSFile(str(spill), "rb") as source,
-        ):
-            groups: list[pa.Table] = []
-            pending = 0
-            for features in pa.ipc.open_stream(source):
-                groups.append(_encode_batch(features, fmt, arrow_schema, done))
-                pending += features.num_rows
-                done += features.num_rows
-                if pending >= ROW_GROUP_ROWS:
-                    writer.write_table(pa.concat_tables(groups), row_group_size=pending)
-                    groups, pending = [], 0
-                    report(2, done)
-            if groups:
-                writer.write_table(pa.concat_tables(groups), row_group_size=pending)
-            report(2, done)
+        with pq.ParquetWriter(tmp, arrow_schema, use_dictionary=False, compression="lz4") as writer:
+            for group in _prefetch(groups):
+                writer.write_table(group, row_group_size=group.num_rows)
+                done += group.num_rows
+                report(2, done)
 
     atomic_write(out, write)
     seconds = time.perf_counter() - started
     doc = {**doc, "seconds": {"count": round(counted_seconds, 3), "total": round(seconds, 3)}}
     return IngestResult(path=out, schema=schema, fields=fmt.fields, doc=doc)
-
-
-def _encode_batch(
-    features: pa.RecordBatch, fmt: _Format, schema: pa.Schema, first_row: int
-) -> pa.Table:
-    """One spilled batch as the output's columns: row ids, the label, the feature ids."""
-    arrays = [
-        pa.array(np.arange(first_row, first_row + features.num_rows, dtype=np.int64)),
-        features.column(fmt.label),
-    ]
-    arrays += [_encode(features.column(f.name), f) for f in fmt.fields]
-    if fmt.timestamp:
-        arrays.append(features.column(fmt.timestamp))
-    return pa.Table.from_arrays(arrays, schema=schema)
-
-
-def _encode(values: pa.Array, stats: FieldStats) -> pa.Array:
-    """Ids: FIRST_ID + the value's rank in the vocabulary, MISSING_ID for null, OOV_ID else."""
-    assert stats.vocabulary is not None
-    if pa.types.is_dictionary(values.type):
-        by_entry = _encode(values.dictionary, stats).to_numpy()
-        indices = values.indices
-        if not len(by_entry):
-            return pa.array(np.full(len(values), MISSING_ID, dtype=np.int32))
-        ids = by_entry[indices.fill_null(0).to_numpy()]
-        if indices.null_count:
-            ids[~indices.is_valid().to_numpy(zero_copy_only=False)] = MISSING_ID
-        return pa.array(ids)
-    index = pc.index_in(values, value_set=stats.vocabulary)
-    ids = pc.fill_null(pc.add(index.cast(pa.int32()), pa.scalar(FIRST_ID, pa.int32())), OOV_ID)
-    if values.null_count:
-        ids = pc.if_else(values.is_null(), pa.scalar(MISSING_ID, pa.int32()), ids)
-    return ids
 
 
 def read_ingest_doc(path: str | os.PathLike) -> dict[str, Any] | None:
