@@ -64,9 +64,14 @@ class Dataset:
         return len(self.frame)
 
 
+#: Rows per parquet row group of the files reprokit writes (predictions of a large evaluation
+#: split are then read back, and streamed by other tools, a group at a time).
+ROW_GROUP_ROWS = 1 << 17
+
+
 def atomic_write_table(table: pa.Table, path: str | os.PathLike) -> None:
     """Write parquet to a temporary name and rename: a killed process never leaves half a file."""
-    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS))
 
 
 def write_dataset(frame: pd.DataFrame, schema: DatasetSchema, path: str | os.PathLike) -> Path:
