@@ -225,6 +225,29 @@ def predict(model: torch.nn.Module, cat: torch.Tensor, num: torch.Tensor) -> np.
     return np.concatenate(out) if out else np.zeros((0, model.n_tasks))
 
 
+def initial_model(
+    encoded: Any,
+    config: RunConfig,
+    replica: int,
+    seeds: dict[str, int],
+    model_factory: Any = None,
+) -> torch.nn.Module:
+    """Replica `replica`'s model before its first step (on the CPU): built (the user's module with
+    `config.model.factory`, seeded like ours: reprokit.nn.factory), initialised from its `init`
+    seed and, when `bitflip` varies, one weight moved by one ULP (replicas after the first)."""
+    if config.model.factory:
+        from reprokit.nn.factory import build_factory_model
+
+        model = build_factory_model(config, encoded, model_factory)
+    else:
+        n_tasks = encoded.train_y.shape[1]
+        model = build_model(config, encoded.vocab_sizes, encoded.train_num.shape[1], n_tasks)
+    model.reset_parameters(torch.Generator().manual_seed(seeds["init"]))
+    if "bitflip" in config.vary and replica > 0:
+        flip_one_weight(model, seeds["bitflip"])
+    return model
+
+
 def train_replica(
     encoded: Any,
     config: RunConfig,
@@ -241,15 +264,7 @@ def train_replica(
 
     n_tasks = encoded.train_y.shape[1]
     labels = list(getattr(encoded, "label_names", [f"label_{t}" for t in range(n_tasks)]))
-    if config.model.factory:  # the user's own module, seeded like ours (reprokit.nn.factory)
-        from reprokit.nn.factory import build_factory_model
-
-        model = build_factory_model(config, encoded, model_factory)
-    else:
-        model = build_model(config, encoded.vocab_sizes, encoded.train_num.shape[1], n_tasks)
-    model.reset_parameters(torch.Generator().manual_seed(seeds["init"]))
-    if "bitflip" in config.vary and replica > 0:
-        flip_one_weight(model, seeds["bitflip"])
+    model = initial_model(encoded, config, replica, seeds, model_factory)
     model.to(device)
     dropout_gen = torch.Generator(device=device).manual_seed(seeds["dropout"])
     model.set_dropout_generator(dropout_gen)
