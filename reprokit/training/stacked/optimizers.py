@@ -4,7 +4,9 @@ One rule per optimizer (`RULES`, the names the optimizer registry marks `stacked
 update of aligned dense tensors and, for optimizers that update embeddings sparsely (the
 registry's `sparse_gradients`), its update of the rows a batch used, as torch ops and through the
 compiled row kernels (reprokit/nn/_fused/engine_kernels.c), which give the same bits.
-`StackedOptimizer` applies a rule to a `Stack`: all replicas at once, or one replica.
+`StackedOptimizer` applies a rule to a `Stack`: all replicas at once, or one replica;
+`DenseStackedOptimizer` applies it to a list of stacked dense tensors [R, ...] (the torch.func
+engine's parameters, `reprokit.training.func_stack`), with torch.optim's dense update.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import torch
 
 from reprokit.components.optimizers import OPTIMIZERS, accumulator_start
 from reprokit.nn import _fused
-from reprokit.training.stacked.layout import SparseGrad, Stack
+from reprokit.training.stacked.layout import SparseGrad, Stack, round_up
 
 ADAGRAD_EPS = 1e-10
 ADAM_BETAS = (0.9, 0.999)
@@ -115,8 +117,34 @@ class _Adam(StackedRule):
 RULES: dict[str, StackedRule] = {rule.name: rule for rule in (_Adagrad(), _SGD(), _Adam())}
 
 
+class _DenseUpdates:
+    """What both stacked optimizers share: reused scratch buffers and the dense update (weight
+    decay as torch.optim adds it, then the rule). Needs `rule`, `lr`, `weight_decay`, `_buffers`."""
+
+    rule: StackedRule
+    lr: float
+    weight_decay: float
+    _buffers: dict
+
+    def _scratch(self, like: torch.Tensor) -> torch.Tensor:
+        """A reused buffer shaped like `like` (one per shape: no allocation per step)."""
+        key = (tuple(like.shape), like.dtype)
+        buf = self._buffers.get(key)
+        if buf is None:
+            buf = self._buffers[key] = torch.empty_like(like, memory_format=torch.contiguous_format)
+        return buf
+
+    def _dense(
+        self, params: list[torch.Tensor], grads: list[torch.Tensor], states: dict, step: int
+    ) -> None:
+        """One update of aligned tensors: all replicas' stacks, or one replica's rows of them."""
+        if self.weight_decay:
+            grads = torch._foreach_add(grads, params, alpha=self.weight_decay)
+        self.rule.dense(self, params, grads, states, step)
+
+
 @dataclass
-class StackedOptimizer:
+class StackedOptimizer(_DenseUpdates):
     """An optimizer of `RULES` (torch.optim's formulas and defaults) over a `Stack`.
 
     Dense parameters are updated through the aligned [R, P_pad] buffer (`Stack.flat`) with the
@@ -142,14 +170,6 @@ class StackedOptimizer:
         a0 = accumulator_start(self.name, self.initial_accumulator)
         self.state = self.rule.init_state(params, a0)
 
-    def _scratch(self, like: torch.Tensor) -> torch.Tensor:
-        """A reused buffer shaped like `like` (one per shape: no allocation per step)."""
-        key = (tuple(like.shape), like.dtype)
-        buf = self._buffers.get(key)
-        if buf is None:
-            buf = self._buffers[key] = torch.empty_like(like, memory_format=torch.contiguous_format)
-        return buf
-
     def _scratch_rows(self, n: int, dim: int) -> torch.Tensor:
         """A reused [n, dim] buffer (a prefix of one that fits the largest n so far)."""
         buf = self._buffers.get(("rows",))
@@ -160,14 +180,6 @@ class StackedOptimizer:
     @property
     def sparse_embeddings(self) -> bool:
         return OPTIMIZERS[self.name].capabilities.sparse_gradients
-
-    def _dense(
-        self, params: list[torch.Tensor], grads: list[torch.Tensor], states: dict, step: int
-    ) -> None:
-        """One update of aligned tensors: all replicas' stacks, or one replica's rows of them."""
-        if self.weight_decay:
-            grads = torch._foreach_add(grads, params, alpha=self.weight_decay)
-        self.rule.dense(self, params, grads, states, step)
 
     def _sparse(self, grad: SparseGrad) -> None:
         """The sparse update on the unique rows of `grad` (== torch's sparse add_).
@@ -226,3 +238,97 @@ class StackedOptimizer:
         """One optimizer step of replica r: `flat_grad` [P_pad] its row, `table_grad` its rows."""
         self.steps[r] += 1
         self._update(r, flat_grad, table_grad)
+
+
+class DenseStackedOptimizer(_DenseUpdates):
+    """An optimizer of `RULES` over stacked dense tensors [R, ...], one per parameter of a
+    module: replica r's update of tensor k is torch.optim's (default hyper-parameters, weight
+    decay added to the gradient) on its slice, the elementwise formulas the reference loop's torch
+    optimizer applies to that parameter.
+
+    The optimizer owns the parameters: each tensor lives in a zero-padded 1-d buffer of a multiple
+    of ALIGN elements (`views[k]`, [R, ...] and contiguous, is the part that trains), so the scalar
+    tail of every elementwise kernel falls into the padding and a replica's numbers never depend
+    on its slot (see `reprokit.training.stacked.layout.ALIGN`). `step_all` updates every replica at
+    once; a replica `freeze`s at a non-finite step (its parameters and state are put back after
+    every later update); `step_replica` updates one replica alone (a stale gradient).
+
+    Every tensor is updated, a zero gradient included: the Adagrad, SGD and Adam rules leave a
+    parameter exactly where it is for a zero gradient from their zero-gradient start, which is
+    what torch.optim's skipping of a gradient-less parameter does (with weight decay it is not:
+    `reprokit.training.stacked.capability` refuses that case)."""
+
+    def __init__(
+        self,
+        tensors: list[torch.Tensor],
+        name: str,
+        lr: float,
+        weight_decay: float = 0.0,
+        initial_accumulator: float | None = None,
+    ) -> None:
+        self.rule = RULES[name]
+        self.name, self.lr, self.weight_decay = name, lr, weight_decay
+        self.replicas = tensors[0].shape[0]
+        self.sizes = [t[0].numel() for t in tensors]  # elements per replica
+        self.buffers: list[torch.Tensor] = []
+        self.views: list[torch.Tensor] = []
+        for t in tensors:
+            used = t.numel()
+            buf = t.new_zeros(round_up(used))
+            buf[:used] = t.detach().reshape(-1)
+            self.buffers.append(buf)
+            self.views.append(buf[:used].view(t.shape))
+        self.grads = [torch.zeros_like(b) for b in self.buffers]
+        self.steps = [0] * self.replicas
+        self.state = self.rule.init_state(
+            self.buffers, accumulator_start(name, initial_accumulator)
+        )
+        self.frozen: dict[int, list[torch.Tensor]] = {}
+        self._buffers: dict = {}
+
+    def _scratch(self, like: torch.Tensor) -> torch.Tensor:
+        """A reused buffer for state tensor `like`: one per tensor (several parameters share a
+        shape here, and a rule holds the scratch results of all of them at once)."""
+        key = (like.data_ptr(), tuple(like.shape), like.dtype)
+        buf = self._buffers.get(key)
+        if buf is None:
+            buf = self._buffers[key] = torch.empty_like(like, memory_format=torch.contiguous_format)
+        return buf
+
+    def _slices(self, r: int) -> list[torch.Tensor]:
+        """Replica r's parameters, then its optimizer state, as views of the buffers."""
+        out = [b[r * n : (r + 1) * n] for b, n in zip(self.buffers, self.sizes, strict=True)]
+        for tensors in self.state.values():
+            out += [t[r * n : (r + 1) * n] for t, n in zip(tensors, self.sizes, strict=True)]
+        return out
+
+    def freeze(self, r: int) -> None:
+        """Replica r takes no update from now on (its loss or gradient went non-finite)."""
+        if r not in self.frozen:
+            self.frozen[r] = [t.clone() for t in self._slices(r)]
+
+    @torch.no_grad()
+    def step_all(self, grads: list[torch.Tensor]) -> None:
+        """One step of every replica that is not frozen (they all have the same step count):
+        `grads[k]` is tensor k's gradient [R, ...]."""
+        for buf, g in zip(self.grads, grads, strict=True):
+            buf[: g.numel()].copy_(g.reshape(-1))
+        alive = [r for r in range(self.replicas) if r not in self.frozen]
+        if not alive:
+            return
+        for r in alive:
+            self.steps[r] += 1
+        self._dense(self.buffers, self.grads, self.state, self.steps[alive[0]])
+        for r, saved in self.frozen.items():
+            for t, value in zip(self._slices(r), saved, strict=True):
+                t.copy_(value)
+
+    @torch.no_grad()
+    def step_replica(self, r: int, grads: list[torch.Tensor]) -> None:
+        """One step of replica r alone: `grads[k]` its gradient of tensor k (no replica axis)."""
+        self.steps[r] += 1
+        k = len(self.buffers)
+        mine = self._slices(r)
+        states = {key: mine[k * (i + 1) : k * (i + 2)] for i, key in enumerate(self.state)}
+        flat = [g.reshape(-1) for g in grads]
+        self._dense(mine[:k], flat, states, self.steps[r])
