@@ -241,8 +241,8 @@ def test_engine_vectorized_refuses_a_factory_in_one_line(factory_file, tmp_path)
     args = ["train-ensemble", "--model-factory", f"{factory_file}:build", "--engine", "vectorized"]
     line = one_error_line(CliRunner().invoke(app, [*args, *BASE, "--out", str(tmp_path / "r")]))
     assert line == (
-        "error: --engine vectorized cannot train this configuration: a --model-factory model is "
-        "trained by the reference loop only"
+        "error: --engine vectorized cannot train this configuration: the model has dropout "
+        "(net.2): per-replica seeded dropout generators are not supported inside torch.func.vmap"
     )
 
 

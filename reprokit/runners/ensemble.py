@@ -108,7 +108,9 @@ def _train_stacked(payload: ReplicaPayload, replicas: list[int]) -> Iterator[Rep
 
     config = payload.config
     seeds = [replica_seeds(config.seed, config.vary, r) for r in replicas]
-    outs = train_replicas(payload.encoded, config, replicas, seeds, on_step=payload.on_step)
+    outs = train_replicas(
+        payload.encoded, config, replicas, seeds, payload.on_step, payload.model_factory
+    )
     for replica, s, out in zip(replicas, seeds, outs, strict=True):
         yield replica_record(payload, replica, s, out)
 
@@ -117,17 +119,34 @@ def _train_stacked(payload: ReplicaPayload, replicas: list[int]) -> Iterator[Rep
 #: Sources that the vectorized engine trains correctly but whose PD depends on last-bit rounding
 #: of the first updates (a one-ULP flip is absorbed or amplified), so `auto` keeps the reference loop.
 ROUNDING_SENSITIVE_SOURCES = frozenset({"bitflip"})
+#: `auto` trains a --model-factory model stacked (torch.func, `training.func_stack`) only where
+#: benchmarks/factory_vmap_speed.py measured that faster than one replica after the other: from
+#: 8 replicas, or from 4 with batches of at most 256 rows (README, "Your own model").
+FACTORY_STACK_REPLICAS = 8
+FACTORY_STACK_SMALL_BATCH = (4, 256)  # (replicas, largest batch size)
 
 
-def choose_engine(config: RunConfig, encoded: Any = None) -> str:
+def factory_stack_pays(config: RunConfig) -> bool:
+    """Whether the measured rule says stacking the config's factory model is the faster engine."""
+    replicas, batch = FACTORY_STACK_SMALL_BATCH
+    if config.replicas >= FACTORY_STACK_REPLICAS:
+        return True
+    return config.replicas >= replicas and config.optim.batch_size <= batch
+
+
+def choose_engine(config: RunConfig, encoded: Any = None, model_factory: Any = None) -> str:
     """`process` or `vectorized` for `config.engine`: auto = vectorized unless it cannot run, or
     unless a rounding-sensitive source makes its PD incomparable with the reference loop. The
-    engine's support comes from the components' declared capabilities (no model is built)."""
+    engine's support comes from the components' declared capabilities (no model is built); a
+    factory model is tried on `encoded`'s first rows (`capability.factory_reason`), and under
+    `auto` only where `factory_stack_pays`."""
     from reprokit.training.stacked.capability import unsupported_reason
 
     if config.engine == "process":
         return "process"
-    reason = unsupported_reason(config, encoded)
+    if config.engine == "auto" and config.model.factory and not factory_stack_pays(config):
+        return "process"
+    reason = unsupported_reason(config, encoded, model_factory)
     if config.engine == "vectorized":
         if reason is not None:
             raise ReprokitError(f"--engine vectorized cannot train this configuration: {reason}")
@@ -338,7 +357,7 @@ def train_ensemble(
         validate_factory(config, encoded, model_factory)
     data_name = Path(config.data.path).stem if config.data.path else "synthetic"
     store = RunStore(out if out is not None else default_run_dir())
-    engine = choose_engine(config, encoded)
+    engine = choose_engine(config, encoded, model_factory)
     with run_lock(store.path):
         finished = store.prepare(build_manifest(config, encoded, data_name, engine), force=force)
         engine = _resume_engine(store, config, engine, finished)
@@ -348,7 +367,7 @@ def train_ensemble(
             progress(done, config.replicas, {})
         executor = executor or LocalExecutor(workers)
         if engine == "vectorized":  # one batch: every replica stacked in one task
-            payload = ReplicaPayload(encoded, config, on_step=step_progress)
+            payload = ReplicaPayload(encoded, config, step_progress, model_factory)
             task, batches = _train_stacked, [todo] if todo else []
         else:  # one replica per task
             payload = ReplicaPayload(encoded, config, model_factory=model_factory)

@@ -34,6 +34,10 @@ non-finite is frozen (logged at that step, never updated again, excluded from th
 drain) without disturbing the others. One host transfer per step (loss and grad-norm of all
 replicas: the freezing decision needs them); the logs and detectors are written from the collected
 values after the loop, with the values and order the per-step logging had.
+
+A `--model-factory` model has no stacked layout of this kind: `train_replicas` hands it to
+`reprokit.training.func_stack` (the user's module stacked with `torch.func`, one `vmap` of
+`grad(functional_call)` per step).
 """
 
 from __future__ import annotations
@@ -203,11 +207,18 @@ def train_replicas(
     replicas: Sequence[int],
     seeds: Sequence[dict[str, int]],
     on_step: Callable[[int, int], None] | None = None,
+    model_factory: Any = None,
 ) -> list[ReplicaOutput]:
     """Train `replicas` (indices into the ensemble, with their seeds) together; one output each.
 
     `on_step(done, total)` is called after every optimizer step of the stack (all replicas step
-    together), so a caller can show progress before the first replica finishes."""
+    together), so a caller can show progress before the first replica finishes. A factory model
+    (`config.model.factory`; `model_factory` the Python API's callable) is stacked by
+    `reprokit.training.func_stack` instead."""
+    if config.model.factory:
+        from reprokit.training import func_stack
+
+        return func_stack.train_replicas(encoded, config, replicas, seeds, model_factory, on_step)
     check_supported(config, encoded)
     if len(replicas) != len(seeds) or not replicas:
         raise ReprokitError("the vectorized engine needs one seed set per replica and at least one")
