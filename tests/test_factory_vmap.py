@@ -102,6 +102,17 @@ def item(schema):
 
 def plain(schema):
     return WithLayer(schema, "none")
+
+
+class PicksBatches(WithLayer):
+    def forward(self, cat, num):
+        if cat.shape[0] not in (8, 100):  # the check's 8 rows pass, a short last batch fails
+            raise ValueError(f"cannot take a batch of {cat.shape[0]} rows")
+        return super().forward(cat, num)
+
+
+def picky(schema):
+    return PicksBatches(schema, "none")
 """
 
 SMALL = {
@@ -344,3 +355,18 @@ def test_cli_engine_vectorized_refuses_a_model_it_cannot_stack(models_file, tmp_
         "stacked replicas under torch.func.vmap cannot carry"
     )
     assert not (out / "manifest.json").exists()
+
+
+def test_a_module_that_fails_while_training_is_one_line(models_file, tmp_path):
+    out = tmp_path / "picky"
+    args = ["train-ensemble", "--model-factory", f"{models_file}:picky", *BASE]
+    result = CliRunner().invoke(app, [*args, "--batch-size", "100", "--out", str(out)])
+    assert result.exit_code == 2 and "Traceback" not in result.output + result.stderr
+    errors = [x for x in result.stderr.splitlines() if x.startswith("error:")]
+    assert len(errors) == 1 and result.stderr.strip().endswith(errors[0])  # after progress lines
+    line = errors[0]
+    assert line.startswith(
+        "error: the model factory's module failed under torch.func.vmap at step "
+    ), line
+    assert "ValueError: cannot take a batch of" in line
+    assert line.endswith("(--engine process trains it one replica at a time)")

@@ -194,7 +194,12 @@ def _train(
         perms = torch.as_tensor(np.stack([g.permutation(n) for g in order_rngs]), device=device)
         for lo in range(0, n, bs):
             idx = perms[:, lo : lo + bs]  # [slots, batch]: each replica's own rows
-            grads, (loss, logits) = step_fn(stack.params, stack.consts, cat[idx], num[idx], y[idx])
+            try:
+                grads, (loss, logits) = step_fn(
+                    stack.params, stack.consts, cat[idx], num[idx], y[idx]
+                )
+            except Exception as exc:  # the user's module on a batch the check did not try
+                raise _user_error(exc, f"step {it} (batch of {idx.shape[1]} rows)") from exc
             grad_list = [grads[name] for name in names]
             with torch.no_grad():
                 stats = torch.stack([loss.double(), stack.grad_sq_norms(grad_list)])
@@ -245,7 +250,10 @@ def _train(
     )
     share = (time.perf_counter() - start) / len(replicas)
 
-    predictions = _predict(stack, encoded, config, device)
+    try:
+        predictions = _predict(stack, encoded, config, device)
+    except Exception as exc:
+        raise _user_error(exc, "evaluation") from exc
     outputs = []
     for log, g in zip(logs, group, strict=True):
         log.detector.finish()
@@ -262,6 +270,18 @@ def _train(
             )
         )
     return outputs
+
+
+def _user_error(exc: Exception, where: str) -> ReprokitError:
+    """An error of the user's module inside the stacked step, as one sentence."""
+    if isinstance(exc, ReprokitError):
+        return exc
+    lines = str(exc).strip().splitlines()
+    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    return ReprokitError(
+        f"the model factory's module failed under torch.func.vmap at {where}: {text} "
+        "(--engine process trains it one replica at a time)"
+    )
 
 
 def _slots(
