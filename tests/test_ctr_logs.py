@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from cli_checks import one_error_line
 from typer.testing import CliRunner
@@ -27,6 +28,7 @@ from reprokit.data.ctr_logs import (
 )
 from reprokit.data.ctr_synth import AVAZU_COLUMNS, write_synth_log
 from reprokit.data.layout import read_dataset
+from reprokit.errors import ReprokitError
 
 runner = CliRunner()
 
@@ -181,6 +183,77 @@ def test_streamed_import_equals_in_memory_reference(tmp_path):
     assert read_ingest_doc(tiny)["fields"] == read_ingest_doc(whole)["fields"]
 
 
+def mixed_criteo_log(path: Path, rows: int = 1200) -> None:
+    """Criteo rows whose categories mix 8 hex digits (the packed path), shorter and longer text,
+    upper case, non-ASCII, NUL bytes and empty cells; some columns all of one width, some all empty, some
+    mixed within a block; counts with large, negative and missing values."""
+    rng = np.random.default_rng(11)
+    odd = ["ab", "7", "0123456789abcdef", "ABCDEF01", "é", "ü8", "abcdef0", "x y", "a", "a\x00"]
+    hexes = [f"{v:08x}" for v in rng.choice(2**32, size=40, replace=False)] + ["00000000"]
+    lines = []
+    for i in range(rows):
+        ints = {n: str(int(rng.lognormal(2, 2))) for n in CRITEO_NUMERIC}
+        ints["I2"] = str(int(rng.integers(-3, 3)))
+        ints["I5"] = str(int(rng.integers(0, 10**12)))  # wider than 8 digits
+        ints["I3"] = "" if i % 3 else str(i % 7)
+        cats = {n: hexes[int(rng.zipf(1.3)) % len(hexes)] for n in CRITEO_CATEGORICAL}
+        cats["C1"] = odd[int(rng.integers(len(odd)))] if rng.random() < 0.3 else cats["C1"]
+        cats["C2"] = "" if rng.random() < 0.4 else cats["C2"]
+        cats["C3"] = ["ab", "cd", "ef", "é", "a\x00"][int(rng.integers(5))]  # all 2 bytes
+        cats["C4"] = ""  # always empty
+        cats["C5"] = odd[int(rng.integers(len(odd)))]  # never packs alone
+        cats["C6"] = "" if rng.random() < 0.5 else odd[int(rng.integers(4))]
+        lines.append(criteo_line(int(rng.integers(2)), ints, cats))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def test_packed_keys_equal_the_string_path(tmp_path, monkeypatch):
+    # the packed uint64 path (any text of at most 8 ASCII bytes) against the string path for
+    # every cell (PACKED_BYTES = 0), small parser chunks (several per block) and the
+    # independent reference: the same parquet, byte for byte in its columns and documents
+    from reprokit.data import ctr_logs
+
+    path = tmp_path / "mixed.txt"
+    mixed_criteo_log(path)
+    expected = reference_criteo(path, 3)
+    fast = import_log("criteo", path, tmp_path / "fast.parquet", min_count=3)
+    monkeypatch.setattr(ctr_logs, "PARSE_BLOCK_SIZE", 4096)
+    chunked = import_log(
+        "criteo", path, tmp_path / "chunked.parquet", min_count=3, block_size=32 << 10
+    )
+    monkeypatch.setattr(ctr_logs, "PACKED_BYTES", 0)
+    strings = import_log("criteo", path, tmp_path / "strings.parquet", min_count=3)
+    tables = [pq.read_table(r.path) for r in (fast, chunked, strings)]
+    for result, table in zip((fast, chunked, strings), tables, strict=True):
+        pd.testing.assert_frame_equal(read_dataset(result.path).frame, expected)
+        assert table.equals(tables[0], check_metadata=True)
+        for a, b in zip(result.fields, fast.fields, strict=True):
+            assert a.vocabulary.equals(b.vocabulary), a.name
+    vocab = {f.name: f.vocabulary.to_pylist() for f in fast.fields}
+    assert {"é", "0123456789abcdef", "a", "a\x00"} <= set(vocab["C5"])
+    assert sorted(vocab["C3"]) == ["a\x00", "ab", "cd", "ef", "é"]
+    assert vocab["C4"] == [] and read_dataset(fast.path).frame["C4"].eq(1).all()
+    assert all(isinstance(v, int) for v in vocab["I5"])
+
+
+def test_avazu_packed_keys_equal_the_string_path(tmp_path, monkeypatch):
+    from reprokit.data import ctr_logs
+
+    path = tmp_path / "train.csv"
+    write_synth_log("avazu", 2000, path, seed=4)
+    fast = import_log("avazu", path, tmp_path / "fast.parquet")
+    monkeypatch.setattr(ctr_logs, "PACKED_BYTES", 0)
+    strings = import_log("avazu", path, tmp_path / "strings.parquet")
+    assert pq.read_table(fast.path).equals(pq.read_table(strings.path), check_metadata=True)
+    raw = pd.read_csv(path, dtype=str)
+    frame = read_dataset(fast.path).frame
+    for name in ("site_id", "C14", "banner_pos"):  # 8 hex digits, 4-5 digits, 1 digit
+        counts = raw[name].value_counts()
+        kept = sorted((v for v, n in counts.items() if n >= 2), key=lambda v: (-counts[v], v))
+        ids = {v: i + 2 for i, v in enumerate(kept)}
+        assert frame[name].tolist() == [ids.get(v, 0) for v in raw[name]], name
+
+
 def test_synth_logs_are_seeded_and_learnable(tmp_path):
     a, b = tmp_path / "a.csv", tmp_path / "b.csv"
     doc = write_synth_log("avazu", 4000, a, seed=5)
@@ -257,6 +330,13 @@ def test_criteo_wrong_column_count(tmp_path):
     line = one_error_line(invoke("criteo", path, "--out", tmp_path / "o.parquet"))
     assert "line 3 has 39 column(s)" in line and "40 tab-separated columns" in line
     assert not (tmp_path / "o.parquet").exists()
+    # far into the file, in a later block: the line counts every block before it
+    lines = [good] * 3000
+    lines[2345] += "\textra"
+    path.write_text("\n".join(lines) + "\n")
+    for block_size in (16 << 10, 1 << 20):
+        with pytest.raises(ReprokitError, match="line 2346 has 41 column"):
+            import_log("criteo", path, tmp_path / "o.parquet", block_size=block_size)
 
 
 def test_bad_logs_exit_2(tmp_path):
@@ -273,6 +353,11 @@ def test_bad_logs_exit_2(tmp_path):
     text = tmp_path / "text.txt"
     text.write_text(criteo_line(0, {"I1": "abc"}, {}) + "\n")
     assert "is not a readable criteo log" in one_error_line(invoke("criteo", text))
+    latin = tmp_path / "latin1.txt"  # bytes that are not UTF-8, in a short and a long cell
+    for cell in ("caf\xe9", "caf\xe9 au lait"):
+        latin.write_bytes((criteo_line(0, {}, {"C7": cell}) + "\n").encode("latin-1"))
+        line = one_error_line(invoke("criteo", latin))
+        assert "is not a readable criteo log" in line and "'C7'" in line and "UTF-8" in line
     assert "file not found" in one_error_line(invoke("criteo", tmp_path / "missing.txt"))
     empty = tmp_path / "empty.txt"
     empty.write_text("")

@@ -633,13 +633,25 @@ def _text_blocks(path: Path, block_size: int) -> Iterator[tuple[bytearray, int]]
         stream.close()
 
 
+def _count_lines(path: Path, size: int) -> int:
+    """Line ends in the first `size` bytes of the (decompressed) file."""
+    lines = 0
+    for buf, end in _text_blocks(path, DEFAULT_BLOCK_SIZE):
+        lines += buf.count(b"\n", 0, min(end, size))
+        size -= end
+        if size <= 0:
+            break
+    return lines
+
+
 def _batches(path: Path, fmt: _Format, rows: int | None) -> Iterator[pa.Table]:
     """The file's blocks as tables, cut at `rows`; a row that does not parse is one sentence that
     names its line."""
     done = 0
-    lines_before = 0
+    consumed = 0  # bytes of text before this block (its line numbers are counted on error only)
     for k, (buf, end) in enumerate(_text_blocks(path, fmt.block_size)):
         if end < 4096 and not bytes(buf[:end]).strip():
+            consumed += end
             continue  # trailing blank lines
         skip = 1 if (k == 0 and fmt.header) else 0
         text = pa.py_buffer(memoryview(buf)[:end])  # no copy; the parsed arrays own their memory
@@ -653,9 +665,10 @@ def _batches(path: Path, fmt: _Format, rows: int | None) -> Iterator[pa.Table]:
                 convert_options=fmt.convert_options,
             )
         except pa.ArrowInvalid as exc:
+            lines_before = _count_lines(path, consumed)
             raise _parse_error(path, fmt, exc, bytes(buf[:end]), lines_before) from None
         del text
-        lines_before += buf.count(b"\n", 0, end)
+        consumed += end
         if rows is not None and done + table.num_rows >= rows:
             yield table.slice(0, rows - done)
             return
