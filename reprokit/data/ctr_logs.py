@@ -850,6 +850,7 @@ def import_log(
             total = _count_pass(path, fmt, rows, encoders, _Spill(handle), report)
         for encoder in encoders:
             encoder.finish(min_count)
+        pa.default_memory_pool().release_unused()  # pass 1's parser memory, before pass 2's
         counted_seconds = time.perf_counter() - started
         return _encode_pass(
             kind,
