@@ -212,6 +212,45 @@ class _TextCounts:
         return self.merged["v"].combine_chunks(), self.merged["n"].to_numpy()
 
 
+def _valid(values: pa.Array) -> np.ndarray | None:
+    """The array's validity as a bool mask (None: no nulls), unpacked from its bitmap."""
+    if values.null_count == 0:
+        return None
+    if values.null_count == len(values):
+        return np.zeros(len(values), dtype=bool)
+    bitmap = np.frombuffer(values.buffers()[0], dtype=np.uint8)
+    bits = np.unpackbits(bitmap, count=values.offset + len(values), bitorder="little")
+    return bits[values.offset :].view(bool)
+
+
+def _int_values(values: _Column) -> tuple[np.ndarray, np.ndarray | None]:
+    """An integer column's non-null values as int64, and its validity mask (None: no nulls)."""
+    chunks = values.chunks if isinstance(values, pa.ChunkedArray) else [values]
+    parts, masks = [], []
+    for chunk in chunks:
+        data = chunk.to_numpy(zero_copy_only=False) if not chunk.null_count else None
+        if data is None:
+            dtype = np.dtype(chunk.type.to_pandas_dtype())
+            buffer = chunk.buffers()[1]
+            data = np.frombuffer(
+                buffer, dtype=dtype, count=len(chunk), offset=chunk.offset * dtype.itemsize
+            )
+            mask = _valid(chunk)
+            masks.append(mask)
+            parts.append(data[mask])
+        else:
+            masks.append(None)
+            parts.append(data)
+    raw = np.concatenate(parts) if len(parts) != 1 else parts[0]
+    raw = raw.astype(np.int64, copy=False)
+    if all(m is None for m in masks):
+        return raw, None
+    valid = [
+        np.ones(len(c), dtype=bool) if m is None else m for c, m in zip(chunks, masks, strict=True)
+    ]
+    return raw, np.concatenate(valid)
+
+
 def _pack_text(values: _Column) -> tuple[Any, np.ndarray, np.ndarray | None]:
     """The non-empty cells of a binary column that pack into uint64 keys (at most `PACKED_BYTES`
     bytes, ASCII, no NUL): (where: their rows, as an index or mask, or None for all rows; their
@@ -241,7 +280,7 @@ def _pack_chunk(values: pa.Array) -> tuple[Any, np.ndarray, np.ndarray | None]:
     """`_pack_text` of one array."""
     n = len(values)
     nulls = values.null_count
-    valid = None if nulls == 0 else values.is_valid().to_numpy(zero_copy_only=False)
+    valid = _valid(values)
     if nulls == n:
         return valid, np.empty(0, dtype=np.uint64), None
     offsets = np.frombuffer(
@@ -344,8 +383,8 @@ class _Encoder:
         assert self.counts is not None
         n = len(values)
         if values.null_count == n:
-            return _Codes(np.full(n, -1, dtype=np.int16), np.empty(0, dtype=np.int64), None)
-        raw = values.drop_null().to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+            return _Codes(np.full(n, -1, dtype=np.int8), np.empty(0, dtype=np.int64), None)
+        raw, valid = _int_values(values)
         transform = self.transform
         low, high = int(raw.min()), int(raw.max())
         span = min(1 << 15, max(n, 256))
@@ -363,10 +402,10 @@ class _Encoder:
         seen = counts > 0
         self.counts.add(keys[seen], counts[seen])
         dtype = _code_dtype(len(keys))
-        if values.null_count == 0:
+        if valid is None:
             return _Codes(local.astype(dtype), keys, None)
         codes = np.full(n, -1, dtype=dtype)
-        codes[values.is_valid().to_numpy(zero_copy_only=False)] = local
+        codes[valid] = local
         return _Codes(codes, keys, None)
 
     def _text(self, values: _Column, path: Path, fmt_name: str) -> _Codes:
