@@ -490,7 +490,7 @@ class _Encoder:
             hit = where >= 0
             lut[n_keys : n_keys + n_odd][hit] = self.odd_ids[where[hit]]
         lut[-1] = MISSING_ID
-        return lut[block.codes]
+        return lut[block.codes.astype(np.intp)]  # (-1: the last entry) intp indexes fastest
 
 
 # --- the two formats ----------------------------------------------------------------------------
