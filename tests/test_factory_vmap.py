@@ -295,11 +295,13 @@ def test_auto_follows_the_measured_rule_before_trying_the_model(models_file, mon
     cfg = _cfg(models_file)
     encoded = load_encoded(cfg.data)
     for replicas, batch, engine in [
-        (8, 2048, "vectorized"),
+        (4, 64, "vectorized"),
         (4, 256, "vectorized"),
-        (4, 512, "process"),
         (3, 64, "process"),
-        (7, 300, "process"),
+        (4, 512, "process"),
+        (8, 512, "vectorized"),
+        (8, 1024, "process"),
+        (16, 1024, "vectorized"),
     ]:
         cfg.replicas, cfg.optim.batch_size = replicas, batch
         assert choose_engine(cfg, encoded) == engine, (replicas, batch)

@@ -50,13 +50,17 @@ def default_run_dir(kind: str = KIND) -> Path:
     return Path("runs") / f"{kind}-{stamp}"
 
 
+_HASH_BYTES = 64 << 20
+
+
 def data_fingerprint(encoded: Any) -> str:
     """A hash of what the replicas see, so a resumed run cannot silently mix two datasets."""
     h = hashlib.sha256()
-    arrays = (encoded.eval_example_id, encoded.train_cat, encoded.train_num, encoded.train_y)
-    for arr in arrays:
-        h.update(np.ascontiguousarray(arr).reshape(-1).view(np.uint8))  # no copy of mapped data
-    release(*arrays)
+    for arr in (encoded.eval_example_id, encoded.train_cat, encoded.train_num, encoded.train_y):
+        data = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)  # no copy of mapped data
+        for lo in range(0, len(data), _HASH_BYTES):
+            h.update(data[lo : lo + _HASH_BYTES])
+            release(arr)  # a memory-mapped file never becomes resident as a whole
     h.update(repr(encoded.vocab_sizes).encode())
     return h.hexdigest()[:16]
 
@@ -121,17 +125,17 @@ def _train_stacked(payload: ReplicaPayload, replicas: list[int]) -> Iterator[Rep
 ROUNDING_SENSITIVE_SOURCES = frozenset({"bitflip"})
 #: `auto` trains a --model-factory model stacked (torch.func, `training.func_stack`) only where
 #: benchmarks/factory_vmap_speed.py measured that faster than one replica after the other: from
-#: 8 replicas, or from 4 with batches of at most 256 rows (README, "Your own model").
-FACTORY_STACK_REPLICAS = 8
-FACTORY_STACK_SMALL_BATCH = (4, 256)  # (replicas, largest batch size)
+#: 4 replicas, and from batch_size / 64 replicas (8 at 512 rows, 16 at 1024; README, "Your own
+#: model"). Stacking saves per-operation overhead, which larger batches amortise on their own.
+FACTORY_STACK_MIN_REPLICAS = 4
+FACTORY_STACK_ROWS_PER_REPLICA = 64
 
 
 def factory_stack_pays(config: RunConfig) -> bool:
     """Whether the measured rule says stacking the config's factory model is the faster engine."""
-    replicas, batch = FACTORY_STACK_SMALL_BATCH
-    if config.replicas >= FACTORY_STACK_REPLICAS:
-        return True
-    return config.replicas >= replicas and config.optim.batch_size <= batch
+    if config.replicas < FACTORY_STACK_MIN_REPLICAS:
+        return False
+    return config.replicas * FACTORY_STACK_ROWS_PER_REPLICA >= config.optim.batch_size
 
 
 def choose_engine(config: RunConfig, encoded: Any = None, model_factory: Any = None) -> str:
