@@ -86,6 +86,11 @@ class VocabSizes(list):
         self.train_cat = train_cat
 
 
+#: Resident bytes of memory-mapped training data after which `EncodedData.rows_read` releases them.
+RELEASE_BYTES = 256 << 20
+PAGE_BYTES = 4096
+
+
 @dataclass
 class EncodedData:
     """Model-ready arrays of one train/eval split (see the module docstring for the encoding)."""
@@ -111,6 +116,7 @@ class EncodedData:
     #: vocabulary (`vocab_sizes.keys` holds its key there), for table kinds that read raw values
     #: (`hashed`: the raw value's hash, not the OOV row); None when no eval value is unseen
     eval_cat_raw: np.ndarray | None = None
+    _rows_read: int = field(default=0, init=False, repr=False, compare=False)
 
     def eval_ids(self, raw_values: bool) -> np.ndarray:
         """The eval indices a table reads: `eval_cat_raw` for kinds that read raw values."""
@@ -122,10 +128,21 @@ class EncodedData:
         return isinstance(self.train_cat, MappedArray)
 
     def release_pages(self) -> None:
-        """Drop memory-mapped arrays' pages from this process (`reprokit.data.mapped`): the
-        engines call it every `RELEASE_EVERY` steps so a long epoch over a file larger than
-        memory does not leave the file resident. Nothing happens for in-memory arrays."""
+        """Drop memory-mapped arrays' pages from this process (`reprokit.data.mapped`; the OS
+        page cache keeps them). Nothing happens for in-memory arrays."""
         release(self.train_cat, self.train_num, self.eval_cat, self.eval_num, self.eval_cat_raw)
+        self._rows_read = 0
+
+    def rows_read(self, rows: int) -> None:
+        """The engines say how many training rows a step gathered: once the pages those may have
+        touched (one per row and mapped array) pass `RELEASE_BYTES`, they are released, so an
+        epoch of random reads over a file larger than memory keeps at most that much of it
+        resident. Nothing happens for in-memory arrays."""
+        if not self.is_mapped:
+            return
+        self._rows_read += rows
+        if self._rows_read * 2 * PAGE_BYTES >= RELEASE_BYTES:
+            self.release_pages()
 
     @property
     def n_train(self) -> int:
@@ -352,10 +369,6 @@ def encode(
         train_time=_times(train),
         eval_cat_raw=None if np.array_equal(eval_raw, eval_cat) else eval_raw,
     )
-
-
-#: Training steps between two `EncodedData.release_pages` calls of the engines.
-RELEASE_EVERY = 256
 
 
 def load_encoded(data_config: DataConfig) -> EncodedData:

@@ -263,6 +263,7 @@ def _encode_into(
 
     # pass 1: vocabularies, labels, times
     distinct: list[list[np.ndarray]] = [[] for _ in fields]
+    merged = [0] * len(fields)  # distinct values after the last merge of each field's parts
     nulls = [0] * len(fields)
     train_y = np.zeros((n_tr, len(labels)), dtype=np.float32)
     eval_y = np.zeros((n_ev, len(labels)), dtype=np.float32)
@@ -274,8 +275,9 @@ def _encode_into(
             values = train_part[name]
             nulls[j] += int(values.isna().sum())
             distinct[j].append(np.asarray(pd.unique(values.dropna())))
-            if sum(len(d) for d in distinct[j]) > 4 * READ_ROWS:
+            if sum(len(d) for d in distinct[j]) > 2 * merged[j] + 4 * READ_ROWS:  # amortised
                 distinct[j] = [np.asarray(pd.unique(pd.Series(np.concatenate(distinct[j]))))]
+                merged[j] = len(distinct[j][0])
         train_y[tr_slot] = _labels(train_part, labels, "train")
         eval_y[ev_slot] = _labels(frame.iloc[ev], labels, "eval")
         if train_time is not None:

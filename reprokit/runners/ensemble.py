@@ -50,13 +50,17 @@ def default_run_dir(kind: str = KIND) -> Path:
     return Path("runs") / f"{kind}-{stamp}"
 
 
+_HASH_BYTES = 64 << 20
+
+
 def data_fingerprint(encoded: Any) -> str:
     """A hash of what the replicas see, so a resumed run cannot silently mix two datasets."""
     h = hashlib.sha256()
-    arrays = (encoded.eval_example_id, encoded.train_cat, encoded.train_num, encoded.train_y)
-    for arr in arrays:
-        h.update(np.ascontiguousarray(arr).reshape(-1).view(np.uint8))  # no copy of mapped data
-    release(*arrays)
+    for arr in (encoded.eval_example_id, encoded.train_cat, encoded.train_num, encoded.train_y):
+        data = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)  # no copy of mapped data
+        for lo in range(0, len(data), _HASH_BYTES):
+            h.update(data[lo : lo + _HASH_BYTES])
+            release(arr)  # a memory-mapped file never becomes resident as a whole
     h.update(repr(encoded.vocab_sizes).encode())
     return h.hexdigest()[:16]
 

@@ -23,6 +23,7 @@ import math
 import os
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +35,6 @@ import torch.nn.functional as F
 from reprokit.components.optimizers import OPTIMIZERS, run_accumulator
 from reprokit.components.tables import EMBEDDING_TABLES
 from reprokit.config import RunConfig
-from reprokit.data.encoding import RELEASE_EVERY
 from reprokit.nn.models import create_model
 from reprokit.optim import ClippyAdagrad, OptimizerBundle, make_optimizer
 from reprokit.training.divergence import SpikeDetector
@@ -215,13 +215,22 @@ def _apply(
     optimizer.step()
 
 
-def predict(model: torch.nn.Module, cat: torch.Tensor, num: torch.Tensor) -> np.ndarray:
+def predict(
+    model: torch.nn.Module,
+    cat: torch.Tensor,
+    num: torch.Tensor,
+    rows_read: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """Predictions [N, T] float64 in chunks of `EVAL_BATCH` rows; `rows_read(rows)` after each
+    (`EncodedData.rows_read`: memory-mapped evaluation data is not left resident)."""
     model.eval()
     out = []
     with torch.no_grad():
         for start in range(0, cat.shape[0], EVAL_BATCH):
             logits = model(cat[start : start + EVAL_BATCH], num[start : start + EVAL_BATCH])
             out.append(torch.sigmoid(logits.double()).cpu().numpy())
+            if rows_read is not None:
+                rows_read(len(logits))
     return np.concatenate(out) if out else np.zeros((0, model.n_tasks))
 
 
@@ -296,9 +305,8 @@ def train_replica(
         model.train()
         perm = torch.as_tensor(order_rng.permutation(n), device=device)
         for lo in range(0, n, bs):
-            if step % RELEASE_EVERY == 0:
-                encoded.release_pages()
             idx = perm[lo : lo + bs]
+            encoded.rows_read(len(idx))
             logits = model(cat[idx], num[idx])
             target = y[idx]
             # Mean over batch and tasks = mean over tasks of each task's mean BCE.
@@ -348,7 +356,7 @@ def train_replica(
 
     ecat = torch.as_tensor(eval_ids(encoded, config), device=device)
     enum = torch.as_tensor(encoded.eval_num, device=device)
-    predictions = predict(model, ecat, enum)
+    predictions = predict(model, ecat, enum, encoded.rows_read)
     if not np.isfinite(predictions).all():
         diverged = True
     frame = _log_frame(log)

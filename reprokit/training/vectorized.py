@@ -52,7 +52,6 @@ import pandas as pd
 import torch
 
 from reprokit.config import RunConfig
-from reprokit.data.encoding import RELEASE_EVERY
 from reprokit.errors import ReprokitError
 from reprokit.training.divergence import SpikeDetector
 from reprokit.training.loop import (
@@ -183,8 +182,14 @@ def _write_logs(
             log.detector.update(step, loss, norm)
 
 
-def predict_stack(stack: Stack, cat: torch.Tensor, num: torch.Tensor) -> np.ndarray:
-    """Predictions of every replica [R, N, T] float64 (sigmoid in float64, as the reference)."""
+def predict_stack(
+    stack: Stack,
+    cat: torch.Tensor,
+    num: torch.Tensor,
+    rows_read: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """Predictions of every replica [R, N, T] float64 (sigmoid in float64, as the reference);
+    `rows_read(rows)` after each chunk (see `reprokit.training.loop.predict`)."""
     r = stack.replicas
     chunk = max(1024, EVAL_BATCH // max(r, 1)) // ALIGN * ALIGN
     base = torch.arange(r, device=cat.device).view(r, 1, 1) * stack.vocab_total
@@ -196,6 +201,8 @@ def predict_stack(stack: Stack, cat: torch.Tensor, num: torch.Tensor) -> np.ndar
             c_cat, c_num = (pad_rows(t, round_up(size), 0) for t in (c_cat, c_num))
             logits, _ = forward(stack, flat_rows(stack, c_cat.unsqueeze(0), base), c_num[None])
             out.append(torch.sigmoid(logits.double())[:, :size].cpu().numpy())
+            if rows_read is not None:
+                rows_read(size)
     if not out:
         return np.zeros((r, 0, stack.weights[-1].shape[2]))
     return np.concatenate(out, axis=1)
@@ -333,8 +340,7 @@ def _train(
                         num[pick].view(len(order_rngs), b, -1),
                         y[pick].view(len(order_rngs), b, -1),
                     ]
-                    if it % RELEASE_EVERY == 0:
-                        encoded.release_pages()
+                    encoded.rows_read(len(pick))
                 first = 0 if mapped else lo
                 rows_b, num_b, y_b = (
                     order.expand(pad_rows(t[:, first : first + b], b_pad, 1), order_index)
@@ -413,7 +419,7 @@ def _train(
 
     ecat = torch.as_tensor(eval_ids(encoded, config), device=device)
     enum = torch.as_tensor(encoded.eval_num, device=device)
-    predictions = predict_stack(stack, ecat, enum)
+    predictions = predict_stack(stack, ecat, enum, encoded.rows_read)
     outputs = []
     for r in range(n_real):
         detector = logs[r].detector
