@@ -70,7 +70,7 @@ MISSING_ID = 1
 FIRST_ID = 2
 DEFAULT_MIN_COUNT = {"criteo": 10, "avazu": 2}
 DEFAULT_BLOCK_SIZE = 16 << 20  # bytes of text per block: ~65k Criteo rows
-PARSE_BLOCK_SIZE = 4 << 20  # read_csv's own blocks, parsed in parallel
+PARSE_BLOCK_SIZE = 4 << 20  # read_csv's own blocks (its chunks), smaller ones cost more
 ROW_GROUP_ROWS = 1 << 18  # rows per parquet row group
 #: Text cells of at most this many bytes (ASCII, no NUL) are counted as packed uint64 keys;
 #: longer ones (and 0 here: every cell) take Arrow's string path. 8 is the most a key holds.
@@ -647,7 +647,7 @@ def _avazu_features(table: pa.Table, categorical: list[str]) -> dict[str, _Colum
 # --- reading --------------------------------------------------------------------------------
 def _text_blocks(path: Path, block_size: int) -> Iterator[tuple[bytearray, int]]:
     """The file (decompressed) in pieces of about `block_size` bytes that end at a line end, so
-    each piece parses on its own (and in parallel, by `pyarrow.csv.read_csv`): (buffer, length).
+    each piece parses on its own (by `pyarrow.csv.read_csv`): (buffer, length).
     One buffer is reused for every piece (fresh 16 MiB allocations cost more than the parse), so
     a piece is valid only until the next one is asked for."""
     with open(path, "rb") as handle:
@@ -704,8 +704,13 @@ def _batches(path: Path, fmt: _Format, rows: int | None) -> Iterator[pa.Table]:
         try:
             table = pacsv.read_csv(
                 text,
+                # one thread: the parse runs beside the counting of the block before (two
+                # threads for two cores; Arrow's own threads would only compete with it)
                 read_options=pacsv.ReadOptions(
-                    column_names=fmt.column_names, skip_rows=skip, block_size=PARSE_BLOCK_SIZE
+                    column_names=fmt.column_names,
+                    skip_rows=skip,
+                    block_size=PARSE_BLOCK_SIZE,
+                    use_threads=False,
                 ),
                 parse_options=fmt.parse_options,
                 convert_options=fmt.convert_options,
