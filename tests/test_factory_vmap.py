@@ -372,3 +372,18 @@ def test_a_module_that_fails_while_training_is_one_line(models_file, tmp_path):
     ), line
     assert "ValueError: cannot take a batch of" in line
     assert line.endswith("(--engine process trains it one replica at a time)")
+
+
+def test_memory_mapped_data_trains_the_same_bytes(models_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("REPROKIT_CACHE_DIR", str(tmp_path / "cache"))
+    data = tmp_path / "synth.parquet"
+    args = ["data", "synth", "--rows", "600", "--fields", "3", "--cardinality", "40"]
+    assert CliRunner().invoke(app, [*args, "--out", str(data)]).exit_code == 0
+    outs = {}
+    for storage in ("memory", "mapped"):
+        cfg = _cfg(models_file, **{"data.path": str(data), "data.storage": storage})
+        encoded = load_encoded(cfg.data)
+        assert encoded.is_mapped == (storage == "mapped")
+        outs[storage] = _stacked(encoded, cfg, range(2))
+    for a, b in zip(outs["memory"], outs["mapped"], strict=True):
+        assert a.predictions.tobytes() == b.predictions.tobytes()

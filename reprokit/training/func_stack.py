@@ -194,6 +194,7 @@ def _train(
         perms = torch.as_tensor(np.stack([g.permutation(n) for g in order_rngs]), device=device)
         for lo in range(0, n, bs):
             idx = perms[:, lo : lo + bs]  # [slots, batch]: each replica's own rows
+            encoded.rows_read(idx.numel())  # memory-mapped data: release what was read
             try:
                 grads, (loss, logits) = step_fn(
                     stack.params, stack.consts, cat[idx], num[idx], y[idx]
@@ -323,6 +324,7 @@ def _predict(
     for lo in range(0, cat.shape[0], EVAL_BATCH):
         logits = stack.logits(cat[lo : lo + EVAL_BATCH], num[lo : lo + EVAL_BATCH])
         out.append(torch.sigmoid(logits.double()).cpu().numpy())
+        encoded.rows_read(logits.shape[1])
     if not out:
         return np.zeros((stack.replicas, 0, encoded.eval_y.shape[1]))
     return np.concatenate(out, axis=1)
