@@ -481,7 +481,7 @@ class _Encoder:
         stats.vocabulary = values.take(pa.array(order)).cast(pa.string())
 
     # pass 2
-    def encode(self, block: _Codes) -> np.ndarray:
+    def encode(self, block: _Codes) -> pa.Array:
         """Ids: FIRST_ID + the value's rank in the vocabulary, MISSING_ID for an empty cell,
         OOV_ID else."""
         n_keys = len(block.keys)
@@ -497,7 +497,12 @@ class _Encoder:
             hit = where >= 0
             lut[n_keys : n_keys + n_odd][hit] = self.odd_ids[where[hit]]
         lut[-1] = MISSING_ID
-        return lut[block.codes.astype(np.intp)]  # (-1: the last entry) intp indexes fastest
+        # into Arrow's memory pool, which keeps freed memory for the next block (malloc would
+        # hand it back and fault it in again); -1 takes the last entry; intp codes index fastest
+        n = len(block.codes)
+        ids = pa.allocate_buffer(4 * n)
+        np.take(lut, block.codes.astype(np.intp), out=np.frombuffer(ids, dtype=np.int32))
+        return pa.Array.from_buffers(pa.int32(), n, [None, ids])
 
 
 # --- the two formats ----------------------------------------------------------------------------
@@ -1009,7 +1014,7 @@ def _encode_pass(
                     pa.array(np.arange(done, done + n, dtype=np.int64)),
                     pa.array(label.copy()),
                 ]
-                arrays += [pa.array(e.encode(c)) for e, c in zip(encoders, codes, strict=True)]
+                arrays += [e.encode(c) for e, c in zip(encoders, codes, strict=True)]
                 if extra is not None:
                     arrays.append(pa.array(extra.copy()))
                 done += n
