@@ -295,11 +295,10 @@ def test_auto_follows_the_measured_rule_before_trying_the_model(models_file, mon
     cfg = _cfg(models_file)
     encoded = load_encoded(cfg.data)
     for replicas, batch, engine in [
-        (4, 64, "vectorized"),
-        (4, 256, "vectorized"),
-        (3, 64, "process"),
-        (4, 512, "process"),
+        (8, 64, "vectorized"),
         (8, 512, "vectorized"),
+        (7, 64, "process"),
+        (4, 256, "process"),
         (8, 1024, "process"),
         (16, 1024, "vectorized"),
     ]:

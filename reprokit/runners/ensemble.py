@@ -124,10 +124,11 @@ def _train_stacked(payload: ReplicaPayload, replicas: list[int]) -> Iterator[Rep
 #: of the first updates (a one-ULP flip is absorbed or amplified), so `auto` keeps the reference loop.
 ROUNDING_SENSITIVE_SOURCES = frozenset({"bitflip"})
 #: `auto` trains a --model-factory model stacked (torch.func, `training.func_stack`) only where
-#: benchmarks/factory_vmap_speed.py measured that faster than one replica after the other: from
-#: 4 replicas, and from batch_size / 64 replicas (8 at 512 rows, 16 at 1024; README, "Your own
-#: model"). Stacking saves per-operation overhead, which larger batches amortise on their own.
-FACTORY_STACK_MIN_REPLICAS = 4
+#: benchmarks/factory_vmap_speed.py measured that faster than one replica after the other in
+#: every configuration it tried: from 8 replicas, and from batch_size / 64 replicas (16 at 1024
+#: rows; README, "Your own model"). Stacking saves per-operation overhead, which larger batches
+#: amortise on their own; at 4 replicas it ranged from 0.9x (large tables) to 1.3x.
+FACTORY_STACK_MIN_REPLICAS = 8
 FACTORY_STACK_ROWS_PER_REPLICA = 64
 
 
