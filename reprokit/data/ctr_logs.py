@@ -27,11 +27,13 @@ the next block with `pyarrow.csv.read_csv` while the current one is counted), tu
 column into block-local codes (`pandas.factorize`) and counts them, and spills the codes and each
 block's distinct values to a temporary file; pass 2 reads the spill back, maps each block's
 distinct values to ids and writes the ids, one parquet row group per ``ROW_GROUP_ROWS`` rows, so
-it neither parses nor decompresses again. A text cell of at most ``PACKED_BYTES`` bytes of ASCII
-(every Criteo category: 8 hex digits) is counted as an unsigned 64-bit integer holding its bytes
-big-endian and zero padded (keys compare as the texts do, and are equal exactly when the texts
-are); any other text (longer, non-ASCII) goes through Arrow's string hashing instead, with the
-same result. Memory is a few blocks plus the vocabularies, never the file. ``rows`` takes the
+it neither parses nor decompresses again (the ids are delta-packed, `PARQUET_OPTIONS`). A text
+cell of at most ``PACKED_BYTES`` bytes of ASCII without NUL (every Criteo category: 8 hex digits)
+is counted as an unsigned 64-bit integer holding its bytes big-endian and zero padded (keys
+compare as the texts do, and are equal exactly when the texts are); any other text (longer,
+non-ASCII, checked to be UTF-8) goes through Arrow's string hashing instead, with the same ids.
+Counts are integers, their codes offsets from the block's smallest value where that range is
+small. Memory is a few blocks plus the vocabularies, never the file. ``rows`` takes the
 first N rows. The parquet file has reprokit's `DatasetSchema` under `SCHEMA_KEY` (so
 `read_dataset` and ``train-ensemble --data`` read it) and the ingest document under
 `INGEST_KEY`: format, source, rows, ``min_count``, and per field its vocabulary size (ids
