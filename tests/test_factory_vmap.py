@@ -6,7 +6,10 @@ cannot train are refused with a reason (fallback under auto, exit 2 under --engi
 and auto follows the measured rule."""
 
 import json
+import subprocess
+import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -386,3 +389,18 @@ def test_memory_mapped_data_trains_the_same_bytes(models_file, tmp_path, monkeyp
         outs[storage] = _stacked(encoded, cfg, range(2))
     for a, b in zip(outs["memory"], outs["mapped"], strict=True):
         assert a.predictions.tobytes() == b.predictions.tobytes()
+
+
+def test_the_speed_benchmark_times_both_engines():
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "factory_vmap_speed.py"
+    cmd = [sys.executable, str(script), "--rows", "800", "--replicas", "2", "--repeats", "1"]
+    out = subprocess.run([*cmd, "--json"], capture_output=True, text=True, check=True, timeout=300)
+    doc = json.loads(out.stdout)
+    (cell,) = doc["results"]
+    assert doc["mode"] == "engine" and doc["train_rows"] > 0 and cell["replicas"] == 2
+    for engine in ("process", "vmap"):
+        (run,) = cell[engine]
+        assert run["wall_s"] > 0 and run["cpu_s"] > 0
+        assert cell[f"{engine}_cpu_s"] == run["cpu_s"]
+    assert cell["speedup_cpu"] == round(cell["process_cpu_s"] / cell["vmap_cpu_s"], 2)
+    assert cell["max_abs_pred_diff"] < 1e-5  # 3 steps: replica k agrees to float rounding
