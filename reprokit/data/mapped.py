@@ -42,6 +42,7 @@ from numpy.lib.format import open_memmap
 
 from reprokit.config import STORAGES
 from reprokit.data.encoding import (
+    RELEASE_BYTES,
     EncodedData,
     FieldVocab,
     VocabSizes,
@@ -54,7 +55,7 @@ from reprokit.data.encoding import (
     unseen_values,
 )
 from reprokit.data.layout import Dataset, DatasetSchema, schema_of_table
-from reprokit.data.mapped_array import open_mapped
+from reprokit.data.mapped_array import open_mapped, release
 from reprokit.data.splits import (
     check_dataset_path,
     check_eval_size,
@@ -236,6 +237,7 @@ def _build(
         ) from None
     try:
         _encode_into(tmp, file, path, schema, data_config)
+        pa.default_memory_pool().release_unused()  # the pieces' buffers, back to the OS
         try:
             os.rename(tmp, target)
         except OSError:  # another process finished the same encoding first
@@ -304,6 +306,7 @@ def _encode_into(
         "eval_num": open_memmap(out / "eval_num.npy", "w+", np.float32, (n_ev, len(numeric))),
     }
     unseen: list[list[tuple[np.ndarray, pd.Series]]] = [[] for _ in fields]
+    written = 0
     for lo, frame in _pieces(file, [*fields, *numeric]):
         tr, tr_slot, ev, ev_slot = place.parts(lo, lo + len(frame))
         train_part, eval_part = frame.iloc[tr], frame.iloc[ev]
@@ -323,6 +326,10 @@ def _encode_into(
             arrays["eval_num"][ev_slot] = standardise(
                 _numeric_matrix(eval_part, numeric), mean, std
             )
+        written += len(frame) * (len(fields) + len(numeric)) * 8
+        if written >= RELEASE_BYTES:  # the written pages stay in the page cache, not in us
+            release(*arrays.values())
+            written = 0
     for arr in arrays.values():
         arr.flush()
 

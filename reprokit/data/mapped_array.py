@@ -40,9 +40,7 @@ class MappedArray(np.memmap):
 
     def release(self) -> None:
         """Drop this mapping's resident pages (a no-op where the OS has no ``madvise``)."""
-        handle = getattr(self, "_mmap", None)
-        if handle is not None and hasattr(handle, "madvise"):
-            handle.madvise(mmap.MADV_DONTNEED)
+        release(self)
 
 
 def open_mapped(path: str | Path) -> MappedArray:
@@ -62,7 +60,9 @@ def open_mapped(path: str | Path) -> MappedArray:
 
 
 def release(*arrays: Any) -> None:
-    """`MappedArray.release` on those of `arrays` that are mapped."""
+    """Drop the resident pages of those of `arrays` that are memory maps (`numpy.memmap`, so
+    files being written too: their pages stay in the page cache and reach the file)."""
     for arr in arrays:
-        if isinstance(arr, MappedArray):
-            arr.release()
+        handle = getattr(arr, "_mmap", None) if isinstance(arr, np.memmap) else None
+        if handle is not None and hasattr(handle, "madvise"):
+            handle.madvise(mmap.MADV_DONTNEED)
