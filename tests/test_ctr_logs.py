@@ -185,8 +185,8 @@ def test_streamed_import_equals_in_memory_reference(tmp_path):
 
 def mixed_criteo_log(path: Path, rows: int = 1200) -> None:
     """Criteo rows whose categories mix 8 hex digits (the packed path), shorter and longer text,
-    upper case, non-ASCII, NUL bytes and empty cells; some columns all of one width, some all empty, some
-    mixed within a block; counts with large, negative and missing values."""
+    upper case, non-ASCII, NUL bytes and empty cells; some columns all of one width, some all
+    empty, some mixed within a block; counts with large, negative and missing values."""
     rng = np.random.default_rng(11)
     odd = ["ab", "7", "0123456789abcdef", "ABCDEF01", "é", "ü8", "abcdef0", "x y", "a", "a\x00"]
     hexes = [f"{v:08x}" for v in rng.choice(2**32, size=40, replace=False)] + ["00000000"]
