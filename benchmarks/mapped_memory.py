@@ -79,6 +79,7 @@ def _status_kib(pid: int) -> dict[str, int]:
 
 def run_side(args: argparse.Namespace, data: Path, storage: str, work: Path) -> dict:
     out = work / f"run-{storage}"
+    shutil.rmtree(out, ignore_errors=True)  # train every replica (a kept run would resume)
     env = {**os.environ, "REPROKIT_CACHE_DIR": str(work / "cache")}
     cmd = [sys.executable, "-c", "from reprokit.cli import main; main()", "train-ensemble"]
     cmd += ["--data", str(data), "--storage", storage, "--replicas", str(args.replicas)]

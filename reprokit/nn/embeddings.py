@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from reprokit.components.tables import parse_table_spec
+from reprokit.data.mapped_array import release
 
 __all__ = [
     "EmbeddingTable",
@@ -163,19 +164,29 @@ def create_embeddings(kind: str, vocab_sizes: list[int], dim: int, sparse: bool)
     return table
 
 
+def training_ids(train_cat: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
+    """Per field, which indices 0..sizes[f]-1 occur in `train_cat` [n, fields] (bool masks), in
+    one pass over blocks of rows, so memory-mapped data is read once and never left resident."""
+    seen = [np.zeros(size, dtype=bool) for size in sizes]
+    for lo in range(0, len(train_cat), 1 << 16):
+        block = np.asarray(train_cat[lo : lo + (1 << 16)])
+        for f, mask in enumerate(seen):
+            mask[block[:, f]] = True
+        release(train_cat)
+    return seen
+
+
 def collision_rates(
     table: EmbeddingTable, train_cat: np.ndarray | None = None
 ) -> tuple[list[float], float]:
     """(per field, overall) ``1 − distinct rows / distinct ids`` over the distinct training ids:
     the vocabulary indices 1.. (index 0 is the out-of-vocabulary row, no id of its own), or,
     given `train_cat` [n, fields], the indices it holds other than 0."""
+    id_rows = table.id_rows()
+    seen = None if train_cat is None else training_ids(train_cat, [len(r) for r in id_rows])
     per_field, ids_total, rows_total = [], 0, 0
-    for f, rows in enumerate(table.id_rows()):
-        if train_cat is None:
-            ids = np.arange(1, len(rows))
-        else:
-            ids = np.unique(train_cat[:, f])
-            ids = ids[ids > 0]
+    for f, rows in enumerate(id_rows):
+        ids = np.arange(1, len(rows)) if seen is None else np.flatnonzero(seen[f][1:]) + 1
         n_ids, n_rows = len(ids), len(np.unique(rows[ids]))
         per_field.append(1.0 - n_rows / n_ids if n_ids else 0.0)
         ids_total, rows_total = ids_total + n_ids, rows_total + n_rows
