@@ -87,8 +87,10 @@ class VocabSizes(list):
 
 
 #: Resident bytes of memory-mapped training data after which `EncodedData.rows_read` releases them.
-RELEASE_BYTES = 256 << 20
-PAGE_BYTES = 4096
+RELEASE_BYTES = 512 << 20
+#: What one row read from a mapped file may make resident: Linux maps the neighbouring cached pages
+#: of a page fault too ("fault-around", 64 KiB by default), so a random row costs 16 pages, not 1.
+ROW_RESIDENT_BYTES = 64 << 10
 
 
 @dataclass
@@ -134,14 +136,14 @@ class EncodedData:
         self._rows_read = 0
 
     def rows_read(self, rows: int) -> None:
-        """The engines say how many training rows a step gathered: once the pages those may have
-        touched (one per row and mapped array) pass `RELEASE_BYTES`, they are released, so an
-        epoch of random reads over a file larger than memory keeps at most that much of it
-        resident. Nothing happens for in-memory arrays."""
+        """The engines say how many rows a step (or a prediction chunk) gathered: once those may
+        have made `RELEASE_BYTES` of the mapped files resident (`ROW_RESIDENT_BYTES` each), the
+        pages are released, so an epoch of random reads over a file larger than memory keeps
+        about that much of it in this process. Nothing happens for in-memory arrays."""
         if not self.is_mapped:
             return
         self._rows_read += rows
-        if self._rows_read * 2 * PAGE_BYTES >= RELEASE_BYTES:
+        if self._rows_read * ROW_RESIDENT_BYTES >= RELEASE_BYTES:
             self.release_pages()
 
     @property
