@@ -100,7 +100,7 @@ def render_compare_table(doc: dict[str, Any]) -> Table:
             f"{','.join(doc.get('vary') or []) or 'none'}; paired "
             f"{(doc.get('test') or {}).get('method', '')} test vs baseline "
             f"{doc.get('baseline')} on per-replica PD rel / AUC, Holm across arms; "
-            f"Δ = arm − baseline" + _power_note(doc)
+            "↑/↓ before a p: the arm's mean is above/below the baseline's" + _power_note(doc)
         ),
     )
     # long arm labels (several overrides) wrap; the numbers never do
@@ -138,7 +138,8 @@ def render_compare_table(doc: dict[str, Any]) -> Table:
                 return "baseline"
             test = tests.get(metric) or {}
             stat = as_float(test.get("statistic"))
-            sign = "" if not math.isfinite(stat) or stat == 0 else ("−" if stat < 0 else "+")
+            # an arrow, not a sign: "− 0.500" reads as a negative p-value
+            sign = "" if not math.isfinite(stat) or stat == 0 else ("↓" if stat < 0 else "↑")
             return f"{sign} {_fmt_p(test.get('p_holm'))}".strip()
 
         churn = [fmt_significant((arm.get("churn") or {}).get("value"), 3)] if churn_k else []
