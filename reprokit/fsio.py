@@ -12,6 +12,22 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from reprokit.errors import ReprokitError
+
+
+def make_dirs(path: str | os.PathLike) -> Path:
+    """`path` and its parents as directories; one that cannot be made (under /proc, a read-only
+    mount, below a file) is a sentence that says so, not a "file not found"."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = (exc.strerror or str(exc) or type(exc).__name__).rstrip(".")
+        raise ReprokitError(
+            f"cannot create the directory {exc.filename or path} ({reason}); choose another --out"
+        ) from None
+    return path
+
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
     """Call `write(tmp)` to fill a temporary file, then rename it onto `path`."""
@@ -20,7 +36,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(path.parent)
         write(tmp)
         os.replace(tmp, path)
     except OSError as exc:
@@ -28,6 +44,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None
             raise
         code = exc.errno
         reason = os.strerror(code) if code else (str(exc) or type(exc).__name__)
+        if code == errno.ENOENT:  # the directory exists but takes no new files (/proc, ...)
+            raise ReprokitError(
+                f"cannot write {path} ({reason}): its directory takes no new files; choose "
+                "another --out"
+            ) from None
         raise OSError(code, reason, str(path)) from exc
     finally:
         try:

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from reprokit.data.layout import atomic_write_table
 from reprokit.errors import ReprokitError
-from reprokit.fsio import atomic_write_bytes
+from reprokit.fsio import atomic_write_bytes, make_dirs
 from reprokit.jsonio import to_json
 from reprokit.runschema import (
     LOCK,
@@ -160,8 +160,7 @@ def run_lock(path: str | os.PathLike) -> Iterator[None]:
     The lock file holds the owner's host and pid. A lock left by a process that no longer runs
     (killed with SIGKILL, say) on this host is taken over; one of another host is respected.
     """
-    directory = Path(path)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = make_dirs(path)
     lock = directory / LOCK
     me = f"{socket.gethostname()} {os.getpid()}"
     for _ in range(3):
