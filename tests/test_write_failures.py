@@ -83,6 +83,17 @@ def test_out_under_a_file(tmp_path):
     assert (tmp_path / "afile").read_text() == "mine"
 
 
+@pytest.mark.skipif(not Path("/proc/self").exists(), reason="needs /proc")
+def test_out_where_nothing_can_be_created():
+    proc = _reprokit("train-ensemble", *TINY, "--out", "/proc/reprokit-no-such-dir/run")
+    _assert_one_sentence(proc, "cannot create the directory /proc/reprokit-no-such-dir")
+    from reprokit.errors import ReprokitError
+    from reprokit.fsio import atomic_write_bytes
+
+    with pytest.raises(ReprokitError, match=r"cannot write /proc/reprokit\.json .*takes no new"):
+        atomic_write_bytes("/proc/reprokit.json", b"{}")  # /proc exists, but takes no files
+
+
 def test_full_disk_keeps_finished_replicas_and_resumes(small_disk):
     run = small_disk / "run"
     proc = _reprokit("train-ensemble", *TINY, "--replicas", "3", "--out", str(run))
