@@ -86,13 +86,6 @@ class VocabSizes(list):
         self.train_cat = train_cat
 
 
-#: Resident bytes of memory-mapped training data after which `EncodedData.rows_read` releases them.
-RELEASE_BYTES = 512 << 20
-#: What one row read from a mapped file may make resident: Linux maps the neighbouring cached pages
-#: of a page fault too ("fault-around", 64 KiB by default), so a random row costs 16 pages, not 1.
-ROW_RESIDENT_BYTES = 64 << 10
-
-
 @dataclass
 class EncodedData:
     """Model-ready arrays of one train/eval split (see the module docstring for the encoding)."""
@@ -136,14 +129,19 @@ class EncodedData:
         self._rows_read = 0
 
     def rows_read(self, rows: int) -> None:
-        """The engines say how many rows a step (or a prediction chunk) gathered: once those may
-        have made `RELEASE_BYTES` of the mapped files resident (`ROW_RESIDENT_BYTES` each), the
-        pages are released, so an epoch of random reads over a file larger than memory keeps
-        about that much of it in this process. Nothing happens for in-memory arrays."""
+        """The engines say how many rows a step (or a prediction chunk) gathered; once they add
+        up to the training split (about an epoch), the mapped pages are released.
+
+        Not more often: the pages are the OS page cache of the file, held once for every process
+        and dropped by the kernel under memory pressure, so they are not memory the run takes
+        from anything. And Linux maps the neighbouring cached pages of a fault too (64 KiB, or a
+        whole large folio: up to 1 MiB per random row was measured), so releasing every few
+        steps would cost ~10% of a step and still not keep them out of this process's RSS.
+        Nothing happens for in-memory arrays."""
         if not self.is_mapped:
             return
         self._rows_read += rows
-        if self._rows_read * ROW_RESIDENT_BYTES >= RELEASE_BYTES:
+        if self._rows_read >= len(self.train_cat):
             self.release_pages()
 
     @property

@@ -42,7 +42,6 @@ from numpy.lib.format import open_memmap
 
 from reprokit.config import STORAGES
 from reprokit.data.encoding import (
-    RELEASE_BYTES,
     EncodedData,
     FieldVocab,
     VocabSizes,
@@ -120,6 +119,9 @@ def load_mapped(data_config: DataConfig) -> EncodedData:
     target = cache_root() / "encoded" / _cache_key(path, schema, data_config)
     if not (target / "meta.json").exists():
         _build(file, path, schema, data_config, target)
+        file.close()
+        del file
+        pa.default_memory_pool().release_unused()  # the pieces' buffers, back to the OS
     return _open(target)
 
 
@@ -237,7 +239,6 @@ def _build(
         ) from None
     try:
         _encode_into(tmp, file, path, schema, data_config)
-        pa.default_memory_pool().release_unused()  # the pieces' buffers, back to the OS
         try:
             os.rename(tmp, target)
         except OSError:  # another process finished the same encoding first
@@ -326,8 +327,8 @@ def _encode_into(
             arrays["eval_num"][ev_slot] = standardise(
                 _numeric_matrix(eval_part, numeric), mean, std
             )
-        written += len(frame) * (len(fields) + len(numeric)) * 8
-        if written >= RELEASE_BYTES:  # the written pages stay in the page cache, not in us
+        written += len(frame)
+        if written >= n_tr:  # the written pages stay in the page cache (and reach the file)
             release(*arrays.values())
             written = 0
     for arr in arrays.values():
