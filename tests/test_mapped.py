@@ -8,14 +8,17 @@ import json
 import pickle
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from typer.testing import CliRunner
 
 import reprokit.data.mapped as mapped
+from reprokit.cli import app
 from reprokit.config import DataConfig
 from reprokit.data.encoding import EncodedData, load_encoded
 from reprokit.data.layout import SCHEMA_KEY, DatasetSchema
@@ -196,11 +199,16 @@ def test_auto_maps_only_large_files(tmp_path, monkeypatch):
         mapped.use_mapped(DataConfig(storage="mapped"))
 
 
-def _train(tmp_path, path, out, *extra):
-    cmd = [sys.executable, "-c", "from reprokit.cli import main; main()", "train-ensemble"]
-    cmd += ["--data", path, "--replicas", "2"]
-    cmd += ["--vary", "init,data-order", "--epochs", "1", "--out", str(tmp_path / out), *extra]
-    with open(tmp_path / f"{out}.err", "w") as err:  # stderr to a file, as in CI
+def _train(tmp_path, path, out, *extra, subprocess_run: bool = False):
+    """`train-ensemble` on `path`: in this process, or (`subprocess_run`) as a user runs it, with
+    stderr redirected to a file as in CI. Returns an object with returncode and stderr."""
+    args = ["train-ensemble", "--data", path, "--replicas", "2", "--vary", "init,data-order"]
+    args += ["--epochs", "1", "--out", str(tmp_path / out), *extra]
+    if not subprocess_run:
+        result = CliRunner().invoke(app, args)
+        return SimpleNamespace(returncode=result.exit_code, stderr=result.stderr)
+    cmd = [sys.executable, "-c", "from reprokit.cli import main; main()", *args]
+    with open(tmp_path / f"{out}.err", "w") as err:
         proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=err, check=False)
     proc.stderr = (tmp_path / f"{out}.err").read_text()
     return proc
@@ -235,7 +243,17 @@ def test_mapped_training_in_spawned_workers_and_churn(tmp_path, monkeypatch):
     common = ("--engine", "process", "--churn-by", "ad")
     proc = _train(tmp_path, path, "memory", "--storage", "memory", *common)
     assert proc.returncode == 0, proc.stderr
-    proc = _train(tmp_path, path, "mapped", "--storage", "mapped", "--workers", "2", *common)
+    proc = _train(
+        tmp_path,
+        path,
+        "mapped",
+        "--storage",
+        "mapped",
+        "--workers",
+        "2",
+        *common,
+        subprocess_run=True,
+    )
     assert proc.returncode == 0, proc.stderr
     for r in range(2):
         name = f"replicas/{r:03d}/predictions.parquet"
@@ -250,7 +268,7 @@ def test_mapped_training_in_spawned_workers_and_churn(tmp_path, monkeypatch):
 def test_bad_storage_settings_are_one_line(tmp_path, monkeypatch):
     path = _user_file(tmp_path / "users.parquet")
     monkeypatch.setenv("REPROKIT_CACHE_DIR", "/proc/no-such-dir")
-    proc = _train(tmp_path, path, "run", "--storage", "mapped")
+    proc = _train(tmp_path, path, "run", "--storage", "mapped", subprocess_run=True)
     assert proc.returncode == 2
     line = one_error_line(proc)
     assert "REPROKIT_CACHE_DIR" in line
