@@ -8,6 +8,7 @@ import json
 import pickle
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -144,10 +145,29 @@ def test_a_failed_encode_leaves_no_cache_and_the_next_run_builds_it(tmp_path, mo
         load_encoded(DataConfig(path=path, storage="mapped"))
     assert list((tmp_path / "cache" / "encoded").iterdir()) == []  # no half-written directory
     monkeypatch.setattr(mapped, "column_stats", real)
+    # a build killed with SIGKILL leaves its temporary directory; the next build removes it
+    dead = _dead_pid()
+    encoded_dir = tmp_path / "cache" / "encoded"
+    target = mapped._cache_key(Path(path), _schema(path), DataConfig(path=path))
+    abandoned = encoded_dir / f".{target}.tmp-{dead}-x1"
+    abandoned.mkdir()
+    (abandoned / "train_cat.npy").write_bytes(b"half")
     _same(
         load_encoded(DataConfig(path=path, storage="memory")),
         load_encoded(DataConfig(path=path, storage="mapped")),
     )
+    assert not abandoned.exists()
+    assert [p.name for p in encoded_dir.iterdir()] == [target]
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def _schema(path: str) -> DatasetSchema:
+    return DatasetSchema.from_dict(json.loads(pq.read_schema(path).metadata[SCHEMA_KEY]))
 
 
 def test_mapped_arrays_pickle_as_their_paths(tmp_path):

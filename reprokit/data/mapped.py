@@ -231,7 +231,9 @@ def _build(
     """Encode the file into `target` (see the module docstring), atomically."""
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        _remove_abandoned(target)
+        prefix = f".{target.name}.tmp-{os.getpid()}-"
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
     except OSError as exc:
         raise ReprokitError(
             f"cannot write the memory-mapped training data under {target.parent} "
@@ -251,6 +253,18 @@ def _build(
         ) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove_abandoned(target: Path) -> None:
+    """Delete the temporary directories of builds of `target` whose process is gone (killed)."""
+    for leftover in target.parent.glob(f".{target.name}.tmp-*"):
+        try:
+            pid = int(leftover.name.split(".tmp-", 1)[1].split("-", 1)[0])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(leftover, ignore_errors=True)
+        except (ValueError, IndexError, PermissionError):
+            continue  # not ours to judge: another user's process, or another name
 
 
 def _encode_into(
