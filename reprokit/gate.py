@@ -45,6 +45,7 @@ ReprokitError before any verdict).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import xml.etree.ElementTree as ET
@@ -62,8 +63,9 @@ SCHEMA_VERSION = 1
 EXIT_PASS = 0
 EXIT_FAIL = 1
 
-#: Config keys that do not change what a run measures (where its data lives, what it is called).
-IGNORED_CONFIG_KEYS = frozenset({"name", "data.path"})
+#: Config keys that do not change what a run measures (where its data lives or is kept while
+#: training, what it is called).
+IGNORED_CONFIG_KEYS = frozenset({"name", "data.path", "data.storage"})
 ALLOW = "pass --allow-different to compare anyway"
 
 
@@ -256,13 +258,37 @@ def _manifest(unit: Unit) -> dict[str, Any]:
 
 
 def _flatten(doc: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted keys of the config's sections; a setting whose value is a mapping (per-field
+    widths) stays one key, so two changed widths are one difference, not two."""
     out: dict[str, Any] = {}
     for key, value in doc.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and f"{prefix}{key}" not in _mapping_settings():
             out.update(_flatten(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
     return out
+
+
+@functools.cache
+def _mapping_settings() -> frozenset[str]:
+    """The dotted keys of config settings that hold a mapping (`model.field_dims`)."""
+    import dataclasses
+    import typing
+
+    from reprokit.config import RunConfig
+
+    def walk(cls: type, prefix: str) -> list[str]:
+        hints = typing.get_type_hints(cls)
+        out = []
+        for f in dataclasses.fields(cls):
+            hint = hints[f.name]
+            if dataclasses.is_dataclass(hint):
+                out += walk(hint, f"{prefix}{f.name}.")
+            elif typing.get_origin(hint) is dict:
+                out.append(f"{prefix}{f.name}")
+        return out
+
+    return frozenset(walk(RunConfig, ""))
 
 
 def _default_config() -> dict[str, Any]:

@@ -240,3 +240,17 @@ def test_real_runs_on_different_synthetic_data_are_refused(tmp_path):
     same = gate(tmp_path / "a", "--baseline", tmp_path / "a", "--max-pd-increase", 0, "--json")
     assert same.exit_code == 0, same.output
     assert json.loads(same.stdout)["differences"] == []
+
+
+def test_per_field_widths_are_one_setting_and_the_storage_is_not_compared():
+    from reprokit.gate import _flatten, config_differences
+
+    base = {"model": {"field_dims": {"user": 4, "item": 8}, "dropout": 0.0}}
+    base["data"] = {"storage": "memory"}
+    other = {"model": {"field_dims": {"user": 8, "item": 16}, "dropout": 0.0}}
+    other["data"] = {"storage": "mapped"}
+    diffs = config_differences(_flatten(base), _flatten(other))
+    assert diffs == [("model.field_dims", {"user": 4, "item": 8}, {"user": 8, "item": 16})]
+    other["data"]["storage"] = "auto"
+    other["model"]["field_dims"] = {"item": 8, "user": 4}  # the same widths, in another order
+    assert config_differences(_flatten(base), _flatten(other)) == []
