@@ -218,9 +218,10 @@ class FieldVocab:
         )
 
 
-def unseen_values(values: pd.Series, codes: np.ndarray) -> pd.Series:
-    """The non-missing `values` that fell into the OOV row (index 0)."""
-    return values[(codes == 0) & values.notna().to_numpy()]
+def unseen_mask(values: pd.Series, codes: np.ndarray) -> np.ndarray:
+    """Which of `values` are present but fell into the OOV row (index 0): eval values unseen in
+    training, which `eval_cat_raw` gives indices of their own."""
+    return (codes == 0) & values.notna().to_numpy()
 
 
 def sorted_distinct(values: pd.Series) -> pd.Index:
@@ -234,7 +235,7 @@ def _encode_categorical(
     of every index: the vocabulary's, then the eval-only values')."""
     vocab = FieldVocab.fit(train, min_count)
     test_codes = vocab.codes(test)
-    unseen = (test_codes == 0) & test.notna().to_numpy()
+    unseen = unseen_mask(test, test_codes)
     extra = sorted_distinct(test[unseen])
     test_raw = test_codes.copy()
     test_raw[unseen] = vocab.size + extra.get_indexer(test[unseen]).astype(np.int64)

@@ -51,7 +51,7 @@ from reprokit.data.encoding import (
     sorted_distinct,
     standardise,
     timestamp_seconds,
-    unseen_values,
+    unseen_mask,
 )
 from reprokit.data.layout import Dataset, DatasetSchema, schema_of_table
 from reprokit.data.mapped_array import open_mapped, release
@@ -329,11 +329,9 @@ def _encode_into(
             arrays["train_cat"][tr_slot, j] = vocab.codes(train_part[name])
             codes = vocab.codes(eval_part[name])
             arrays["eval_cat"][ev_slot, j] = codes
-            missed = unseen_values(eval_part[name], codes)
-            if len(missed):
-                unseen[j].append(
-                    (ev_slot[(codes == 0) & eval_part[name].notna().to_numpy()], missed)
-                )
+            missed = unseen_mask(eval_part[name], codes)
+            if missed.any():
+                unseen[j].append((ev_slot[missed], eval_part[name][missed]))
         if numeric:
             arrays["train_num"][tr_slot] = standardise(
                 _numeric_matrix(train_part, numeric), mean, std

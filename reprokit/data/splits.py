@@ -79,23 +79,6 @@ def check_eval_size(n: int, eval_fraction: float, source: str, more: str = "more
         )
 
 
-def split_positions(
-    ids: np.ndarray, times: np.ndarray | None, n_eval: int, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """(train positions, eval positions) of rows with example ids `ids`: the random split when
-    `times` is None, else the temporal one (see the module docstring). Each part is in its final
-    row order; `split_dataset` and the memory-mapped loader (`reprokit.data.mapped`) share it."""
-    n = len(ids)
-    if times is None:
-        order = np.argsort(ids, kind="stable")
-        rng = np.random.default_rng(seed)
-        chosen = np.zeros(n, dtype=bool)
-        chosen[rng.permutation(n)[:n_eval]] = True  # positions in id order
-        return order[~chosen], order[chosen]
-    order = np.lexsort((ids, times))  # by time, ties by example id
-    return order[: n - n_eval], order[n - n_eval :]
-
-
 def split_dataset(
     dataset: Dataset, method: str = "random", eval_fraction: float = 0.2, seed: int = 0
 ) -> tuple[Dataset, Dataset]:
@@ -133,7 +116,14 @@ def split_order(
         if ts.isna().any():
             raise ReprokitError(f"the timestamp column {ts_col!r} has missing values")
         times = ts.to_numpy()
-    return split_positions(ids, times, n_eval, seed)
+    if times is None:
+        order = np.argsort(ids, kind="stable")
+        rng = np.random.default_rng(seed)
+        chosen = np.zeros(n, dtype=bool)
+        chosen[rng.permutation(n)[:n_eval]] = True  # positions in id order
+        return order[~chosen], order[chosen]
+    order = np.lexsort((ids, times))  # by time, ties by example id
+    return order[: n - n_eval], order[n - n_eval :]
 
 
 def select_labels(dataset: Dataset, label: str | list[str] | None) -> Dataset:
